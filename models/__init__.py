@@ -1,0 +1,1 @@
+"""Offline model side (torch): model definitions, dataset loading and training."""

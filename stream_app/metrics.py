@@ -1,0 +1,124 @@
+"""The Prometheus metrics of DESIGN.md, declared together on an injected registry.
+
+Units are seconds, counters end in ``_total``, and no label carries a sensor id (sensor counts
+are unbounded). ``ticks_total`` counts every tick read, good or bad; ``rejected_ticks_total``
+is the part of it that went to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .records import Reason
+
+PREFIX = "stcast"
+SCORED_HORIZONS = (1, 3, 6, 12)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_INFERENCE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class Metrics:
+    """Every stcast metric, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.ticks = Counter(
+            "ticks", "Ticks read, good or bad", namespace=PREFIX, registry=registry
+        )
+        self.rejected = Counter(
+            "rejected_ticks",
+            "Ticks sent to the dead-letter topic",
+            ["reason"],
+            namespace=PREFIX,
+            registry=registry,
+        )
+        for reason in Reason:  # every reason visible at 0 before it first happens
+            self.rejected.labels(reason=str(reason))
+        self.imputed = Counter(
+            "imputed_values",
+            "Window values filled in by imputation",
+            namespace=PREFIX,
+            registry=registry,
+        )
+        self.forecasts = Counter(
+            "forecasts", "Forecasts produced", namespace=PREFIX, registry=registry
+        )
+        self.inference_seconds = Histogram(
+            "inference_seconds",
+            "Time of one inference call (one micro-batch)",
+            namespace=PREFIX,
+            registry=registry,
+            buckets=_INFERENCE_BUCKETS,
+        )
+        self.batch_size = Histogram(
+            "batch_size",
+            "Windows per inference call",
+            namespace=PREFIX,
+            registry=registry,
+            buckets=_BATCH_BUCKETS,
+        )
+        self.tick_to_forecast_seconds = Histogram(
+            "tick_to_forecast_seconds",
+            "From consuming a tick to its forecast being produced",
+            namespace=PREFIX,
+            registry=registry,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.event_lag_seconds = Gauge(
+            "event_lag_seconds",
+            "Wall clock minus the newest tick time",
+            namespace=PREFIX,
+            registry=registry,
+        )
+        self.forecast_abs_error = Gauge(
+            "forecast_abs_error",
+            "Rolling mean absolute error of scored forecasts",
+            ["horizon"],
+            namespace=PREFIX,
+            registry=registry,
+        )
+        self.drift_detected = Counter(
+            "drift_detected", "Drift detections", namespace=PREFIX, registry=registry
+        )
+        self.retrain_events = Counter(
+            "retrain_events", "Retrain events emitted", namespace=PREFIX, registry=registry
+        )
+        self.model_swaps = Counter(
+            "model_swaps", "Models swapped in while serving", namespace=PREFIX, registry=registry
+        )
+        self.model_info = Gauge(
+            "model_info",
+            "The serving model (value 1)",
+            ["model", "version", "provider"],
+            namespace=PREFIX,
+            registry=registry,
+        )
+        self.sensors_active = Gauge(
+            "sensors_active",
+            "Sensors with a window in this worker",
+            namespace=PREFIX,
+            registry=registry,
+        )
+
+    def set_model(self, model_id: str, provider: str) -> None:
+        """Mark ``name@version`` on ``provider`` as the one serving model."""
+        name, _, version = model_id.partition("@")
+        self.model_info.clear()
+        self.model_info.labels(model=name, version=version, provider=provider).set(1)
+
+    def set_rolling_mae(self, mae_by_horizon: Iterable[float]) -> None:
+        for horizon, mae in enumerate(mae_by_horizon, start=1):
+            if horizon in SCORED_HORIZONS and mae == mae:  # NaN until the horizon is scored
+                self.forecast_abs_error.labels(horizon=str(horizon)).set(mae)
+
+
+def exported_names(metrics: Metrics) -> set[str]:
+    """Names as Prometheus exposes them (counters with ``_total``), for contract tests."""
+    names: set[str] = set()
+    for family in metrics.registry.collect():
+        suffix = "_total" if family.type == "counter" else ""
+        names.add(family.name + suffix)
+    return names

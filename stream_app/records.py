@@ -1,0 +1,203 @@
+"""Wire records (DESIGN.md): ticks in, forecasts and dead letters out.
+
+Error policy, drawn once: every input that cannot become a valid ``Tick`` raises ``Rejected``
+with one of the ``Reason`` values. The pipeline turns each ``Rejected`` into a dead letter on the
+DLQ (with the original bytes), counts it, and carries on with the next tick. Nothing else in the
+runtime decides what happens to bad input.
+
+    Rejected(reason, detail)
+      malformed       not UTF-8 JSON, or not a JSON object
+      missing_field   sensor, ts or value absent
+      bad_type        a field of the wrong JSON type
+      non_finite      value is NaN or infinite
+      bad_timestamp   ts unparseable, without a UTC offset, or too far ahead of the clock
+      late            older than the sensor's window
+      duplicate       a second reading for a grid slot that already has one
+      unknown_network the tick names a network this worker does not serve
+      internal        a bug of ours, never the sender's fault
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Reason(StrEnum):
+    MALFORMED = "malformed"
+    MISSING_FIELD = "missing_field"
+    BAD_TYPE = "bad_type"
+    NON_FINITE = "non_finite"
+    BAD_TIMESTAMP = "bad_timestamp"
+    LATE = "late"
+    DUPLICATE = "duplicate"
+    UNKNOWN_NETWORK = "unknown_network"
+    INTERNAL = "internal"
+
+
+class Rejected(Exception):
+    """A tick that cannot be used, and why."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One reading: ``value`` None means the sensor reported it missing."""
+
+    sensor: str
+    ts_ms: int
+    value: float | None
+    network: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message as consumed, with where it came from (for dead letters)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+_EPOCH_MS_MAX = 4_102_444_800_000  # 2100-01-01: beyond it, epoch ms is a unit mistake
+
+
+class TimestampParser:
+    """RFC 3339 strings and epoch milliseconds to epoch milliseconds, with a small cache.
+
+    A gateway's batch stamps every tick with the same time, so most lookups hit the cache.
+
+    >>> TimestampParser().parse("2016-07-01T00:05:00Z")
+    1467331500000
+    """
+
+    def __init__(self, cache_size: int = 4096) -> None:
+        self.cache_size = cache_size
+        self._cache: dict[str, int] = {}
+
+    def parse(self, ts: object) -> int:
+        if isinstance(ts, str):
+            cached = self._cache.get(ts)
+            return cached if cached is not None else self._parse_text(ts)
+        if isinstance(ts, int) and not isinstance(ts, bool):
+            if not 0 <= ts < _EPOCH_MS_MAX:
+                raise Rejected(Reason.BAD_TIMESTAMP, f"epoch milliseconds {ts} out of range")
+            return ts
+        raise Rejected(Reason.BAD_TYPE, f"ts must be an RFC 3339 string or epoch ms, not {ts!r}")
+
+    def _parse_text(self, ts: str) -> int:
+        try:
+            parsed = datetime.fromisoformat(ts)
+        except ValueError:
+            raise Rejected(Reason.BAD_TIMESTAMP, f"ts {ts!r} is not RFC 3339") from None
+        if parsed.tzinfo is None:
+            raise Rejected(Reason.BAD_TIMESTAMP, f"ts {ts!r} has no UTC offset")
+        ms = round(parsed.timestamp() * 1000)
+        if not 0 <= ms < _EPOCH_MS_MAX:
+            raise Rejected(Reason.BAD_TIMESTAMP, f"ts {ts!r} out of range")
+        if len(self._cache) >= self.cache_size:
+            self._cache.clear()
+        self._cache[ts] = ms
+        return ms
+
+
+def decode_json(raw: bytes) -> Any:
+    """Parse a message value, or raise ``Rejected(malformed)``."""
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Rejected(Reason.MALFORMED, f"not UTF-8 JSON: {exc}") from None
+
+
+def tick_from_json(obj: Any, parse_ts: TimestampParser) -> Tick:
+    """Validate one decoded tick object."""
+    if not isinstance(obj, dict):
+        raise Rejected(Reason.MALFORMED, f"a tick must be a JSON object, not {type(obj).__name__}")
+    try:
+        sensor, ts, value = obj["sensor"], obj["ts"], obj["value"]
+    except KeyError as exc:
+        raise Rejected(Reason.MISSING_FIELD, f"tick has no {exc.args[0]!r}") from None
+    if not isinstance(sensor, str) or not sensor:
+        raise Rejected(Reason.BAD_TYPE, f"sensor must be a non-empty string, not {sensor!r}")
+    network = obj.get("network")
+    if network is not None and not isinstance(network, str):
+        raise Rejected(Reason.BAD_TYPE, f"network must be a string, not {network!r}")
+    return Tick(sensor, parse_ts.parse(ts), _reading(value), network)
+
+
+def _reading(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Rejected(Reason.BAD_TYPE, f"value must be a number or null, not {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise Rejected(Reason.NON_FINITE, f"value {value!r} is not finite")
+    return number
+
+
+def format_ts(ts_ms: int) -> str:
+    """Epoch milliseconds as RFC 3339 UTC, seconds precision when whole.
+
+    >>> format_ts(1467331500000)
+    '2016-07-01T00:05:00Z'
+    """
+    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    if ts_ms % 1000:
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def encode_forecast(
+    sensor_json: str,
+    ts: str,
+    step_s: int,
+    values: list[float],
+    model: str,
+    emitted_at: str,
+    imputed: int,
+) -> bytes:
+    """A Forecast record; ``sensor_json`` is the sensor id already JSON-quoted (cached per sensor).
+
+    Built by hand because it is the hot path's one per-forecast encoding.
+    """
+    numbers = ",".join([repr(v) for v in values])
+    return (
+        f'{{"sensor":{sensor_json},"ts":"{ts}","step_s":{step_s},"values":[{numbers}],'
+        f'"model":"{model}","emitted_at":"{emitted_at}","imputed":{imputed}}}'
+    ).encode()
+
+
+def encode_dead_letter(message: Incoming, reason: Reason, detail: str, raw: bytes) -> bytes:
+    """A dead-letter record that keeps the original bytes (as text, or base64 when not UTF-8)."""
+    record: dict[str, Any] = {
+        "reason": str(reason),
+        "detail": detail,
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "key": _text_or_none(message.key),
+    }
+    try:
+        record["raw"] = raw.decode()
+    except UnicodeDecodeError:
+        record["raw"] = base64.b64encode(raw).decode()
+        record["raw_encoding"] = "base64"
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def _text_or_none(key: bytes | None) -> str | None:
+    if key is None:
+        return None
+    return key.decode(errors="backslashreplace")

@@ -1,0 +1,149 @@
+"""Forecasts are scored when their actuals arrive.
+
+The forecasts still waiting for actuals are kept per sensor (``PendingForecasts``). When a real
+reading arrives for grid slot ``u``, every pending forecast made at slot ``s`` with
+``s < u <= s + horizon`` yields one error at horizon ``u - s``. Sensors are numbered by the
+pipeline (index into its sensor list); the errors of a chunk are computed in one vectorised pass
+and handed, together, to every ``ScoreSink``: the rolling MAE here, and the drift monitors that
+will watch the same errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from .forecasters import FloatArray, IntArray
+
+
+class PendingForecasts:
+    """The forecasts of every sensor whose horizon has not yet passed.
+
+    Sensor ``i`` has a (horizon x horizon) ring: the forecast made at slot ``s`` lives in row
+    ``s % horizon`` until the forecast made ``horizon`` slots later replaces it, by which time
+    all its actuals have been read. ``made_at`` tells a live row from a stale one after a gap.
+    """
+
+    def __init__(self, horizon: int, capacity: int = 1024) -> None:
+        self.horizon = horizon
+        self._values = np.zeros((capacity, horizon, horizon))
+        self._made_at = np.full((capacity, horizon), -1, dtype=np.int64)
+        self._steps = np.arange(1, horizon + 1, dtype=np.int64)
+
+    def add(self, sensors: IntArray, slots: IntArray, values: FloatArray) -> None:
+        """Remember forecasts ``values`` (n, horizon) made at ``slots`` for sensor indices."""
+        self._grow_to(int(sensors.max()) + 1)
+        rows = slots % self.horizon
+        self._values[sensors, rows] = values
+        self._made_at[sensors, rows] = slots
+
+    def score(self, sensors: IntArray, slots: IntArray, actuals: FloatArray) -> Scores:
+        """Errors of every pending forecast that the actuals at ``slots`` settle."""
+        if not len(sensors):
+            return Scores.empty()
+        self._grow_to(int(sensors.max()) + 1)
+        made_at = slots[:, None] - self._steps[None, :]  # (n, horizon): made h steps before
+        rows = made_at % self.horizon
+        live = self._made_at[sensors[:, None], rows] == made_at
+        picked = self._values[sensors[:, None], rows, self._steps[None, :] - 1]
+        which, step = np.nonzero(live)
+        errors = picked[which, step] - actuals[which]
+        return Scores(sensors[which], step + 1, errors)
+
+    def _grow_to(self, size: int) -> None:
+        capacity = len(self._made_at)
+        if size <= capacity:
+            return
+        extra = max(size, 2 * capacity) - capacity
+        self._values = np.concatenate([self._values, np.zeros((extra, *self._values.shape[1:]))])
+        self._made_at = np.concatenate(
+            [self._made_at, np.full((extra, self.horizon), -1, dtype=np.int64)]
+        )
+
+
+@dataclass
+class Actuals:
+    """Real readings of one micro-batch chunk, to be scored together."""
+
+    sensors: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def add(self, sensor: int, slot: int, value: float) -> None:
+        self.sensors.append(sensor)
+        self.slots.append(slot)
+        self.values.append(value)
+
+    def arrays(self) -> tuple[IntArray, IntArray, FloatArray]:
+        return (
+            np.array(self.sensors, dtype=np.int64),
+            np.array(self.slots, dtype=np.int64),
+            np.array(self.values, dtype=np.float64),
+        )
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Signed errors (forecast minus actual) with their sensor index and 1-based horizon."""
+
+    sensors: IntArray
+    horizons: IntArray
+    errors: FloatArray
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    @classmethod
+    def empty(cls) -> Scores:
+        none = np.zeros(0, dtype=np.int64)
+        return cls(none, none, np.zeros(0))
+
+
+class ScoreSink(Protocol):
+    """Receives the scores of each micro-batch (rolling MAE, drift monitors)."""
+
+    def update(self, scores: Scores) -> None: ...
+
+
+class RollingMAE:
+    """Mean absolute error per horizon over the newest ``size`` errors at that horizon.
+
+    >>> mae = RollingMAE(horizon=2, size=2)
+    >>> mae.update(Scores(np.array([0, 0, 0]), np.array([1, 1, 1]), np.array([1.0, -3.0, 5.0])))
+    >>> mae.mae.tolist()[0], bool(np.isnan(mae.mae[1]))
+    (4.0, True)
+    """
+
+    def __init__(self, horizon: int, size: int = 2000) -> None:
+        self.horizon = horizon
+        self.size = size
+        self._errors = np.zeros((horizon, size))
+        self._next = np.zeros(horizon, dtype=np.int64)
+        self._count = np.zeros(horizon, dtype=np.int64)
+
+    def update(self, scores: Scores) -> None:
+        absolute = np.abs(scores.errors)
+        for h in np.unique(scores.horizons):
+            self._push(int(h) - 1, absolute[scores.horizons == h][-self.size :])
+
+    def _push(self, row: int, values: FloatArray) -> None:
+        positions = (self._next[row] + np.arange(len(values))) % self.size
+        self._errors[row, positions] = values
+        self._next[row] = (self._next[row] + len(values)) % self.size
+        self._count[row] = min(self.size, self._count[row] + len(values))
+
+    @property
+    def mae(self) -> FloatArray:
+        """MAE per horizon (index 0 = one step ahead); NaN where nothing was scored yet."""
+        totals = np.array([self._errors[h, : self._count[h]].sum() for h in range(self.horizon)])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self._count > 0, totals / self._count, np.nan)
+
+    @property
+    def counts(self) -> IntArray:
+        return self._count.copy()

@@ -1,0 +1,116 @@
+"""One settings object, read once: every ``STCAST_*`` variable is declared and typed here.
+
+Each field's metadata carries its help text; the command line turns fields into flags
+(``batch_size`` -> ``--batch-size``) whose defaults come from ``STCAST_BATCH_SIZE`` and then from
+the field default. No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "STCAST_"
+
+
+def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of a worker (and of the tools that talk to the same cluster)."""
+
+    bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers, host:port,...")
+    ticks_topic: str = _setting("stcast.ticks", "topic the sensor ticks arrive on")
+    forecasts_topic: str = _setting("stcast.forecasts", "topic forecasts are written to")
+    dlq_topic: str = _setting("stcast.dlq", "dead-letter topic for rejected input")
+    partitions: int = _setting(4, "partitions of the stcast topics when stcast creates them")
+    group_id: str = _setting("stcast-worker", "consumer group (faust app id) of the workers")
+    network: str = _setting(
+        "", "network served; ticks naming another network are dead-lettered (empty: any)"
+    )
+    model_dir: str = _setting(
+        "", "directory with model.onnx and card.json (empty: use the --baseline forecaster)"
+    )
+    baseline: str = _setting(
+        "persistence",
+        "forecaster when no model is given",
+        choices=("persistence", "seasonal-daily", "seasonal-weekly"),
+    )
+    window: int = _setting(12, "window length in grid steps for a baseline (a model's card wins)")
+    horizon: int = _setting(12, "forecast horizon in grid steps for a baseline")
+    step_s: int = _setting(0, "grid step in seconds (0: take it from the model card; 300 else)")
+    max_gap_steps: int = _setting(3, "longest run of missing steps that is imputed")
+    impute: str = _setting("linear", "how short gaps are filled", choices=("linear", "carry"))
+    future_tolerance_s: float = _setting(
+        86400.0, "ticks stamped further than this ahead of the wall clock are bad_timestamp"
+    )
+    batch_size: int = _setting(256, "most messages per micro-batch and windows per inference")
+    batch_wait_s: float = _setting(0.01, "longest wait for a micro-batch to fill, seconds")
+    provider: str = _setting(
+        "auto", "onnxruntime execution provider", choices=("auto", "cuda", "cpu")
+    )
+    inference_threads: int = _setting(1, "onnxruntime intra-op threads")
+    mae_window: int = _setting(2000, "scored errors per horizon in the rolling MAE")
+    metrics_host: str = _setting("127.0.0.1", "bind address of the Prometheus endpoint")
+    metrics_port: int = _setting(9108, "port of the Prometheus endpoint (0: do not serve)")
+    data_dir: str = _setting("", "faust state directory (empty: a fresh temporary directory)")
+    log_level: str = _setting("info", "log level", choices=("debug", "info", "warning", "error"))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``STCAST_*`` variables, then explicit overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(env_name(f.name))
+            if raw is not None:
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values).validated()
+
+    def validated(self) -> Settings:
+        """Return self, or raise ``ValueError`` naming the setting that is out of range."""
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ValueError(f"{env_name(f.name)}={value!r}: expected one of {choices}")
+        positive = ("partitions", "window", "horizon", "batch_size", "mae_window")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{env_name(name)} must be at least 1")
+        if self.max_gap_steps < 0 or self.step_s < 0 or self.batch_wait_s < 0:
+            raise ValueError(
+                "STCAST_MAX_GAP_STEPS, STCAST_STEP_S and STCAST_BATCH_WAIT_S must not be negative"
+            )
+        return self
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes).validated()
+
+    @property
+    def model_path(self) -> Path | None:
+        return Path(self.model_dir) if self.model_dir else None
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def setting_fields() -> Iterator[dataclasses.Field[Any]]:
+    """The declared settings, for the command line to turn into flags."""
+    yield from fields(Settings)
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind: type[Any] = type(f.default)
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}") from exc

@@ -1,0 +1,153 @@
+"""Per-sensor rolling windows on a regular grid.
+
+A reading is placed on the grid slot nearest its time. The window holds the newest ``length``
+slots; a slot with no reading is a hole (NaN). A run of holes no longer than ``max_gap`` between
+two known values is imputed (linear interpolation or carry-forward) as soon as the reading that
+closes it arrives. Longer runs stay holes, so the window cannot forecast until they have scrolled
+out: a long gap restarts the window. Readings for a slot inside the window arrive in any order;
+readings for a slot already behind the window are ``late``; a second reading for a slot that
+already holds one is a ``duplicate`` (a real reading does replace an imputed value).
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+from .records import Reason, Rejected
+
+NAN = math.nan
+
+
+class Impute(Enum):
+    LINEAR = "linear"
+    CARRY = "carry"
+
+
+class RollingWindow:
+    """The newest ``length`` grid slots of one sensor.
+
+    >>> w = RollingWindow(length=4, max_gap=1)
+    >>> [w.add(slot, value) for slot, value in [(0, 1.0), (1, 2.0), (3, 4.0)]]
+    [0, 0, 1]
+    >>> w.values, w.imputed, w.is_full
+    ([1.0, 2.0, 3.0, 4.0], 1, True)
+    """
+
+    __slots__ = (
+        "_holes",
+        "_imputed",
+        "_is_imputed",
+        "_values",
+        "impute",
+        "length",
+        "max_gap",
+        "newest",
+    )
+
+    def __init__(self, length: int, max_gap: int = 3, impute: Impute = Impute.LINEAR) -> None:
+        self.length = length
+        self.max_gap = max_gap
+        self.impute = impute
+        self.newest: int | None = None
+        self._values: list[float] = [NAN] * length
+        self._is_imputed: list[bool] = [False] * length
+        self._holes = length
+        self._imputed = 0
+
+    @property
+    def values(self) -> list[float]:
+        """Oldest first; NaN where a slot has neither a reading nor an imputed value."""
+        return self._values
+
+    @property
+    def imputed(self) -> int:
+        """How many of the window's values were imputed."""
+        return self._imputed
+
+    @property
+    def is_full(self) -> bool:
+        """True when every slot holds a reading or an imputed value."""
+        return self._holes == 0
+
+    def add(self, slot: int, value: float | None) -> int:
+        """Place a reading (None: reported missing); return how many values it let us impute.
+
+        Raises ``Rejected`` (late, duplicate) when the reading has no place in the window.
+        """
+        if self.newest is None or slot > self.newest:
+            self._advance_to(slot)
+            index = self.length - 1
+        else:
+            index = self.length - 1 - (self.newest - slot)
+            if index < 0:
+                raise Rejected(
+                    Reason.LATE, f"slot {slot} is behind the window (newest {self.newest})"
+                )
+            if not math.isnan(self._values[index]) and not self._is_imputed[index]:
+                raise Rejected(Reason.DUPLICATE, f"slot {slot} already has a reading")
+        return 0 if value is None else self._place(index, value)
+
+    def _advance_to(self, slot: int) -> None:
+        shift = self.length if self.newest is None else min(slot - self.newest, self.length)
+        self.newest = slot
+        if shift == 1:  # the common case, one reading per step: no new lists
+            self._imputed -= self._is_imputed.pop(0)
+            self._holes += 1 - math.isnan(self._values.pop(0))
+            self._values.append(NAN)
+            self._is_imputed.append(False)
+            return
+        self._imputed -= sum(self._is_imputed[:shift])
+        self._holes -= sum(math.isnan(v) for v in self._values[:shift])
+        self._values = self._values[shift:] + [NAN] * shift
+        self._is_imputed = self._is_imputed[shift:] + [False] * shift
+        self._holes += shift
+
+    def _place(self, index: int, value: float) -> int:
+        if self._is_imputed[index]:
+            self._is_imputed[index] = False
+            self._imputed -= 1
+            self._forget_imputed_around(index)
+        else:
+            self._holes -= 1
+        self._values[index] = value
+        return self._fill_run_ending_at(index - 1) + self._fill_run_starting_at(index + 1)
+
+    def _forget_imputed_around(self, index: int) -> None:
+        """A real reading replaced an imputed one: its imputed neighbours are re-imputed from it."""
+        for step in (-1, 1):
+            i = index + step
+            while 0 <= i < self.length and self._is_imputed[i]:
+                self._values[i] = NAN
+                self._is_imputed[i] = False
+                self._imputed -= 1
+                self._holes += 1
+                i += step
+
+    def _fill_run_ending_at(self, end: int) -> int:
+        start = end
+        while start >= 0 and math.isnan(self._values[start]):
+            start -= 1
+        return self._fill(start + 1, end)
+
+    def _fill_run_starting_at(self, start: int) -> int:
+        end = start
+        while end < self.length and math.isnan(self._values[end]):
+            end += 1
+        return self._fill(start, end - 1) if end < self.length else 0
+
+    def _fill(self, first: int, last: int) -> int:
+        """Impute holes first..last when both neighbours are known and the run is short enough."""
+        run = last - first + 1
+        if run <= 0 or run > self.max_gap or first == 0 or last == self.length - 1:
+            return 0
+        left, right = self._values[first - 1], self._values[last + 1]
+        for k in range(run):
+            if self.impute is Impute.LINEAR:
+                self._values[first + k] = left + (right - left) * (k + 1) / (run + 1)
+            else:
+                self._values[first + k] = left
+            self._is_imputed[first + k] = True
+        self._holes -= run
+        self._imputed += run
+        return run

@@ -1,0 +1,154 @@
+"""Loading the real reference datasets, and CSV forms written from their leading rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_app.datasets import (
+    DatasetError,
+    GridDataset,
+    bundled_dataset_path,
+    load_dataset,
+    shared_data_dir,
+)
+
+
+@pytest.fixture(scope="module")
+def shared() -> Path:
+    found = shared_data_dir()
+    if found is None:
+        pytest.skip("shared/data is not beside the repository")
+    return found
+
+
+@pytest.fixture(scope="module")
+def pems08() -> GridDataset:
+    return load_dataset(bundled_dataset_path())
+
+
+@pytest.mark.parametrize(
+    ("folder", "name", "shape", "start", "step_s", "first_sensor", "channels"),
+    [
+        ("PEMS08", "pems08", (1282, 170, 3), datetime(2016, 7, 1, tzinfo=UTC), 300, "pems08/0",
+         ("flow", "occupancy", "speed")),
+        ("PEMS04", "pems04", (694, 307, 3), datetime(2018, 1, 1, tzinfo=UTC), 300, "pems04/0",
+         ("flow", "occupancy", "speed")),
+        ("LOS_LOOP", "los_loop", (2016, 207, 1), datetime(2012, 3, 1, tzinfo=UTC), 300,
+         "los_loop/773869", ("speed",)),
+        ("SZ_TAXI", "sz_taxi", (2976, 156, 1), datetime(2015, 1, 1, tzinfo=UTC), 900,
+         "sz_taxi/0", ("speed",)),
+    ],
+)  # fmt: skip
+def test_shared_datasets_load_as_documented(
+    shared: Path,
+    folder: str,
+    name: str,
+    shape: tuple[int, int, int],
+    start: datetime,
+    step_s: int,
+    first_sensor: str,
+    channels: tuple[str, ...],
+) -> None:
+    ds = load_dataset(shared / folder)
+    assert (ds.name, ds.values.shape, ds.start, ds.step_s) == (name, shape, start, step_s)
+    assert ds.sensors[0] == first_sensor and len(ds.sensors) == shape[1] == ds.n_sensors
+    assert len(set(ds.sensors)) == ds.n_sensors
+    assert ds.channels == channels and ds.n_steps == shape[0]
+    assert ds.values.dtype == np.float64 and not np.isnan(ds.values).any()
+
+
+def test_pems08_first_values_and_timestamps(pems08: GridDataset) -> None:
+    assert pems08.values[0, 0].tolist() == [133.0, 0.0603, 65.8]
+    stamps = pems08.timestamps()
+    assert stamps.dtype == np.int64 and stamps.shape == (1282,)
+    assert stamps[0] == 1467331200 and stamps[-1] == 1467331200 + 1281 * 300
+    assert pems08.channel_index("speed") == 2 and pems08.channel_index(0) == 0
+    with pytest.raises(DatasetError, match="no channel"):
+        pems08.channel_index("density")
+
+
+def test_bundled_slice_equals_the_shared_one(shared: Path, pems08: GridDataset) -> None:
+    reference = load_dataset(shared / "PEMS08" / "PEMS08.npz")
+    assert np.array_equal(pems08.values, reference.values)
+    assert (pems08.sensors, pems08.start) == (reference.sensors, reference.start)
+
+
+def test_directory_with_several_data_files_is_refused(tmp_path: Path, pems08: GridDataset) -> None:
+    for stem in ("a", "b"):
+        np.savez(tmp_path / f"{stem}.npz", data=pems08.values[:2])
+    with pytest.raises(DatasetError, match="exactly one data file"):
+        load_dataset(tmp_path)
+
+
+def _leading(pems08: GridDataset, steps: int = 30, sensors: int = 12) -> np.ndarray:
+    return pems08.values[:steps, :sensors, 0]
+
+
+def _iso(pems08: GridDataset, t: int) -> str:
+    return (pems08.start + timedelta(seconds=t * pems08.step_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_wide_csv_with_time_column_round_trips(tmp_path: Path, pems08: GridDataset) -> None:
+    grid = _leading(pems08)
+    with (tmp_path / "wide.csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["ts", *[s.split("/")[1] for s in pems08.sensors[:12]]])
+        out.writerows([_iso(pems08, t), *map(repr, row.tolist())] for t, row in enumerate(grid))
+    ds = load_dataset(tmp_path, name="pems08")
+    assert np.array_equal(ds.values[:, :, 0], grid)
+    assert (ds.start, ds.step_s, ds.sensors) == (pems08.start, 300, pems08.sensors[:12])
+
+
+def test_wide_csv_without_times_reads_stcast_json(tmp_path: Path, pems08: GridDataset) -> None:
+    grid = _leading(pems08)
+    np.savetxt(tmp_path / "speeds.csv", grid, delimiter=",", header="a,b,c,d,e,f,g,h,i,j,k,l",
+               comments="")  # fmt: skip
+    meta = {"name": "net", "start": "2016-07-01T00:00:00Z", "step_s": 300, "channels": ["flow"]}
+    (tmp_path / "stcast.json").write_text(json.dumps(meta))
+    ds = load_dataset(tmp_path / "speeds.csv")
+    assert np.array_equal(ds.values[:, :, 0], grid)
+    assert (ds.name, ds.start, ds.step_s, ds.channels) == ("net", pems08.start, 300, ("flow",))
+    assert ds.sensors[:2] == ("net/a", "net/b")
+
+
+def test_long_csv_round_trips_with_gaps_as_nan(tmp_path: Path, pems08: GridDataset) -> None:
+    grid = _leading(pems08)
+    rows = [
+        [sensor.split("/")[1], _iso(pems08, t) if n % 2 else str(1467331200_000 + t * 300_000), v]
+        for t, row in enumerate(grid)
+        for n, (sensor, v) in enumerate(zip(pems08.sensors, row.tolist(), strict=False))
+        if (t, n) != (5, 3)  # one missing reading
+    ]
+    with (tmp_path / "long.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["sensor", "ts", "value"], *rows])
+    ds = load_dataset(tmp_path / "long.csv", name="pems08")
+    expected = grid.copy()
+    expected[5, 3] = np.nan
+    assert np.array_equal(ds.values[:, :, 0], expected, equal_nan=True)
+    assert (ds.start, ds.step_s, ds.sensors) == (pems08.start, 300, pems08.sensors[:12])
+
+
+def test_missing_start_and_step_names_the_flag(tmp_path: Path, pems08: GridDataset) -> None:
+    np.savez(tmp_path / "mystery.npz", data=pems08.values[:4, :5, 0])
+    with pytest.raises(DatasetError, match=r"--start .* --step-s.*stcast\.json"):
+        load_dataset(tmp_path / "mystery.npz")
+    ds = load_dataset(tmp_path / "mystery.npz", start=pems08.start, step_s=60)
+    assert ds.values.shape == (4, 5, 1) and ds.sensors[0] == "mystery/0"
+
+
+def test_naive_time_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("ts,a\n2016-07-01T00:00:00,1\n2016-07-01T00:05:00,2\n")
+    with pytest.raises(DatasetError, match="no UTC offset"):
+        load_dataset(tmp_path / "t.csv")
+
+
+def test_graph_files_are_ignored_in_a_directory(shared: Path) -> None:
+    # PEMS08.csv (from,to,cost) and LOS_LOOP's adjacency and location files sit beside the data
+    assert load_dataset(shared / "LOS_LOOP").n_sensors == 207
+    assert load_dataset(shared / "PEMS08").n_sensors == 170
