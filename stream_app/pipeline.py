@@ -1,11 +1,15 @@
 """The synchronous core: consumed messages in, forecasts and dead letters out.
 
-``Pipeline.step(messages)`` validates each tick, places it in its sensor's window, scores earlier
-forecasts against it, and gathers the windows that became ready. Every ``batch_size`` ready
-windows it runs one inference and yields an ``Output`` for the shell to produce, so that the
-first forecasts of a large micro-batch leave before the last ticks are read. A sensor never has
-two windows in one inference: a second tick for it flushes the chunk first, which keeps scoring
-exact (a forecast is pending before the next actual of its sensor is read).
+``Pipeline.step(messages)`` validates each tick, places it in its sensor's window, and gathers
+the windows that became ready. Every ``batch_size`` ready windows it runs one inference and
+yields an ``Output`` for the shell to produce, so that the first forecasts of a large micro-batch
+leave before the last ticks are read.
+
+Scoring stays exactly sequential per sensor although a chunk is inferred at once: each tick gets
+a generation (its sensor's n-th tick in the chunk), and after inference the chunk is settled
+generation by generation: score that generation's actuals against what is pending, then add that
+generation's forecasts. A sensor's second tick in a chunk is thus scored against its first
+tick's forecast, as if the ticks had been processed one by one.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
-from .forecasters import Forecaster, WindowBatch
+from .forecasters import FloatArray, Forecaster, WindowBatch
 from .metrics import Metrics
 from .records import (
     Incoming,
@@ -32,7 +37,7 @@ from .records import (
     format_ts,
     tick_from_json,
 )
-from .scoring import Actuals, PendingForecasts, RollingMAE, ScoreSink
+from .scoring import Actuals, PendingForecasts, RollingMAE, Scores, ScoreSink
 from .windows import Impute, RollingWindow
 
 log = logging.getLogger(__name__)
@@ -71,9 +76,11 @@ class _Chunk:
     actuals: Actuals = field(default_factory=Actuals)
     rows: list[list[float]] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
+    row_generations: list[int] = field(default_factory=list)
+    imputed: list[int] = field(default_factory=list)
     consumed_at: list[float] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
-    members: set[str] = field(default_factory=set)
+    generation: dict[int, int] = field(default_factory=dict)  # sensor index -> ticks so far
 
 
 class Pipeline:
@@ -134,9 +141,6 @@ class Pipeline:
                         raise item
                     tick = tick_from_json(item, self._parse_ts)
                     state = self._state_for(tick)
-                    if tick.sensor in chunk.members:
-                        yield self._flush(chunk)
-                        chunk = _Chunk()
                     imputed += self._place(tick, state, consumed_at, chunk)
                 except Rejected as rejected:
                     raw = raw or json.dumps(item).encode()
@@ -191,7 +195,9 @@ class Pipeline:
         filled = window.add(slot, tick.value)
         if tick.value is None:
             return filled
-        chunk.actuals.add(state.index, slot, tick.value)
+        generation = chunk.generation.get(state.index, 0)
+        chunk.generation[state.index] = generation + 1
+        chunk.actuals.add(state.index, slot, tick.value, generation)
         if slot == window.newest:
             self._newest_ms = max(self._newest_ms, tick.ts_ms)
             if window.is_full:
@@ -199,8 +205,9 @@ class Pipeline:
                 chunk.sensors.append(tick.sensor)
                 chunk.rows.append(window.values[:])
                 chunk.slots.append(slot)
+                chunk.row_generations.append(generation)
+                chunk.imputed.append(window.imputed)
                 chunk.consumed_at.append(consumed_at)
-                chunk.members.add(tick.sensor)
         return filled
 
     def _dead_letter(
@@ -212,30 +219,67 @@ class Pipeline:
             self.metrics.rejected.labels(reason=str(rejected.reason)).inc()
 
     def _flush(self, chunk: _Chunk) -> Output:
-        self._score(chunk.actuals)
         output = Output(dead_letters=chunk.dead_letters)
+        values = self._infer(chunk)
+        self._settle(chunk, values)
         if chunk.rows:
-            self._forecast(chunk, output)
+            self._encode(chunk, values, output)
         return output
 
-    def _forecast(self, chunk: _Chunk, output: Output) -> None:
-        step_ms = self._step_ms
+    def _infer(self, chunk: _Chunk) -> FloatArray:
+        if not chunk.rows:
+            return np.zeros((0, self.forecaster.horizon))
         slots = np.array(chunk.slots, dtype=np.int64)
         batch = WindowBatch(np.array(chunk.rows), slots * self.step_s, tuple(chunk.sensors))
         started = self.stopwatch()
         values = self.forecaster.forecast(batch)
         self._observe_inference(self.stopwatch() - started, len(batch))
+        return values
+
+    def _settle(self, chunk: _Chunk, values: FloatArray) -> None:
+        """Score and remember, generation by generation (see the module docstring)."""
+        sensors, slots, actuals, generations = chunk.actuals.arrays()
+        made_by = np.array([state.index for state in chunk.states], dtype=np.int64)
+        made_at = np.array(chunk.slots, dtype=np.int64)
+        made_in = np.array(chunk.row_generations, dtype=np.int64)
+        usable = np.isfinite(values).all(axis=1)
+        scores = []
+        for generation in range(max(chunk.generation.values(), default=0)):
+            now = generations == generation
+            scores.append(self.pending.score(sensors[now], slots[now], actuals[now]))
+            new = (made_in == generation) & usable
+            if new.any():
+                self.pending.add(made_by[new], made_at[new], values[new])
+        self._publish(Scores.concatenate(scores))
+
+    def _encode(self, chunk: _Chunk, values: FloatArray, output: Output) -> None:
+        step_ms = self._step_ms
         emitted_at = format_ts(int(self.clock() * 1000))
         model, step_s = self.forecaster.model_id, self.step_s
-        indices = np.array([state.index for state in chunk.states], dtype=np.int64)
-        self.pending.add(indices, slots, values)
-        for state, slot, row in zip(chunk.states, chunk.slots, values.tolist(), strict=True):
+        finite = cast(list[bool], np.isfinite(values).all(axis=1).tolist())
+        rows = zip(chunk.states, chunk.slots, values.tolist(), finite, chunk.imputed, strict=True)
+        for i, (state, slot, row, is_finite, imputed) in enumerate(rows):
             ts = self._ts_text.get(slot) or self._remember_ts(slot, slot * step_ms)
-            record = encode_forecast(
-                state.quoted, ts, step_s, row, model, emitted_at, state.window.imputed
-            )
+            if not is_finite:
+                self._model_failed(state, ts, chunk.rows[i], output)
+                continue
+            record = encode_forecast(state.quoted, ts, step_s, row, model, emitted_at, imputed)
             output.forecasts.append((state.key, record))
-        output.consumed_at = chunk.consumed_at
+            output.consumed_at.append(chunk.consumed_at[i])
+
+    def _model_failed(
+        self, state: SensorState, ts: str, window: list[float], output: Output
+    ) -> None:
+        """A NaN or infinite forecast is a model fault: dead-letter its window, never send it."""
+        detail = f"model {self.forecaster.model_id} forecast a non-finite value"
+        log.error("%s for %s at %s", detail, state.key.decode(), ts)
+        raw = json.dumps({"sensor": state.key.decode(), "ts": ts, "window": window}).encode()
+        where = Incoming(topic="", partition=-1, offset=-1, key=state.key, value=raw)
+        output.dead_letters.append(
+            (state.key, encode_dead_letter(where, Reason.INTERNAL, detail, raw))
+        )
+        if self.metrics is not None:
+            self.metrics.rejected.labels(reason=str(Reason.INTERNAL)).inc()
 
     def _remember_ts(self, slot: int, ts_ms: int) -> str:
         if len(self._ts_text) > 4096:
@@ -243,10 +287,9 @@ class Pipeline:
         text = self._ts_text[slot] = format_ts(ts_ms)
         return text
 
-    def _score(self, actuals: Actuals) -> None:
-        if not actuals:
+    def _publish(self, scores: Scores) -> None:
+        if not len(scores):
             return
-        scores = self.pending.score(*actuals.arrays())
         for sink in self.sinks:
             sink.update(scores)
         if self.metrics is not None:

@@ -159,6 +159,9 @@ def format_ts(ts_ms: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_VALUE_FORMATS: dict[int, str] = {}
+
+
 def encode_forecast(
     sensor_json: str,
     ts: str,
@@ -170,13 +173,21 @@ def encode_forecast(
 ) -> bytes:
     """A Forecast record; ``sensor_json`` is the sensor id already JSON-quoted (cached per sensor).
 
-    Built by hand because it is the hot path's one per-forecast encoding.
+    Built by hand because it is the hot path's one per-forecast encoding. Values keep 8
+    significant digits, all that the float32 models compute; they must be finite.
     """
-    numbers = ",".join([repr(v) for v in values])
+    numbers = _values_format(len(values)) % tuple(values)
     return (
         f'{{"sensor":{sensor_json},"ts":"{ts}","step_s":{step_s},"values":[{numbers}],'
         f'"model":"{model}","emitted_at":"{emitted_at}","imputed":{imputed}}}'
     ).encode()
+
+
+def _values_format(n: int) -> str:
+    fmt = _VALUE_FORMATS.get(n)
+    if fmt is None:
+        fmt = _VALUE_FORMATS[n] = ",".join(["%.8g"] * n)
+    return fmt
 
 
 def encode_dead_letter(message: Incoming, reason: Reason, detail: str, raw: bytes) -> bytes:

@@ -70,20 +70,23 @@ class Actuals:
     sensors: list[int] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
+    generations: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.values)
 
-    def add(self, sensor: int, slot: int, value: float) -> None:
+    def add(self, sensor: int, slot: int, value: float, generation: int = 0) -> None:
         self.sensors.append(sensor)
         self.slots.append(slot)
         self.values.append(value)
+        self.generations.append(generation)
 
-    def arrays(self) -> tuple[IntArray, IntArray, FloatArray]:
+    def arrays(self) -> tuple[IntArray, IntArray, FloatArray, IntArray]:
         return (
             np.array(self.sensors, dtype=np.int64),
             np.array(self.slots, dtype=np.int64),
             np.array(self.values, dtype=np.float64),
+            np.array(self.generations, dtype=np.int64),
         )
 
 
@@ -102,6 +105,18 @@ class Scores:
     def empty(cls) -> Scores:
         none = np.zeros(0, dtype=np.int64)
         return cls(none, none, np.zeros(0))
+
+    @classmethod
+    def concatenate(cls, parts: list[Scores]) -> Scores:
+        if not parts:
+            return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            np.concatenate([p.sensors for p in parts]),
+            np.concatenate([p.horizons for p in parts]),
+            np.concatenate([p.errors for p in parts]),
+        )
 
 
 class ScoreSink(Protocol):

@@ -50,6 +50,9 @@ class Settings:
     future_tolerance_s: float = _setting(
         86400.0, "ticks stamped further than this ahead of the wall clock are bad_timestamp"
     )
+    session_timeout_s: float = _setting(
+        10.0, "consumer group session timeout; a dead worker's partitions move after it"
+    )
     batch_size: int = _setting(256, "most messages per micro-batch and windows per inference")
     batch_wait_s: float = _setting(0.01, "longest wait for a micro-batch to fill, seconds")
     provider: str = _setting(
@@ -81,7 +84,14 @@ class Settings:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ValueError(f"{env_name(f.name)}={value!r}: expected one of {choices}")
-        positive = ("partitions", "window", "horizon", "batch_size", "mae_window")
+        positive = (
+            "partitions",
+            "window",
+            "horizon",
+            "batch_size",
+            "mae_window",
+            "inference_threads",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{env_name(name)} must be at least 1")

@@ -1,0 +1,220 @@
+"""``stcast bench``: the performance figures, measured in one run on this machine.
+
+(a) the inference ceiling: windows per second through the ONNX forecaster at the configured
+batch size; (b) faust's consume-only ceiling on the embedded broker, same faust configuration and
+micro-batching as the worker; (c) a real worker process end to end with single-tick messages and
+(d) with tick batches: ticks per second and tick-to-forecast latency quantiles from the worker's
+own histogram. Every run reads the same PEMS08 flows, preloaded into its topic, so that the
+replayer does not compete with the worker for the two cores while it is timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .broker import EmbeddedBroker
+from .datasets import GridDataset, bundled_dataset_path, load_dataset
+from .forecasters import WindowBatch
+from .onnx_forecaster import OnnxForecaster
+from .replay import replay
+from .services import WorkerProcess, histogram_quantile, scrape, wait_until
+from .settings import Settings, env_name
+from .topics import ensure_topics_sync
+
+LATENCY = "stcast_tick_to_forecast_seconds"
+POLL_S = 0.2
+
+
+def run_bench(settings: Settings, *, as_json: bool, steps: int | None = None) -> int:
+    dataset = load_dataset(bundled_dataset_path())
+    steps = min(steps or dataset.n_steps, dataset.n_steps)
+    with tempfile.TemporaryDirectory(prefix="stcast-bench-") as tmp:
+        model_dir = settings.model_path or _seed_model(Path(tmp) / "model", dataset)
+        settings = settings.replace(model_dir=str(model_dir), log_level="warning")
+        report = measure(settings, dataset, steps)
+    print(json.dumps(report, indent=2) if as_json else format_table(report))
+    return 0
+
+
+def measure(settings: Settings, dataset: GridDataset, steps: int) -> dict[str, Any]:
+    forecaster = OnnxForecaster(
+        Path(settings.model_dir), provider=settings.provider, threads=settings.inference_threads
+    )
+    report: dict[str, Any] = {
+        "provider": forecaster.provider,
+        "batch_size": settings.batch_size,
+        "ticks": steps * dataset.n_sensors,
+        "inference_ceiling": {"ticks_per_s": inference_ceiling(forecaster, dataset, settings)},
+    }
+    with EmbeddedBroker() as broker:
+        settings = settings.replace(bootstrap_servers=broker.bootstrap_servers)
+        report["faust_ceiling"] = faust_ceiling(settings, dataset, steps)
+        for kind in ("single", "batched"):
+            report[kind] = end_to_end(settings, dataset, steps, forecaster.window, kind)
+    report["ratio_single"] = (
+        report["single"]["ticks_per_s"] / report["faust_ceiling"]["ticks_per_s"]
+    )
+    report["ratio_batched"] = (
+        report["batched"]["ticks_per_s"] / report["inference_ceiling"]["ticks_per_s"]
+    )
+    return report
+
+
+def inference_ceiling(
+    forecaster: OnnxForecaster, dataset: GridDataset, settings: Settings
+) -> float:
+    """Windows per second through the forecaster alone, in batches of ``batch_size``."""
+    flows, times = dataset.values[:, :, 0], dataset.timestamps()
+    rng = np.random.default_rng(0)
+    ends = rng.integers(forecaster.window, dataset.n_steps, settings.batch_size)
+    sensors = rng.integers(0, dataset.n_sensors, settings.batch_size)
+    rows = np.stack(
+        [flows[e - forecaster.window : e, s] for e, s in zip(ends, sensors, strict=True)]
+    )
+    batch = WindowBatch(rows, times[ends - 1], tuple(dataset.sensors[s] for s in sensors))
+    forecaster.forecast(batch)  # warm-up
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < 3.0:
+        forecaster.forecast(batch)
+        calls += 1
+    return calls * settings.batch_size / (time.perf_counter() - started)
+
+
+def faust_ceiling(settings: Settings, dataset: GridDataset, steps: int) -> dict[str, float]:
+    """Messages per second a counting-only agent of the worker's faust app reads."""
+    topic = "bench.faust.ticks"
+    _preload(settings, dataset, topic, steps, batched=False)
+    env = _env(settings.replace(ticks_topic=topic, group_id="bench-faust"))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ceiling.json"
+        done = subprocess.run(
+            [sys.executable, "-m", "stream_app.faust_ceiling", str(steps * dataset.n_sensors), out],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if not out.exists():
+            raise RuntimeError(f"the faust ceiling run failed: {done.stdout[-2000:]}")
+        figures: dict[str, float] = json.loads(out.read_text())
+    return figures
+
+
+def end_to_end(
+    settings: Settings, dataset: GridDataset, steps: int, window: int, kind: str
+) -> dict[str, float]:
+    """A worker process on preloaded ticks: throughput from its counters, latency quantiles."""
+    topics = {name: f"bench.{kind}.{name}" for name in ("ticks", "forecasts", "dlq")}
+    _preload(settings, dataset, topics["ticks"], steps, batched=kind == "batched")
+    worker_settings = settings.replace(
+        ticks_topic=topics["ticks"],
+        forecasts_topic=topics["forecasts"],
+        dlq_topic=topics["dlq"],
+        group_id=f"bench-{kind}",
+    )
+    expected = (steps - window + 1) * dataset.n_sensors
+    with WorkerProcess(_settings_dict(worker_settings)) as worker:
+        first: dict[str, float] = {}
+        # Scrapes cost the worker CPU: poll at 5 Hz, an error of at most 0.2 s over the run.
+        if not wait_until(lambda: _first_ticks(worker.metrics_url, first), 120, POLL_S):
+            raise RuntimeError(f"the {kind} worker read no tick in 120 s")
+        done: dict[str, Any] = {}
+        if not wait_until(lambda: _all_forecasts(worker.metrics_url, expected, done), 600, POLL_S):
+            raise RuntimeError(f"the {kind} worker did not produce {expected} forecasts")
+        ticks_per_s = (done["ticks"] - first["ticks"]) / (done["at"] - first["at"])
+        return {
+            "ticks_per_s": ticks_per_s,
+            "p50_s": histogram_quantile(done["samples"], LATENCY, 0.5),
+            "p99_s": histogram_quantile(done["samples"], LATENCY, 0.99),
+        }
+
+
+def _first_ticks(url: str, into: dict[str, float]) -> bool:
+    ticks = scrape(url).get("stcast_ticks_total", 0.0)
+    if ticks > 0:
+        into.update(ticks=ticks, at=time.perf_counter())
+    return ticks > 0
+
+
+def _all_forecasts(url: str, expected: int, into: dict[str, Any]) -> bool:
+    at = time.perf_counter()
+    samples = scrape(url)
+    if samples.get("stcast_forecasts_total", 0.0) < expected:
+        return False
+    into.update(ticks=samples["stcast_ticks_total"], at=at, samples=samples)
+    return True
+
+
+def _preload(
+    settings: Settings, dataset: GridDataset, topic: str, steps: int, batched: bool
+) -> None:
+    ensure_topics_sync(settings.bootstrap_servers, {topic: settings.partitions})
+    asyncio.run(
+        replay(
+            settings.bootstrap_servers,
+            topic,
+            dataset,
+            batched=batched,
+            steps=steps,
+            network=None,
+            progress=False,
+        )
+    )
+
+
+def _settings_dict(settings: Settings) -> dict[str, Any]:
+    return {k: v for k, v in vars(settings).items() if k != "metrics_port"}
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    import os
+
+    return {**os.environ, **{env_name(k): str(v) for k, v in vars(settings).items()}}
+
+
+def _seed_model(out_dir: Path, dataset: GridDataset) -> Path:
+    try:
+        from export.onnx_graphs import build_seed_lstm
+    except ImportError as exc:
+        raise RuntimeError(
+            "stcast bench needs a model: pass --model-dir, or install the 'train' or 'dev' extra "
+            "(it builds an untrained LSTM of the seed architecture with onnx)"
+        ) from exc
+    flows = dataset.values[:, :, 0]
+    return build_seed_lstm(
+        out_dir,
+        sensors=dataset.sensors,
+        step_s=dataset.step_s,
+        mean=float(flows.mean()),
+        std=float(flows.std()),
+    )
+
+
+def format_table(report: dict[str, Any]) -> str:
+    def row(name: str, part: dict[str, float]) -> str:
+        latency = (
+            f"{part['p50_s'] * 1000:9.1f} {part['p99_s'] * 1000:9.1f}" if "p50_s" in part else ""
+        )
+        return f"{name:<34}{part['ticks_per_s']:>12,.0f} {latency}"
+
+    lines = [
+        f"stcast bench: {report['ticks']:,} PEMS08 ticks, batch size {report['batch_size']}, "
+        f"provider {report['provider']}",
+        f"{'':<34}{'ticks/s':>12} {'p50 ms':>9} {'p99 ms':>9}",
+        row("(a) inference ceiling", report["inference_ceiling"]),
+        row("(b) faust consume-only ceiling", report["faust_ceiling"]),
+        row("(c) end to end, single ticks", report["single"]),
+        row("(d) end to end, tick batches", report["batched"]),
+        f"ratio (c)/(b) {report['ratio_single']:.2f}   (d)/(a) {report['ratio_batched']:.2f}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Assembling and running a worker from settings: forecaster, pipeline, metrics, faust app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from .agents import build_app
+from .forecasters import DAY_S, WEEK_S, Forecaster, Persistence, SeasonalNaive
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .settings import Settings
+from .topics import ensure_topics_sync
+from .windows import Impute
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STEP_S = 300
+
+
+def load_forecaster(settings: Settings) -> Forecaster:
+    """The model in ``settings.model_dir``, or the configured baseline when there is none.
+
+    A model whose card contradicts the settings raises ``ModelContractError`` here, at start-up.
+    """
+    if settings.model_path is not None:
+        from .onnx_forecaster import OnnxForecaster
+
+        return OnnxForecaster(
+            settings.model_path,
+            provider=settings.provider,
+            threads=settings.inference_threads,
+            step_s=settings.step_s,
+        )
+    step_s = settings.step_s or DEFAULT_STEP_S
+    if settings.baseline == "seasonal-daily":
+        return SeasonalNaive.for_period(DAY_S, step_s, settings.horizon)
+    if settings.baseline == "seasonal-weekly":
+        return SeasonalNaive.for_period(WEEK_S, step_s, settings.horizon)
+    return Persistence(horizon=settings.horizon, window=settings.window)
+
+
+def grid_step(settings: Settings, forecaster: Forecaster) -> int:
+    """The grid step: the setting, else the model card's, else the default."""
+    card = getattr(forecaster, "card", None)
+    return settings.step_s or (card.step_s if card is not None else DEFAULT_STEP_S)
+
+
+def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics) -> Pipeline:
+    return Pipeline(
+        forecaster,
+        step_s=grid_step(settings, forecaster),
+        max_gap_steps=settings.max_gap_steps,
+        impute=Impute(settings.impute),
+        network=settings.network,
+        future_tolerance_s=settings.future_tolerance_s,
+        batch_size=settings.batch_size,
+        mae_window=settings.mae_window,
+        metrics=metrics,
+    )
+
+
+def run_worker(settings: Settings) -> int:
+    """Run a worker until SIGTERM or Ctrl-C; return the exit status."""
+    import faust  # deferred: faust's import takes a second the other commands need not pay
+
+    forecaster = load_forecaster(settings)
+    metrics = Metrics(CollectorRegistry())
+    pipeline = build_pipeline(settings, forecaster, metrics)
+    topics = (settings.ticks_topic, settings.forecasts_topic, settings.dlq_topic)
+    ensure_topics_sync(settings.bootstrap_servers, dict.fromkeys(topics, settings.partitions))
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, settings.metrics_host, metrics.registry)
+    log.info(
+        "serving %s on %s, grid step %d s, metrics on %s:%d",
+        forecaster.model_id,
+        forecaster.provider,
+        pipeline.step_s,
+        settings.metrics_host,
+        settings.metrics_port,
+    )
+    asyncio.set_event_loop(asyncio.new_event_loop())  # faust binds to the current loop
+    app = build_app(settings, pipeline, metrics)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as done:
+        return int(done.code or 0)
+    return 0
