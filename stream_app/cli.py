@@ -1,0 +1,217 @@
+"""The ``stcast`` command line: one sub-command per verb of DESIGN.md.
+
+Settings flags are generated from ``Settings``: ``--batch-size`` defaults to ``STCAST_BATCH_SIZE``
+and then to the declared default, and ``--help`` shows both names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import Field
+from pathlib import Path
+from typing import Any
+
+from .settings import Settings, env_name, setting_fields
+
+CLUSTER = ("bootstrap_servers", "ticks_topic", "forecasts_topic", "dlq_topic", "partitions")
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(**_overrides(args))
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        command: Command = args.command
+        return command(args, settings)
+    except (ValueError, RuntimeError, OSError) as exc:  # contract, settings and I/O errors
+        print(f"stcast {args.verb}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stcast", description="Streaming spatial-temporal forecasting on Kafka."
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+    for verb, (command, help_text, settings, extra) in _VERBS.items():
+        sub = verbs.add_parser(verb, help=help_text, description=help_text)
+        sub.set_defaults(command=command)
+        _add_settings(sub, settings)
+        extra(sub)
+    return parser
+
+
+def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str] | None) -> None:
+    group = parser.add_argument_group("settings (flag, or environment variable)")
+    for f in setting_fields():
+        if names is None or f.name in names:
+            group.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                type=_flag_type(f),
+                choices=f.metadata.get("choices"),
+                default=None,
+                help=f"{f.metadata['help']} [{env_name(f.name)}; default {f.default!r}]",
+            )
+
+
+def _flag_type(f: Field[Any]) -> Callable[[str], Any]:
+    kind: Callable[[str], Any] = type(f.default)
+    return kind
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = {f.name for f in setting_fields()}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+# -- the verbs ------------------------------------------------------------------------------
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from .worker import run_worker
+
+    return run_worker(settings)
+
+
+def _broker(args: argparse.Namespace, settings: Settings) -> int:
+    from .broker import serve_forever
+
+    return serve_forever(args.port, args.host)
+
+
+def _broker_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from .datasets import load_dataset
+    from .replay import replay
+    from .topics import ensure_topics_sync
+
+    dataset = load_dataset(args.dataset, start=args.start, step_s=args.dataset_step_s)
+    ensure_topics_sync(settings.bootstrap_servers, {settings.ticks_topic: settings.partitions})
+    report = asyncio.run(
+        replay(
+            settings.bootstrap_servers,
+            settings.ticks_topic,
+            dataset,
+            channel=dataset.channel_index(
+                int(args.channel) if args.channel.isdigit() else args.channel
+            ),
+            batched=args.batched,
+            speed=args.speed,
+            start_step=args.start_step,
+            steps=args.steps,
+            network=args.network or None,
+        )
+    )
+    print(
+        f"replayed {report.ticks} ticks of {dataset.name} in {report.messages} messages, "
+        f"{report.seconds:.1f} s ({report.messages_per_s:,.0f} messages/s)"
+    )
+    return 0
+
+
+def _replay_args(parser: argparse.ArgumentParser) -> None:
+    from .datasets import bundled_dataset_path
+
+    parser.add_argument(
+        "dataset",
+        nargs="?",
+        default=str(bundled_dataset_path()),
+        help="dataset file or directory (default: the bundled PEMS08 slice)",
+    )
+    parser.add_argument("--batched", action="store_true", help="one message per step")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="multiple of real time (300: a 5-minute step per second); 0 = as fast as possible",
+    )
+    parser.add_argument("--channel", default="0", help="channel index or name (flow, speed...)")
+    parser.add_argument("--start-step", type=int, default=0, help="first step to publish")
+    parser.add_argument("--steps", type=int, default=None, help="how many steps (default: all)")
+    parser.add_argument("--network", default="", help="network id stamped on each tick")
+    _dataset_grid_args(parser)
+
+
+def _dataset_grid_args(parser: argparse.ArgumentParser) -> None:
+    from datetime import datetime
+
+    parser.add_argument(
+        "--start",
+        type=datetime.fromisoformat,
+        default=None,
+        help="time of the dataset's first step, RFC 3339 (when the data does not say)",
+    )
+    parser.add_argument(
+        "--dataset-step-s",
+        type=int,
+        default=None,
+        help="seconds between the dataset's steps (when the data does not say)",
+    )
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .demo import run_demo
+
+    return run_demo(settings, Path(args.dataset), batched=args.batched, steps=args.steps)
+
+
+def _demo_args(parser: argparse.ArgumentParser) -> None:
+    from .datasets import bundled_dataset_path
+
+    parser.add_argument(
+        "--dataset",
+        default=str(bundled_dataset_path()),
+        help="dataset to stream (default: the bundled PEMS08 slice)",
+    )
+    parser.add_argument("--batched", action="store_true", help="publish one message per step")
+    parser.add_argument("--steps", type=int, default=None, help="steps to stream (default: all)")
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from .bench import run_bench
+
+    return run_bench(settings, as_json=args.json, steps=args.steps)
+
+
+def _bench_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--steps", type=int, default=None, help="PEMS08 steps per run (all)")
+
+
+def _no_args(parser: argparse.ArgumentParser) -> None:
+    del parser
+
+
+_VERBS: dict[str, tuple[Command, str, Sequence[str] | None, Callable[..., None]]] = {
+    "demo": (
+        _demo,
+        "the main job: embedded broker, bundled real data, a worker, live accuracy",
+        ("batch_size", "baseline", "model_dir", "log_level"),
+        _demo_args,
+    ),
+    "broker": (_broker, "run the embedded Kafka-compatible broker (Tansu)", (), _broker_args),
+    "replay": (_replay, "publish a dataset to the ticks topic as ticks", CLUSTER, _replay_args),
+    "worker": (_worker, "run a forecasting worker", None, _no_args),
+    "bench": (
+        _bench,
+        "measure inference, faust and end-to-end throughput and latency",
+        ("batch_size", "batch_wait_s", "model_dir", "log_level"),
+        _bench_args,
+    ),
+}
