@@ -143,7 +143,7 @@ class Pipeline:
                     state = self._state_for(tick)
                     imputed += self._place(tick, state, consumed_at, chunk)
                 except Rejected as rejected:
-                    raw = raw or json.dumps(item).encode()
+                    raw = json.dumps(item).encode() if where else raw
                     self._dead_letter(chunk, message, rejected, raw, where)
                 if len(chunk.rows) >= self.batch_size:
                     yield self._flush(chunk)
@@ -174,6 +174,9 @@ class Pipeline:
                 yield item, b"", f"ticks[{index}]: "
 
     def _state_for(self, tick: Tick) -> SensorState:
+        """The tick's sensor, once the tick is known to belong here (a rejected tick adds none)."""
+        if tick.ts_ms > (self.clock() + self.future_tolerance_s) * 1000:
+            raise Rejected(Reason.BAD_TIMESTAMP, f"ts {format_ts(tick.ts_ms)} is in the future")
         if self.network and tick.network is not None and tick.network != self.network:
             raise Rejected(
                 Reason.UNKNOWN_NETWORK,
@@ -188,8 +191,6 @@ class Pipeline:
         return state
 
     def _place(self, tick: Tick, state: SensorState, consumed_at: float, chunk: _Chunk) -> int:
-        if tick.ts_ms > (self.clock() + self.future_tolerance_s) * 1000:
-            raise Rejected(Reason.BAD_TIMESTAMP, f"ts {format_ts(tick.ts_ms)} is in the future")
         slot = (tick.ts_ms + self._step_ms // 2) // self._step_ms
         window = state.window
         filled = window.add(slot, tick.value)
@@ -246,11 +247,12 @@ class Pipeline:
         scores = []
         for generation in range(max(chunk.generation.values(), default=0)):
             now = generations == generation
-            scores.append(self.pending.score(sensors[now], slots[now], actuals[now]))
+            settled = self.pending.score(sensors[now], slots[now], actuals[now])
+            scores.append(settled.at(np.flatnonzero(now)))
             new = (made_in == generation) & usable
             if new.any():
                 self.pending.add(made_by[new], made_at[new], values[new])
-        self._publish(Scores.concatenate(scores))
+        self._publish(Scores.in_arrival_order(scores))
 
     def _encode(self, chunk: _Chunk, values: FloatArray, output: Output) -> None:
         step_ms = self._step_ms
@@ -266,6 +268,8 @@ class Pipeline:
             record = encode_forecast(state.quoted, ts, step_s, row, model, emitted_at, imputed)
             output.forecasts.append((state.key, record))
             output.consumed_at.append(chunk.consumed_at[i])
+        if self.metrics is not None:
+            self.metrics.forecasts.inc(len(output.forecasts))
 
     def _model_failed(
         self, state: SensorState, ts: str, window: list[float], output: Output
@@ -299,7 +303,6 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.inference_seconds.observe(seconds)
             self.metrics.batch_size.observe(windows)
-            self.metrics.forecasts.inc(windows)
 
     def _count(self, ticks: int, imputed: int) -> None:
         if self.metrics is None:

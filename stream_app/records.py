@@ -115,7 +115,7 @@ class TimestampParser:
 def decode_json(raw: bytes) -> Any:
     """Parse a message value, or raise ``Rejected(malformed)``."""
     try:
-        return json.loads(raw)
+        return json.loads(raw.decode("utf-8"))  # json.loads(bytes) would also take UTF-16/32
     except (UnicodeDecodeError, ValueError) as exc:
         raise Rejected(Reason.MALFORMED, f"not UTF-8 JSON: {exc}") from None
 
@@ -141,7 +141,10 @@ def _reading(value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Rejected(Reason.BAD_TYPE, f"value must be a number or null, not {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer with hundreds of digits
+        raise Rejected(Reason.NON_FINITE, "value is too large for a float") from None
     if not math.isfinite(number):
         raise Rejected(Reason.NON_FINITE, f"value {value!r} is not finite")
     return number

@@ -17,6 +17,8 @@ import numpy as np
 
 from .forecasters import FloatArray, IntArray
 
+NEVER = np.iinfo(np.int64).min  # made_at of a ring row that holds no forecast
+
 
 class PendingForecasts:
     """The forecasts of every sensor whose horizon has not yet passed.
@@ -29,7 +31,7 @@ class PendingForecasts:
     def __init__(self, horizon: int, capacity: int = 1024) -> None:
         self.horizon = horizon
         self._values = np.zeros((capacity, horizon, horizon))
-        self._made_at = np.full((capacity, horizon), -1, dtype=np.int64)
+        self._made_at = np.full((capacity, horizon), NEVER, dtype=np.int64)
         self._steps = np.arange(1, horizon + 1, dtype=np.int64)
 
     def add(self, sensors: IntArray, slots: IntArray, values: FloatArray) -> None:
@@ -50,7 +52,7 @@ class PendingForecasts:
         picked = self._values[sensors[:, None], rows, self._steps[None, :] - 1]
         which, step = np.nonzero(live)
         errors = picked[which, step] - actuals[which]
-        return Scores(sensors[which], step + 1, errors)
+        return Scores(sensors[which], step + 1, errors, which)
 
     def _grow_to(self, size: int) -> None:
         capacity = len(self._made_at)
@@ -59,7 +61,7 @@ class PendingForecasts:
         extra = max(size, 2 * capacity) - capacity
         self._values = np.concatenate([self._values, np.zeros((extra, *self._values.shape[1:]))])
         self._made_at = np.concatenate(
-            [self._made_at, np.full((extra, self.horizon), -1, dtype=np.int64)]
+            [self._made_at, np.full((extra, self.horizon), NEVER, dtype=np.int64)]
         )
 
 
@@ -92,11 +94,15 @@ class Actuals:
 
 @dataclass(frozen=True)
 class Scores:
-    """Signed errors (forecast minus actual) with their sensor index and 1-based horizon."""
+    """Signed errors (forecast minus actual) with their sensor index and 1-based horizon.
+
+    ``actuals`` says which of the scored actuals (by position) each error belongs to.
+    """
 
     sensors: IntArray
     horizons: IntArray
     errors: FloatArray
+    actuals: IntArray
 
     def __len__(self) -> int:
         return len(self.errors)
@@ -104,18 +110,24 @@ class Scores:
     @classmethod
     def empty(cls) -> Scores:
         none = np.zeros(0, dtype=np.int64)
-        return cls(none, none, np.zeros(0))
+        return cls(none, none, np.zeros(0), none)
+
+    def at(self, positions: IntArray) -> Scores:
+        """The same errors, their actuals renumbered through ``positions``."""
+        return Scores(self.sensors, self.horizons, self.errors, positions[self.actuals])
 
     @classmethod
-    def concatenate(cls, parts: list[Scores]) -> Scores:
+    def in_arrival_order(cls, parts: list[Scores]) -> Scores:
+        """Concatenate, then order the errors as their actuals arrived (stable by horizon)."""
         if not parts:
             return cls.empty()
-        if len(parts) == 1:
-            return parts[0]
+        actuals = np.concatenate([p.actuals for p in parts])
+        order = np.argsort(actuals, kind="stable")
         return cls(
-            np.concatenate([p.sensors for p in parts]),
-            np.concatenate([p.horizons for p in parts]),
-            np.concatenate([p.errors for p in parts]),
+            np.concatenate([p.sensors for p in parts])[order],
+            np.concatenate([p.horizons for p in parts])[order],
+            np.concatenate([p.errors for p in parts])[order],
+            actuals[order],
         )
 
 
@@ -129,7 +141,8 @@ class RollingMAE:
     """Mean absolute error per horizon over the newest ``size`` errors at that horizon.
 
     >>> mae = RollingMAE(horizon=2, size=2)
-    >>> mae.update(Scores(np.array([0, 0, 0]), np.array([1, 1, 1]), np.array([1.0, -3.0, 5.0])))
+    >>> one = np.array([1, 1, 1])
+    >>> mae.update(Scores(np.array([0, 0, 0]), one, np.array([1.0, -3.0, 5.0]), np.arange(3)))
     >>> mae.mae.tolist()[0], bool(np.isnan(mae.mae[1]))
     (4.0, True)
     """

@@ -95,10 +95,17 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{env_name(name)} must be at least 1")
-        if self.max_gap_steps < 0 or self.step_s < 0 or self.batch_wait_s < 0:
-            raise ValueError(
-                "STCAST_MAX_GAP_STEPS, STCAST_STEP_S and STCAST_BATCH_WAIT_S must not be negative"
-            )
+        non_negative = (
+            "max_gap_steps",
+            "step_s",
+            "batch_wait_s",
+            "future_tolerance_s",
+            "session_timeout_s",
+        )
+        for name in non_negative:
+            value = getattr(self, name)
+            if not 0 <= value < float("inf"):  # also refuses NaN
+                raise ValueError(f"{env_name(name)}={value!r} must be a finite number >= 0")
         return self
 
     def replace(self, **changes: Any) -> Settings:

@@ -1,0 +1,164 @@
+"""The faust shell's output side: every chunk produced in order, acked before write() returns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from stream_app.agents import OutputWriter
+from stream_app.forecasters import FloatArray, WindowBatch
+from stream_app.metrics import Metrics
+from stream_app.pipeline import Output, Pipeline
+from stream_app.records import Incoming
+from stream_app.settings import Settings
+
+SETTINGS = Settings(forecasts_topic="test.forecasts", dlq_topic="test.dlq")
+T0_S = 1_467_331_200
+LATENCY_COUNT = "stcast_tick_to_forecast_seconds_count"
+
+
+class FakeProducer:
+    """Records ``send_many`` calls; acks now, after ``ack_after_s``, or fails with ``error``."""
+
+    def __init__(self, ack_after_s: float | None = None, error: Exception | None = None) -> None:
+        self.ack_after_s = ack_after_s
+        self.error = error
+        self.sent: list[tuple[str, list[tuple[bytes | None, bytes]]]] = []
+        self.futures: list[asyncio.Future[Any]] = []
+        self.events: list[str] = []
+
+    async def start(self) -> None:
+        self.events.append("start")
+
+    async def stop(self) -> None:
+        self.events.append("stop")
+
+    async def send_many(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes]]
+    ) -> list[asyncio.Future[Any]]:
+        self.sent.append((topic, list(records)))
+        if not records:
+            return []
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.ack_after_s is None:
+            self.settle(future)
+        else:
+            asyncio.get_running_loop().call_later(self.ack_after_s, self.settle, future)
+        self.futures.append(future)
+        return [future]
+
+    def settle(self, future: asyncio.Future[Any]) -> None:
+        if self.error is not None:
+            future.set_exception(self.error)
+        else:
+            future.set_result(None)
+
+
+def writer(producer: FakeProducer) -> tuple[OutputWriter, CollectorRegistry]:
+    registry = CollectorRegistry()
+    output_writer = OutputWriter(SETTINGS, Metrics(registry))
+    output_writer._producer = producer  # type: ignore[assignment]
+    return output_writer, registry
+
+
+def chunk(n: int, dead: int = 0, tag: str = "") -> Output:
+    output = Output()
+    for i in range(n):
+        output.forecasts.append((f"s{i}".encode(), f"forecast {tag}{i}".encode()))
+        output.consumed_at.append(time.perf_counter() - 1.0)  # consumed a second ago
+    output.dead_letters = [(b"k", f"dead {tag}{i}".encode()) for i in range(dead)]
+    return output
+
+
+def test_write_sends_every_chunk_in_order_and_observes_latency() -> None:
+    producer = FakeProducer()
+    output_writer, registry = writer(producer)
+    outputs = [chunk(3, 1, "a"), chunk(0, 2, "b"), chunk(2, 0, "c")]
+    asyncio.run(output_writer.write(iter(outputs)))
+    assert producer.sent == [
+        ("test.forecasts", outputs[0].forecasts),
+        ("test.dlq", outputs[0].dead_letters),
+        ("test.forecasts", []),
+        ("test.dlq", outputs[1].dead_letters),
+        ("test.forecasts", outputs[2].forecasts),
+        ("test.dlq", []),
+    ]
+    assert registry.get_sample_value(LATENCY_COUNT) == 5.0
+    assert 5.0 <= registry.get_sample_value("stcast_tick_to_forecast_seconds_sum") < 5.0 + 5 * 60
+
+
+def test_write_returns_only_after_every_ack() -> None:
+    producer = FakeProducer(ack_after_s=0.02)
+    output_writer, registry = writer(producer)
+
+    async def scenario() -> None:
+        await output_writer.write([chunk(2, 1), chunk(1)])
+        assert len(producer.futures) == 3
+        assert all(future.done() for future in producer.futures)
+        assert registry.get_sample_value(LATENCY_COUNT) == 3.0
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_ack_fails_the_write() -> None:
+    producer = FakeProducer(ack_after_s=0.0, error=RuntimeError("broker said no"))
+    output_writer, _ = writer(producer)
+    with pytest.raises(RuntimeError, match="broker said no"):
+        asyncio.run(output_writer.write([chunk(1)]))
+
+
+def test_start_and_stop_once() -> None:
+    producer = FakeProducer()
+    output_writer, _ = writer(producer)
+
+    async def scenario() -> None:
+        await output_writer.start()
+        await output_writer.start()
+        await output_writer.stop()
+        await output_writer.stop()
+
+    asyncio.run(scenario())
+    assert producer.events == ["start", "stop"]
+
+
+class LastPlusOne:
+    window, horizon, model_id, provider = 2, 1, "fake@1", "python"
+
+    def forecast(self, windows: WindowBatch) -> FloatArray:
+        return np.asarray(windows.values[:, -1:] + 1.0)
+
+
+def test_pipeline_chunks_reach_their_topics() -> None:
+    pipeline = Pipeline(LastPlusOne(), step_s=300, batch_size=2, clock=lambda: T0_S + 86_400)
+    messages = []
+    for step in range(2):
+        ticks = [
+            {"sensor": f"s{i}", "ts": (T0_S + 300 * step) * 1000, "value": i} for i in range(3)
+        ]
+        messages.append(Incoming("t", 0, step, b"net", json.dumps({"ticks": ticks}).encode()))
+    messages.append(Incoming("t", 0, 2, b"bad", b"{"))
+    producer = FakeProducer()
+    output_writer, registry = writer(producer)
+    asyncio.run(output_writer.write(pipeline.step(messages)))
+    forecasts = [
+        (key, json.loads(value))
+        for topic, records in producer.sent
+        if topic == "test.forecasts"
+        for key, value in records
+    ]
+    assert [(key, record["values"]) for key, record in forecasts] == [
+        (b"s0", [1.0]),
+        (b"s1", [2.0]),
+        (b"s2", [3.0]),
+    ]
+    assert [len(records) for topic, records in producer.sent if topic == "test.forecasts"] == [2, 1]
+    letters = [json.loads(v) for topic, rs in producer.sent if topic == "test.dlq" for _, v in rs]
+    assert [(d["reason"], d["key"], d["offset"]) for d in letters] == [("malformed", "bad", 2)]
+    assert registry.get_sample_value(LATENCY_COUNT) == 3.0

@@ -1,0 +1,119 @@
+"""The exported metrics are exactly DESIGN.md's list, with its labels and no per-sensor label."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from stream_app.metrics import PREFIX, Metrics, exported_names
+
+DESIGN = Path(__file__).resolve().parents[2] / "shared" / "DESIGN.md"
+HISTOGRAM_LABELS = {"le"}
+
+
+@pytest.fixture(scope="module")
+def documented() -> dict[str, frozenset[str]]:
+    """DESIGN.md's metric names (with the prefix) and the labels each declares."""
+    if not DESIGN.exists():
+        pytest.skip(f"DESIGN.md not found at {DESIGN} (the shared folder beside the repository)")
+    text = DESIGN.read_text(encoding="utf-8")
+    section = re.search(r"^## Prometheus metrics.*?\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert section, "DESIGN.md has no 'Prometheus metrics' section"
+    names = {}
+    for name, labels in re.findall(r"`([a-z_]+)(?:\{([a-z_,]*)\})?`", section.group(1)):
+        names[f"{PREFIX}_{name}"] = frozenset(filter(None, labels.split(",")))
+    return names
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    metrics = Metrics(CollectorRegistry())
+    # labelled gauges expose nothing until a child exists
+    metrics.set_model("seed-lstm@3", "CPUExecutionProvider")
+    metrics.set_rolling_mae([1.0])
+    return metrics
+
+
+def exported_labels(metrics: Metrics) -> dict[str, frozenset[str]]:
+    labels: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        found = labels.setdefault(name, set())
+        for sample in family.samples:
+            found.update(set(sample.labels) - HISTOGRAM_LABELS)
+    return {name: frozenset(found) for name, found in labels.items()}
+
+
+def test_the_section_was_parsed(documented: dict[str, frozenset[str]]) -> None:
+    assert len(documented) == 14
+    assert documented["stcast_rejected_ticks_total"] == {"reason"}
+    assert "stcast_" not in documented and "stcast__total" not in documented
+
+
+def test_exported_names_are_exactly_the_documented_ones(
+    documented: dict[str, frozenset[str]], metrics: Metrics
+) -> None:
+    assert exported_names(metrics) == set(documented)
+    assert exported_names(Metrics(CollectorRegistry())) == set(documented)
+
+
+def test_labels_are_the_documented_ones(
+    documented: dict[str, frozenset[str]], metrics: Metrics
+) -> None:
+    assert exported_labels(metrics) == documented
+
+
+def test_labels_named_in_the_brief(metrics: Metrics) -> None:
+    labels = exported_labels(metrics)
+    assert labels["stcast_rejected_ticks_total"] == {"reason"}
+    assert labels["stcast_forecast_abs_error"] == {"horizon"}
+    assert labels["stcast_model_info"] == {"model", "version", "provider"}
+    assert all("sensor" not in found for found in labels.values())
+
+
+def test_metric_types(metrics: Metrics) -> None:
+    types = {family.name: family.type for family in metrics.registry.collect()}
+    assert types["stcast_inference_seconds"] == "histogram"
+    assert types["stcast_batch_size"] == "histogram"
+    assert types["stcast_tick_to_forecast_seconds"] == "histogram"
+    assert types["stcast_event_lag_seconds"] == "gauge"
+    assert types["stcast_sensors_active"] == "gauge"
+    counters = {name for name, kind in types.items() if kind == "counter"}
+    assert {name + "_total" for name in counters} == {
+        name for name in exported_names(metrics) if name.endswith("_total")
+    }
+
+
+def test_every_reason_is_visible_at_zero() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry)
+    reasons = ["malformed", "missing_field", "bad_type", "non_finite", "bad_timestamp"]
+    reasons += ["late", "duplicate", "unknown_network", "internal"]
+    for reason in reasons:
+        assert registry.get_sample_value("stcast_rejected_ticks_total", {"reason": reason}) == 0.0
+
+
+def test_set_model_replaces_the_previous_one() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.set_model("a@1", "cpu")
+    metrics.set_model("b@2", "cuda")
+    info = {"model": "b", "version": "2", "provider": "cuda"}
+    assert registry.get_sample_value("stcast_model_info", info) == 1.0
+    old = {"model": "a", "version": "1", "provider": "cpu"}
+    assert registry.get_sample_value("stcast_model_info", old) is None
+
+
+def test_rolling_mae_only_at_scored_horizons() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.set_rolling_mae([float(h) for h in range(1, 13)])
+    metrics.set_rolling_mae([float("nan"), 20.0])  # NaN: not scored yet, the old value stays
+    values = {
+        h: registry.get_sample_value("stcast_forecast_abs_error", {"horizon": str(h)})
+        for h in range(1, 13)
+    }
+    assert {h: v for h, v in values.items() if v is not None} == {1: 1.0, 3: 3.0, 6: 6.0, 12: 12.0}
