@@ -2,9 +2,14 @@
 
 One agent reads raw tick messages in micro-batches (``take_events``: at most ``batch_size``
 messages, waiting at most ``batch_wait_s``), hands them to ``Pipeline.step`` and produces what
-comes back. faust acks a micro-batch's events only after the loop body returns, and the body
-returns only after the broker has acknowledged every forecast and dead letter of the batch, so a
-committed offset never runs ahead of the output it caused.
+comes back.
+
+Delivery is at-least-once: an offset becomes committable only when the broker has acknowledged
+every forecast and dead letter its tick caused. Waiting for those acks inside the loop would
+leave the agent idle for a broker round trip per micro-batch, so the agent holds each event
+(faust's message refcount, the mechanism faust uses for a message read by several streams):
+``take_events``' own ack then only drops the hold count, and the final ack is given when the
+batch's output is acknowledged. Up to ``max_in_flight`` micro-batches overlap this way.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -62,7 +68,11 @@ def build_app(settings: Settings, pipeline: Pipeline, metrics: Metrics) -> faust
         await output.start()
         try:
             async for events in stream.take_events(settings.batch_size, settings.batch_wait_s):
-                await output.write(pipeline.step([_incoming(event) for event in events]))
+                for event in events:
+                    event.message.incref()  # released by _release once the output is acked
+                acked = await output.write(pipeline.step([_incoming(event) for event in events]))
+                acked.add_done_callback(partial(_release, events))
+                await output.throttle()
         finally:
             await output.stop()
 
@@ -70,12 +80,14 @@ def build_app(settings: Settings, pipeline: Pipeline, metrics: Metrics) -> faust
 
 
 class OutputWriter:
-    """Produces a micro-batch's outputs and waits until the broker has all of them."""
+    """Produces micro-batches' outputs; keeps at most ``max_in_flight`` of them unacknowledged."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, max_in_flight: int = 4) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.max_in_flight = max_in_flight
         self._producer = BatchProducer(settings.bootstrap_servers)
+        self._in_flight: deque[asyncio.Future[Any]] = deque()
         self._started = False
 
     async def start(self) -> None:
@@ -84,18 +96,23 @@ class OutputWriter:
             self._started = True
 
     async def stop(self) -> None:
+        """Wait for every acknowledgement still due, then flush and disconnect the producer."""
+        await self.drain()
         if self._started:
             await self._producer.stop()
             self._started = False
 
-    async def write(self, outputs: Iterable[Output]) -> None:
-        """Send each chunk as soon as it is ready, then wait until the broker has all of them.
+    async def write(self, outputs: Iterable[Output]) -> asyncio.Future[Any]:
+        """Send each chunk as soon as it is ready; return a future for all their acks.
 
-        Between chunks the loop gets control, so aiokafka puts the chunk on the wire while the
-        next one is computed, and each chunk's latency is observed when its last ack arrives.
+        Chunks are computed in a worker thread, one at a time: meanwhile the loop keeps faust
+        filling the next micro-batch and aiokafka sending the previous chunk, which overlaps
+        with inference (onnxruntime releases the GIL). Each chunk's latency is observed when its
+        last ack arrives.
         """
+        chunks = iter(outputs)
         pending: list[asyncio.Future[Any]] = []
-        for output in outputs:
+        while (output := await asyncio.to_thread(next, chunks, None)) is not None:
             futures = await self._producer.send_many(
                 self.settings.forecasts_topic, output.forecasts
             )
@@ -103,14 +120,35 @@ class OutputWriter:
             acked = asyncio.gather(*futures)
             acked.add_done_callback(partial(self._observe_latency, output.consumed_at))
             pending.append(acked)
-            await asyncio.sleep(0)
-        await asyncio.gather(*pending)
+        everything = asyncio.gather(*pending)
+        self._in_flight.append(everything)
+        return everything
+
+    async def throttle(self) -> None:
+        """Wait while more than ``max_in_flight`` micro-batches await their acks."""
+        while len(self._in_flight) > self.max_in_flight or (
+            self._in_flight and self._in_flight[0].done()
+        ):
+            await self._in_flight.popleft()
+
+    async def drain(self) -> None:
+        """Wait for every acknowledgement still due."""
+        while self._in_flight:
+            await self._in_flight.popleft()
 
     def _observe_latency(self, consumed_at: list[float], acked: asyncio.Future[Any]) -> None:
         now = time.perf_counter()
         observe = self.metrics.tick_to_forecast_seconds.observe
         for started in consumed_at:
             observe(now - started)
+
+
+def _release(events: list[Any], acked: asyncio.Future[Any]) -> None:
+    """Give the final ack (offsets become committable) only if all the output was acked."""
+    if acked.cancelled() or acked.exception() is not None:
+        return  # never committed: another worker (or this one, restarted) reads them again
+    for event in events:
+        event.ack()
 
 
 def _incoming(event: Any) -> Incoming:

@@ -6,6 +6,9 @@ micro-batching as the worker; (c) a real worker process end to end with single-t
 (d) with tick batches: ticks per second and tick-to-forecast latency quantiles from the worker's
 own histogram. Every run reads the same PEMS08 flows, preloaded into its topic, so that the
 replayer does not compete with the worker for the two cores while it is timed.
+
+On a small shared machine one run of (b) or (c) varies by 15-20 %, so (b) and (c) are run
+``repeat`` times, interleaved, each on fresh topics, and the medians are reported and compared.
 """
 
 from __future__ import annotations
@@ -34,32 +37,39 @@ LATENCY = "stcast_tick_to_forecast_seconds"
 POLL_S = 0.2
 
 
-def run_bench(settings: Settings, *, as_json: bool, steps: int | None = None) -> int:
+def run_bench(
+    settings: Settings, *, as_json: bool, steps: int | None = None, repeat: int = 3
+) -> int:
     dataset = load_dataset(bundled_dataset_path())
     steps = min(steps or dataset.n_steps, dataset.n_steps)
     with tempfile.TemporaryDirectory(prefix="stcast-bench-") as tmp:
         model_dir = settings.model_path or _seed_model(Path(tmp) / "model", dataset)
         settings = settings.replace(model_dir=str(model_dir), log_level="warning")
-        report = measure(settings, dataset, steps)
+        report = measure(settings, dataset, steps, repeat)
     print(json.dumps(report, indent=2) if as_json else format_table(report))
     return 0
 
 
-def measure(settings: Settings, dataset: GridDataset, steps: int) -> dict[str, Any]:
+def measure(settings: Settings, dataset: GridDataset, steps: int, repeat: int) -> dict[str, Any]:
     forecaster = OnnxForecaster(
         Path(settings.model_dir), provider=settings.provider, threads=settings.inference_threads
     )
     report: dict[str, Any] = {
         "provider": forecaster.provider,
         "batch_size": settings.batch_size,
+        "repeat": repeat,
         "ticks": steps * dataset.n_sensors,
         "inference_ceiling": {"ticks_per_s": inference_ceiling(forecaster, dataset, settings)},
     }
     with EmbeddedBroker() as broker:
         settings = settings.replace(bootstrap_servers=broker.bootstrap_servers)
-        report["faust_ceiling"] = faust_ceiling(settings, dataset, steps)
-        for kind in ("single", "batched"):
-            report[kind] = end_to_end(settings, dataset, steps, forecaster.window, kind)
+        ceilings, singles = [], []
+        for run in range(repeat):
+            ceilings.append(faust_ceiling(settings, dataset, steps, run))
+            singles.append(end_to_end(settings, dataset, steps, forecaster.window, "single", run))
+        report["faust_ceiling"] = _median(ceilings)
+        report["single"] = _median(singles)
+        report["batched"] = end_to_end(settings, dataset, steps, forecaster.window, "batched", 0)
     report["ratio_single"] = (
         report["single"]["ticks_per_s"] / report["faust_ceiling"]["ticks_per_s"]
     )
@@ -89,11 +99,13 @@ def inference_ceiling(
     return calls * settings.batch_size / (time.perf_counter() - started)
 
 
-def faust_ceiling(settings: Settings, dataset: GridDataset, steps: int) -> dict[str, float]:
+def faust_ceiling(
+    settings: Settings, dataset: GridDataset, steps: int, run: int = 0
+) -> dict[str, float]:
     """Messages per second a counting-only agent of the worker's faust app reads."""
-    topic = "bench.faust.ticks"
+    topic = f"bench.faust.{run}.ticks"
     _preload(settings, dataset, topic, steps, batched=False)
-    env = _env(settings.replace(ticks_topic=topic, group_id="bench-faust"))
+    env = _env(settings.replace(ticks_topic=topic, group_id=f"bench-faust-{run}"))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ceiling.json"
         done = subprocess.run(
@@ -111,16 +123,16 @@ def faust_ceiling(settings: Settings, dataset: GridDataset, steps: int) -> dict[
 
 
 def end_to_end(
-    settings: Settings, dataset: GridDataset, steps: int, window: int, kind: str
+    settings: Settings, dataset: GridDataset, steps: int, window: int, kind: str, run: int = 0
 ) -> dict[str, float]:
     """A worker process on preloaded ticks: throughput from its counters, latency quantiles."""
-    topics = {name: f"bench.{kind}.{name}" for name in ("ticks", "forecasts", "dlq")}
+    topics = {name: f"bench.{kind}.{run}.{name}" for name in ("ticks", "forecasts", "dlq")}
     _preload(settings, dataset, topics["ticks"], steps, batched=kind == "batched")
     worker_settings = settings.replace(
         ticks_topic=topics["ticks"],
         forecasts_topic=topics["forecasts"],
         dlq_topic=topics["dlq"],
-        group_id=f"bench-{kind}",
+        group_id=f"bench-{kind}-{run}",
     )
     expected = (steps - window + 1) * dataset.n_sensors
     with WorkerProcess(_settings_dict(worker_settings)) as worker:
@@ -137,6 +149,13 @@ def end_to_end(
             "p50_s": histogram_quantile(done["samples"], LATENCY, 0.5),
             "p99_s": histogram_quantile(done["samples"], LATENCY, 0.99),
         }
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """Per figure, the median over runs; the runs' throughputs are kept beside it."""
+    median: dict[str, Any] = {key: float(np.median([run[key] for run in runs])) for key in runs[0]}
+    median["runs_ticks_per_s"] = [run["ticks_per_s"] for run in runs]
+    return median
 
 
 def _first_ticks(url: str, into: dict[str, float]) -> bool:
@@ -208,8 +227,9 @@ def format_table(report: dict[str, Any]) -> str:
         return f"{name:<34}{part['ticks_per_s']:>12,.0f} {latency}"
 
     lines = [
-        f"stcast bench: {report['ticks']:,} PEMS08 ticks, batch size {report['batch_size']}, "
-        f"provider {report['provider']}",
+        f"stcast bench: {report['ticks']:,} PEMS08 ticks a run, batch size "
+        f"{report['batch_size']}, provider {report['provider']}; (b) and (c): median of "
+        f"{report['repeat']} interleaved runs",
         f"{'':<34}{'ticks/s':>12} {'p50 ms':>9} {'p99 ms':>9}",
         row("(a) inference ceiling", report["inference_ceiling"]),
         row("(b) faust consume-only ceiling", report["faust_ceiling"]),

@@ -186,12 +186,15 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from .bench import run_bench
 
-    return run_bench(settings, as_json=args.json, steps=args.steps)
+    return run_bench(settings, as_json=args.json, steps=args.steps, repeat=args.repeat)
 
 
 def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--steps", type=int, default=None, help="PEMS08 steps per run (all)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of (b) and (c), interleaved; medians reported"
+    )
 
 
 def _no_args(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""The faust shell's output side: every chunk produced in order, acked before write() returns."""
+"""The faust shell's output side: chunks produced in order, events released only once acked."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream_app.agents import OutputWriter
+from stream_app.agents import OutputWriter, _release
 from stream_app.forecasters import FloatArray, WindowBatch
 from stream_app.metrics import Metrics
 from stream_app.pipeline import Output, Pipeline
@@ -81,7 +81,11 @@ def test_write_sends_every_chunk_in_order_and_observes_latency() -> None:
     producer = FakeProducer()
     output_writer, registry = writer(producer)
     outputs = [chunk(3, 1, "a"), chunk(0, 2, "b"), chunk(2, 0, "c")]
-    asyncio.run(output_writer.write(iter(outputs)))
+
+    async def scenario() -> None:
+        await (await output_writer.write(iter(outputs)))
+
+    asyncio.run(scenario())
     assert producer.sent == [
         ("test.forecasts", outputs[0].forecasts),
         ("test.dlq", outputs[0].dead_letters),
@@ -94,12 +98,14 @@ def test_write_sends_every_chunk_in_order_and_observes_latency() -> None:
     assert 5.0 <= registry.get_sample_value("stcast_tick_to_forecast_seconds_sum") < 5.0 + 5 * 60
 
 
-def test_write_returns_only_after_every_ack() -> None:
+def test_write_returns_before_the_acks_and_its_future_resolves_after_all_of_them() -> None:
     producer = FakeProducer(ack_after_s=0.02)
     output_writer, registry = writer(producer)
 
     async def scenario() -> None:
-        await output_writer.write([chunk(2, 1), chunk(1)])
+        acked = await output_writer.write([chunk(2, 1), chunk(1)])
+        assert not acked.done() and registry.get_sample_value(LATENCY_COUNT) == 0.0
+        await acked
         assert len(producer.futures) == 3
         assert all(future.done() for future in producer.futures)
         assert registry.get_sample_value(LATENCY_COUNT) == 3.0
@@ -107,11 +113,66 @@ def test_write_returns_only_after_every_ack() -> None:
     asyncio.run(scenario())
 
 
-def test_a_failed_ack_fails_the_write() -> None:
+def test_a_failed_ack_fails_the_future() -> None:
     producer = FakeProducer(ack_after_s=0.0, error=RuntimeError("broker said no"))
     output_writer, _ = writer(producer)
+
+    async def scenario() -> None:
+        await (await output_writer.write([chunk(1)]))
+
     with pytest.raises(RuntimeError, match="broker said no"):
-        asyncio.run(output_writer.write([chunk(1)]))
+        asyncio.run(scenario())
+
+
+def test_throttle_keeps_at_most_max_in_flight_and_stop_drains() -> None:
+    producer = FakeProducer(ack_after_s=3600.0)  # acks only when the test settles them
+    output_writer, _ = writer(producer)
+    output_writer.max_in_flight = 1
+
+    async def scenario() -> None:
+        first = await output_writer.write([chunk(1)])
+        await output_writer.throttle()  # one in flight is allowed: returns at once
+        second = await output_writer.write([chunk(1)])
+        throttled = asyncio.create_task(output_writer.throttle())
+        await asyncio.sleep(0.01)
+        assert not throttled.done()  # two in flight: waits for the oldest
+        producer.settle(producer.futures[0])
+        await throttled
+        assert first.done() and not second.done()
+        stopping = asyncio.create_task(output_writer.stop())
+        await asyncio.sleep(0.01)
+        assert not stopping.done()  # stop waits for the acks still due
+        producer.settle(producer.futures[1])
+        await stopping
+        assert second.done()
+
+    asyncio.run(scenario())
+
+
+class FakeEvent:
+    def __init__(self) -> None:
+        self.acks = 0
+
+    def ack(self) -> bool:
+        self.acks += 1
+        return True
+
+
+def test_events_are_released_only_when_their_output_was_acked() -> None:
+    async def scenario() -> tuple[list[FakeEvent], list[FakeEvent]]:
+        loop = asyncio.get_running_loop()
+        good, bad = [FakeEvent(), FakeEvent()], [FakeEvent()]
+        ok: asyncio.Future[Any] = loop.create_future()
+        failed: asyncio.Future[Any] = loop.create_future()
+        ok.set_result(None)
+        failed.set_exception(RuntimeError("not written"))
+        _release(good, ok)
+        _release(bad, failed)
+        return good, bad
+
+    good, bad = asyncio.run(scenario())
+    assert [event.acks for event in good] == [1, 1]
+    assert [event.acks for event in bad] == [0]
 
 
 def test_start_and_stop_once() -> None:
@@ -146,7 +207,11 @@ def test_pipeline_chunks_reach_their_topics() -> None:
     messages.append(Incoming("t", 0, 2, b"bad", b"{"))
     producer = FakeProducer()
     output_writer, registry = writer(producer)
-    asyncio.run(output_writer.write(pipeline.step(messages)))
+
+    async def scenario() -> None:
+        await (await output_writer.write(pipeline.step(messages)))
+
+    asyncio.run(scenario())
     forecasts = [
         (key, json.loads(value))
         for topic, records in producer.sent
