@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -63,9 +64,14 @@ def run_demo(settings: Settings, dataset_path: Path, *, batched: bool, steps: in
                 f"broker {broker.bootstrap_servers}, worker pid {worker.pid}, "
                 f"metrics {worker.metrics_url}"
             )
-            forecasts = asyncio.run(_stream(settings, dataset, steps, batched, worker))
-            status = worker.stop()
-        print(f"worker stopped (exit status {status})")
+            try:
+                forecasts = asyncio.run(_stream(settings, dataset, steps, batched, worker))
+            except asyncio.CancelledError:
+                print("interrupted: stopping the worker and the broker")
+                return 130
+            finally:
+                status = worker.stop()
+                print(f"worker stopped (exit status {status})")
     print(accuracy_line(dataset, forecasts))
     return 0 if status == 0 else 1
 
@@ -73,21 +79,34 @@ def run_demo(settings: Settings, dataset_path: Path, *, batched: bool, steps: in
 async def _stream(
     settings: Settings, dataset: GridDataset, steps: int, batched: bool, worker: WorkerProcess
 ) -> ForecastLog:
+    _cancel_on_signals(asyncio.current_task())
     forecasts = ForecastLog()
     expected = (steps - _window(worker) + 1) * dataset.n_sensors
     reader = asyncio.create_task(_read_forecasts(settings, forecasts, expected, dataset))
     started = time.monotonic()
-    report = await replay(
-        settings.bootstrap_servers,
-        settings.ticks_topic,
-        dataset,
-        batched=batched,
-        steps=steps,
-        progress=False,
-    )
-    print(f"published {report.ticks:,} ticks in {report.seconds:.1f} s")
-    await _watch(worker, reader, started, lambda: len(forecasts.values), expected)
+    try:
+        report = await replay(
+            settings.bootstrap_servers,
+            settings.ticks_topic,
+            dataset,
+            batched=batched,
+            steps=steps,
+            progress=False,
+        )
+        print(f"published {report.ticks:,} ticks in {report.seconds:.1f} s")
+        await _watch(worker, reader, started, lambda: len(forecasts.values), expected)
+    finally:
+        reader.cancel()
+        await asyncio.wait({reader}, timeout=5.0)
     return forecasts
+
+
+def _cancel_on_signals(task: asyncio.Task[Any] | None) -> None:
+    """Ctrl-C and SIGTERM cancel the demo's stream, so everything it started is stopped."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if task is not None:
+            loop.add_signal_handler(sig, task.cancel)
 
 
 def _window(worker: WorkerProcess) -> int:
