@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,9 +28,11 @@ from .replay import replay
 from .services import WorkerProcess, scrape
 from .settings import Settings
 from .topics import ensure_topics_sync
+from .worker import load_forecaster
 
 SHOWN_SENSOR_EVERY_S = 3600  # print one sample forecast per hour of data
 REPORTED_HORIZONS = (1, 3, 6, 12)
+STALL_S = 30.0  # give up waiting for the last forecasts after this long without one
 
 
 @dataclass
@@ -110,7 +111,11 @@ def _cancel_on_signals(task: asyncio.Task[Any] | None) -> None:
 
 
 def _window(worker: WorkerProcess) -> int:
-    return int(worker.settings.get("window", 12))
+    """The served forecaster's window (a model's card or a baseline's own, not the setting)."""
+    settings = Settings.from_env(
+        **{k: v for k, v in worker.settings.items() if k != "metrics_port"}
+    )
+    return load_forecaster(settings).window
 
 
 async def _read_forecasts(
@@ -157,7 +162,14 @@ async def _watch(
     expected: int,
 ) -> None:
     """Print a progress line every two seconds until every forecast is read back."""
+    last_count, last_change = -1, time.monotonic()
     while not reader.done():
+        if count() != last_count:
+            last_count, last_change = count(), time.monotonic()
+        elif time.monotonic() - last_change > STALL_S:
+            print(f"no new forecast for {STALL_S:.0f} s: {count():,} of {expected:,} arrived")
+            reader.cancel()
+            return
         await asyncio.wait({reader}, timeout=2.0)
         samples = await asyncio.to_thread(scrape, worker.metrics_url)
         if worker.poll() is not None:
@@ -195,13 +207,3 @@ def _epoch_s(ts: str) -> int:
     from datetime import datetime
 
     return int(datetime.fromisoformat(ts).timestamp())
-
-
-def main() -> int:  # pragma: no cover - convenience for python -m stream_app.demo
-    from .datasets import bundled_dataset_path
-
-    return run_demo(Settings.from_env(), bundled_dataset_path(), batched=False, steps=None)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
