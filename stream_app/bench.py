@@ -29,8 +29,8 @@ from .datasets import GridDataset, bundled_dataset_path, load_dataset
 from .forecasters import WindowBatch
 from .onnx_forecaster import OnnxForecaster
 from .replay import replay
-from .services import WorkerProcess, histogram_quantile, scrape, wait_until
-from .settings import Settings, env_name
+from .services import WorkerProcess, child_env, histogram_quantile, scrape, wait_until
+from .settings import Settings
 from .topics import ensure_topics_sync
 
 LATENCY = "stcast_tick_to_forecast_seconds"
@@ -196,9 +196,7 @@ def _settings_dict(settings: Settings) -> dict[str, Any]:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    import os
-
-    return {**os.environ, **{env_name(k): str(v) for k, v in vars(settings).items()}}
+    return child_env(vars(settings))
 
 
 def _seed_model(out_dir: Path, dataset: GridDataset) -> Path:

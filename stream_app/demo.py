@@ -30,7 +30,6 @@ from .settings import Settings
 from .topics import ensure_topics_sync
 from .worker import load_forecaster
 
-SHOWN_SENSOR_EVERY_S = 3600  # print one sample forecast per hour of data
 REPORTED_HORIZONS = (1, 3, 6, 12)
 STALL_S = 30.0  # give up waiting for the last forecasts after this long without one
 

@@ -45,7 +45,7 @@ class WorkerProcess:
         return self._process.pid if self._process else None
 
     def start(self) -> WorkerProcess:
-        env = {**os.environ, **{env_name(k): str(v) for k, v in self.settings.items()}}
+        env = child_env(self.settings)
         self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
         self._process = subprocess.Popen(
             [sys.executable, "-m", "stream_app", self.module],
@@ -83,6 +83,11 @@ class WorkerProcess:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def child_env(settings: Mapping[str, Any]) -> dict[str, str]:
+    """This process's environment plus ``settings`` as ``STCAST_*`` variables, for a child."""
+    return {**os.environ, **{env_name(k): str(v) for k, v in settings.items()}}
 
 
 def scrape(url: str, timeout_s: float = 2.0) -> dict[str, float]:
