@@ -49,6 +49,8 @@ class ForecastLog:
 def run_demo(settings: Settings, dataset_path: Path, *, batched: bool, steps: int | None) -> int:
     dataset = load_dataset(dataset_path)
     steps = min(steps or dataset.n_steps, dataset.n_steps)
+    # the served forecaster's window (a card's or a baseline's own), checked before anything starts
+    window = load_forecaster(settings.replace(step_s=dataset.step_s)).window
     print(
         f"stcast demo: {dataset.name}, {dataset.n_sensors} sensors, {steps} steps of "
         f"{dataset.step_s // 60} min, {dataset.channels[0]}"
@@ -65,7 +67,7 @@ def run_demo(settings: Settings, dataset_path: Path, *, batched: bool, steps: in
                 f"metrics {worker.metrics_url}"
             )
             try:
-                forecasts = asyncio.run(_stream(settings, dataset, steps, batched, worker))
+                forecasts = asyncio.run(_stream(settings, dataset, steps, window, batched, worker))
             except asyncio.CancelledError:
                 print("interrupted: stopping the worker and the broker")
                 return 130
@@ -77,11 +79,16 @@ def run_demo(settings: Settings, dataset_path: Path, *, batched: bool, steps: in
 
 
 async def _stream(
-    settings: Settings, dataset: GridDataset, steps: int, batched: bool, worker: WorkerProcess
+    settings: Settings,
+    dataset: GridDataset,
+    steps: int,
+    window: int,
+    batched: bool,
+    worker: WorkerProcess,
 ) -> ForecastLog:
     _cancel_on_signals(asyncio.current_task())
     forecasts = ForecastLog()
-    expected = (steps - _window(worker) + 1) * dataset.n_sensors
+    expected = (steps - window + 1) * dataset.n_sensors
     reader = asyncio.create_task(_read_forecasts(settings, forecasts, expected, dataset))
     started = time.monotonic()
     try:
@@ -107,14 +114,6 @@ def _cancel_on_signals(task: asyncio.Task[Any] | None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         if task is not None:
             loop.add_signal_handler(sig, task.cancel)
-
-
-def _window(worker: WorkerProcess) -> int:
-    """The served forecaster's window (a model's card or a baseline's own, not the setting)."""
-    settings = Settings.from_env(
-        **{k: v for k, v in worker.settings.items() if k != "metrics_port"}
-    )
-    return load_forecaster(settings).window
 
 
 async def _read_forecasts(

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 
 from .forecasters import FloatArray, Forecaster, WindowBatch
 from .metrics import Metrics
@@ -41,6 +42,7 @@ from .scoring import Actuals, PendingForecasts, RollingMAE, Scores, ScoreSink
 from .windows import Impute, RollingWindow
 
 log = logging.getLogger(__name__)
+BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass
@@ -222,9 +224,10 @@ class Pipeline:
     def _flush(self, chunk: _Chunk) -> Output:
         output = Output(dead_letters=chunk.dead_letters)
         values = self._infer(chunk)
-        self._settle(chunk, values)
+        finite: BoolArray = np.all(np.isfinite(values), axis=1)
+        self._settle(chunk, values, finite)
         if chunk.rows:
-            self._encode(chunk, values, output)
+            self._encode(chunk, values, cast(list[bool], finite.tolist()), output)
         return output
 
     def _infer(self, chunk: _Chunk) -> FloatArray:
@@ -237,13 +240,12 @@ class Pipeline:
         self._observe_inference(self.stopwatch() - started, len(batch))
         return values
 
-    def _settle(self, chunk: _Chunk, values: FloatArray) -> None:
+    def _settle(self, chunk: _Chunk, values: FloatArray, usable: BoolArray) -> None:
         """Score and remember, generation by generation (see the module docstring)."""
         sensors, slots, actuals, generations = chunk.actuals.arrays()
         made_by = np.array([state.index for state in chunk.states], dtype=np.int64)
         made_at = np.array(chunk.slots, dtype=np.int64)
         made_in = np.array(chunk.row_generations, dtype=np.int64)
-        usable = np.isfinite(values).all(axis=1)
         scores = []
         for generation in range(max(chunk.generation.values(), default=0)):
             now = generations == generation
@@ -254,11 +256,12 @@ class Pipeline:
                 self.pending.add(made_by[new], made_at[new], values[new])
         self._publish(Scores.in_arrival_order(scores))
 
-    def _encode(self, chunk: _Chunk, values: FloatArray, output: Output) -> None:
+    def _encode(
+        self, chunk: _Chunk, values: FloatArray, finite: list[bool], output: Output
+    ) -> None:
         step_ms = self._step_ms
         emitted_at = format_ts(int(self.clock() * 1000))
         model, step_s = self.forecaster.model_id, self.step_s
-        finite = cast(list[bool], np.isfinite(values).all(axis=1).tolist())
         rows = zip(chunk.states, chunk.slots, values.tolist(), finite, chunk.imputed, strict=True)
         for i, (state, slot, row, is_finite, imputed) in enumerate(rows):
             ts = self._ts_text.get(slot) or self._remember_ts(slot, slot * step_ms)

@@ -26,13 +26,10 @@ from .settings import env_name
 class WorkerProcess:
     """A worker subprocess; its Prometheus endpoint is on a free loopback port."""
 
-    def __init__(
-        self, settings: Mapping[str, Any], log_path: Path | None = None, module: str = "worker"
-    ) -> None:
+    def __init__(self, settings: Mapping[str, Any], log_path: Path | None = None) -> None:
         self.metrics_port = int(settings.get("metrics_port") or free_port())
         self.settings = {**settings, "metrics_port": self.metrics_port}
         self.log_path = log_path
-        self.module = module
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -48,7 +45,7 @@ class WorkerProcess:
         env = child_env(self.settings)
         self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "stream_app", self.module],
+            [sys.executable, "-m", "stream_app", "worker"],
             env=env,
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
