@@ -1,4 +1,8 @@
-"""faust's own consume-only ceiling: the worker's faust app with an agent that only counts.
+"""faust's own consume-only ceiling: a faust app whose agent only counts the ticks it reads.
+
+The reference the worker's single-tick throughput is compared with (``stcast bench`` row b):
+the same topic, group settings, micro-batch size and wait as the worker, faust's fastest
+iteration (``take_events`` over raw bytes), and no work per event.
 
 Run by ``stcast bench`` as ``python -m stream_app.faust_ceiling N OUT`` with the worker's
 ``STCAST_*`` settings in the environment; once N messages have been read it writes
@@ -12,17 +16,44 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from .agents import faust_app
+import faust
+
 from .settings import Settings
 
 
-def main(expected: int, out: Path) -> None:
-    import faust
+def faust_app(settings: Settings) -> tuple[faust.App, Any]:
+    """A faust app and its raw-bytes ticks topic, configured like the worker's consumer."""
+    app = faust.App(
+        settings.group_id,
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        web_enabled=False,
+        datadir=tempfile.mkdtemp(prefix="stcast-faust-"),
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        # The group join waits on the session timeout on Tansu: 60 s (faust's default) means a
+        # worker idles for half a minute before its first tick.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 10,
+    )
+    ticks = app.topic(
+        settings.ticks_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    return app, ticks
 
+
+def main(expected: int, out: Path) -> None:
     settings = Settings.from_env()
     asyncio.set_event_loop(asyncio.new_event_loop())
     app, ticks = faust_app(settings)

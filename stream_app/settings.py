@@ -30,7 +30,7 @@ class Settings:
     forecasts_topic: str = _setting("stcast.forecasts", "topic forecasts are written to")
     dlq_topic: str = _setting("stcast.dlq", "dead-letter topic for rejected input")
     partitions: int = _setting(4, "partitions of the stcast topics when stcast creates them")
-    group_id: str = _setting("stcast-worker", "consumer group (faust app id) of the workers")
+    group_id: str = _setting("stcast-worker", "consumer group id of the workers")
     network: str = _setting(
         "", "network served; ticks naming another network are dead-lettered (empty: any)"
     )
@@ -62,7 +62,6 @@ class Settings:
     mae_window: int = _setting(2000, "scored errors per horizon in the rolling MAE")
     metrics_host: str = _setting("127.0.0.1", "bind address of the Prometheus endpoint")
     metrics_port: int = _setting(9108, "port of the Prometheus endpoint (0: do not serve)")
-    data_dir: str = _setting("", "faust state directory (empty: a fresh temporary directory)")
     log_level: str = _setting("info", "log level", choices=("debug", "info", "warning", "error"))
 
     @classmethod

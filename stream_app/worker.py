@@ -1,16 +1,17 @@
-"""Assembling and running a worker from settings: forecaster, pipeline, metrics, faust app."""
+"""Assembling and running a worker from settings: forecaster, pipeline, metrics, serving."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from .agents import build_app
 from .forecasters import DAY_S, WEEK_S, Forecaster, Persistence, SeasonalNaive
 from .metrics import Metrics
 from .pipeline import Pipeline
+from .serving import serve
 from .settings import Settings
 from .topics import ensure_topics_sync
 from .windows import Impute
@@ -64,8 +65,6 @@ def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics)
 
 def run_worker(settings: Settings) -> int:
     """Run a worker until SIGTERM or Ctrl-C; return the exit status."""
-    import faust  # deferred: faust's import takes a second the other commands need not pay
-
     forecaster = load_forecaster(settings)
     metrics = Metrics(CollectorRegistry())
     pipeline = build_pipeline(settings, forecaster, metrics)
@@ -81,11 +80,14 @@ def run_worker(settings: Settings) -> int:
         settings.metrics_host,
         settings.metrics_port,
     )
-    asyncio.set_event_loop(asyncio.new_event_loop())  # faust binds to the current loop
-    app = build_app(settings, pipeline, metrics)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as done:
-        return int(done.code or 0)
+    asyncio.run(_serve_until_signalled(settings, pipeline, metrics))
+    log.info("stopped cleanly")
     return 0
+
+
+async def _serve_until_signalled(settings: Settings, pipeline: Pipeline, metrics: Metrics) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(settings, pipeline, metrics, stop)

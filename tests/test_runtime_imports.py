@@ -15,7 +15,7 @@ RUNTIME = [
     "stream_app",
     "stream_app.pipeline",
     "stream_app.onnx_forecaster",
-    "stream_app.agents",
+    "stream_app.serving",
     "stream_app.worker",
     "stream_app.cli",
 ]

@@ -1,4 +1,4 @@
-"""The faust shell's output side: chunks produced in order, events released only once acked."""
+"""The serving shell: chunks produced in order, offsets committed only once acked, in order."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from stream_app.agents import OutputWriter, _release
 from stream_app.forecasters import FloatArray, WindowBatch
 from stream_app.metrics import Metrics
 from stream_app.pipeline import Output, Pipeline
 from stream_app.records import Incoming
+from stream_app.serving import Commits, OutputWriter, incoming
 from stream_app.settings import Settings
 
 SETTINGS = Settings(forecasts_topic="test.forecasts", dlq_topic="test.dlq")
@@ -149,30 +151,67 @@ def test_throttle_keeps_at_most_max_in_flight_and_stop_drains() -> None:
     asyncio.run(scenario())
 
 
-class FakeEvent:
+class FakeConsumer:
     def __init__(self) -> None:
-        self.acks = 0
+        self.commits: list[dict[TopicPartition, int]] = []
 
-    def ack(self) -> bool:
-        self.acks += 1
-        return True
+    async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.commits.append({tp: meta.offset for tp, meta in offsets.items()})
 
 
-def test_events_are_released_only_when_their_output_was_acked() -> None:
-    async def scenario() -> tuple[list[FakeEvent], list[FakeEvent]]:
+P0, P1 = TopicPartition("t", 0), TopicPartition("t", 1)
+
+
+def test_offsets_are_committed_in_order_once_acked_and_never_after_a_failure() -> None:
+    async def scenario() -> FakeConsumer:
         loop = asyncio.get_running_loop()
-        good, bad = [FakeEvent(), FakeEvent()], [FakeEvent()]
-        ok: asyncio.Future[Any] = loop.create_future()
-        failed: asyncio.Future[Any] = loop.create_future()
-        ok.set_result(None)
-        failed.set_exception(RuntimeError("not written"))
-        _release(good, ok)
-        _release(bad, failed)
-        return good, bad
+        consumer = FakeConsumer()
+        commits = Commits(consumer, interval_s=0.0)  # type: ignore[arg-type]
+        first, second, third = (loop.create_future() for _ in range(3))
+        commits.add(first, {P0: 10})
+        commits.add(second, {P0: 20, P1: 5})
+        commits.add(third, {P1: 9})
+        second.set_result(None)
+        await commits.commit_due()  # the oldest is not acked: nothing may be committed yet
+        first.set_result(None)
+        await commits.commit_due()
+        third.set_exception(RuntimeError("not written"))
+        with pytest.raises(RuntimeError, match="not written"):
+            await commits.commit_due()
+        return consumer
 
-    good, bad = asyncio.run(scenario())
-    assert [event.acks for event in good] == [1, 1]
-    assert [event.acks for event in bad] == [0]
+    consumer = asyncio.run(scenario())
+    assert consumer.commits == [{P0: 20, P1: 5}]
+
+
+def test_commits_wait_for_the_interval() -> None:
+    async def scenario() -> FakeConsumer:
+        consumer = FakeConsumer()
+        commits = Commits(consumer, interval_s=3600.0)  # type: ignore[arg-type]
+        acked = asyncio.get_running_loop().create_future()
+        acked.set_result(None)
+        commits.add(acked, {P0: 3})
+        await commits.commit_due()  # too soon after the last
+        assert consumer.commits == []
+        await commits.commit_acked()  # on revocation and shutdown: at once
+        return consumer
+
+    assert asyncio.run(scenario()).commits == [{P0: 3}]
+
+
+def record(partition: int, offset: int, value: bytes) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord("t", partition, offset, 0, 0, b"k", value, None, 1, len(value), ())
+
+
+def test_incoming_keeps_each_record_and_the_next_offset_per_partition() -> None:
+    records = {P0: [record(0, 4, b"a"), record(0, 5, b"b")], P1: [record(1, 7, b"c")]}
+    messages, offsets = incoming(records)
+    assert [(m.partition, m.offset, m.value) for m in messages] == [
+        (0, 4, b"a"),
+        (0, 5, b"b"),
+        (1, 7, b"c"),
+    ]
+    assert offsets == {P0: 6, P1: 8}
 
 
 def test_start_and_stop_once() -> None:

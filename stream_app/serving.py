@@ -1,0 +1,210 @@
+"""The asyncio shell around the pipeline core: consume ticks, step, produce, commit.
+
+The tick path is a plain aiokafka consumer group member, not a faust agent. Measured on the
+development machine, a faust agent tops out at 8-12k events/s from its per-event machinery
+alone (``stcast bench`` row b), while aiokafka hands over raw records at ~300k/s; a per-tick
+forecaster cannot afford faust's share. Group membership, rebalancing and offsets are Kafka's
+own, through aiokafka.
+
+Each micro-batch is at most ``batch_size`` records, waiting at most ``batch_wait_s`` for them.
+Delivery is at-least-once: a micro-batch's offsets are committed only once the broker has
+acknowledged every forecast and dead letter it caused, and in consumption order. Up to
+``max_in_flight`` micro-batches await their acks while the next ones are processed. A failed
+produce stops the worker without committing, so the ticks are read again after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from .metrics import Metrics
+from .pipeline import Output, Pipeline
+from .producing import BatchProducer
+from .records import Incoming
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+Offsets = dict[TopicPartition, int]
+COMMIT_INTERVAL_S = 0.5
+
+
+async def serve(
+    settings: Settings, pipeline: Pipeline, metrics: Metrics, stop: asyncio.Event
+) -> None:
+    """Turn ``settings.ticks_topic`` into forecasts until ``stop`` is set; then drain and commit."""
+    output = OutputWriter(settings, metrics)
+    consumer = tick_consumer(settings)
+    commits = Commits(consumer)
+    consumer.subscribe([settings.ticks_topic], listener=_HandOver(output, commits))
+    await output.start()
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            records = await consumer.getmany(
+                timeout_ms=int(settings.batch_wait_s * 1000), max_records=settings.batch_size
+            )
+            if records:
+                messages, offsets = incoming(records)
+                commits.add(await output.write(pipeline.step(messages)), offsets)
+                await output.throttle()
+            await commits.commit_due()
+    finally:
+        try:
+            await output.stop()
+            await commits.commit_acked()
+        finally:
+            await consumer.stop()
+
+
+def tick_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """The group member that reads raw tick records; offsets are committed by ``Commits``."""
+    session_ms = int(settings.session_timeout_s * 1000)
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # The group join waits on the session timeout on Tansu: with Kafka's 45 s default a
+        # worker would idle for half a minute before its first tick.
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=max(100, session_ms // 10),
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+
+
+def incoming(
+    records: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]],
+) -> tuple[list[Incoming], Offsets]:
+    """The micro-batch's messages, and the offsets to commit once its output is acked."""
+    messages = [
+        Incoming(tp.topic, tp.partition, r.offset, r.key, r.value)
+        for tp, batch in records.items()
+        for r in batch
+    ]
+    return messages, {tp: batch[-1].offset + 1 for tp, batch in records.items() if batch}
+
+
+class Commits:
+    """Offsets of acknowledged micro-batches, committed in consumption order."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, interval_s: float = COMMIT_INTERVAL_S) -> None:
+        self.consumer = consumer
+        self.interval_s = interval_s
+        self._pending: deque[tuple[asyncio.Future[Any], Offsets]] = deque()
+        self._last_commit = time.monotonic()
+
+    def add(self, acked: asyncio.Future[Any], offsets: Offsets) -> None:
+        self._pending.append((acked, offsets))
+
+    def acked(self) -> Offsets:
+        """Pop the leading micro-batches whose output is acked; raise if a produce failed."""
+        ready: Offsets = {}
+        while self._pending and self._pending[0][0].done():
+            acked, offsets = self._pending.popleft()
+            acked.result()  # a failed produce: stop here, so none of it is committed
+            ready.update(offsets)
+        return ready
+
+    async def commit_due(self) -> None:
+        """Commit what is acked, at most every ``interval_s`` (a commit is a round trip)."""
+        if time.monotonic() - self._last_commit >= self.interval_s:
+            await self.commit_acked()
+
+    async def commit_acked(self) -> None:
+        ready = self.acked()
+        self._last_commit = time.monotonic()
+        if ready:
+            await self.consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in ready.items()})
+
+
+class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions move to another member, finish their output and commit it."""
+
+    def __init__(self, output: OutputWriter, commits: Commits) -> None:
+        self.output = output
+        self.commits = commits
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.output.drain()
+        await self.commits.commit_acked()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+
+
+class OutputWriter:
+    """Produces micro-batches' outputs; keeps at most ``max_in_flight`` of them unacknowledged."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, max_in_flight: int = 4) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self._producer = BatchProducer(settings.bootstrap_servers)
+        self._in_flight: deque[asyncio.Future[Any]] = deque()
+        self._started = False
+
+    async def start(self) -> None:
+        if not self._started:
+            await self._producer.start()
+            self._started = True
+
+    async def stop(self) -> None:
+        """Wait for every acknowledgement still due, then flush and disconnect the producer."""
+        try:
+            await self.drain()
+        finally:
+            if self._started:
+                await self._producer.stop()
+                self._started = False
+
+    async def write(self, outputs: Iterable[Output]) -> asyncio.Future[Any]:
+        """Send each chunk as soon as it is ready; return a future for all their acks.
+
+        Chunks are computed in a worker thread, one at a time: meanwhile the loop keeps aiokafka
+        fetching the next records and sending the previous chunk, which overlaps with inference
+        (onnxruntime releases the GIL). Each chunk's latency is observed when its last ack
+        arrives.
+        """
+        chunks = iter(outputs)
+        pending: list[asyncio.Future[Any]] = []
+        while (output := await asyncio.to_thread(next, chunks, None)) is not None:
+            futures = await self._producer.send_many(
+                self.settings.forecasts_topic, output.forecasts
+            )
+            futures += await self._producer.send_many(self.settings.dlq_topic, output.dead_letters)
+            acked = asyncio.gather(*futures)
+            acked.add_done_callback(partial(self._observe_latency, output.consumed_at))
+            pending.append(acked)
+        everything = asyncio.gather(*pending)
+        self._in_flight.append(everything)
+        return everything
+
+    async def throttle(self) -> None:
+        """Wait while more than ``max_in_flight`` micro-batches await their acks."""
+        while len(self._in_flight) > self.max_in_flight or (
+            self._in_flight and self._in_flight[0].done()
+        ):
+            await self._in_flight.popleft()
+
+    async def drain(self) -> None:
+        """Wait for every acknowledgement still due."""
+        while self._in_flight:
+            await self._in_flight.popleft()
+
+    def _observe_latency(self, consumed_at: list[float], acked: asyncio.Future[Any]) -> None:
+        if acked.cancelled() or acked.exception() is not None:
+            return
+        now = time.perf_counter()
+        observe = self.metrics.tick_to_forecast_seconds.observe
+        for started in consumed_at:
+            observe(now - started)
