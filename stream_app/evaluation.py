@@ -1,0 +1,212 @@
+"""Offline evaluation: a model and the baselines, scored on a protocol's test part.
+
+``stcast evaluate`` calls :func:`evaluate` and prints :func:`format_table` or
+``Report.to_json()``. The model runs through :class:`OnnxForecaster`, the code the live worker
+uses, and :func:`mae_from_forecasts` scores live forecasts with the same masking and horizons,
+so live and offline figures are computed identically. Which pairs are scored, and how each
+baseline forecasts, is in :mod:`stream_app.eval_baselines`; the metrics are in
+:mod:`stream_app.eval_metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .card import ModelCard
+from .datasets import GridDataset
+from .eval_baselines import Samples, baseline_forecasts, evaluation_samples, target_series
+from .eval_metrics import HIGHER_IS_BETTER, score
+from .forecasters import FloatArray, Forecaster, IntArray, WindowBatch
+from .onnx_forecaster import OnnxForecaster
+from .protocols import Split, split
+
+METHODS = ("model", "persistence", "seasonal_naive", "historical_average", "window_mean")
+CHUNK = 4096  # windows per forecast call: large enough to amortise a session.run
+_TITLES = {
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "mape": "MAPE (%)",
+    "accuracy": "Accuracy",
+    "r2": "R2",
+    "var": "Explained variance (var)",
+}
+
+
+@dataclass(frozen=True)
+class Report:
+    """Per method, per metric, one value per reported horizon (NaN where nothing was scored)."""
+
+    dataset: str
+    protocol: str
+    horizons: tuple[str, ...]
+    metrics: dict[str, dict[str, list[float]]]
+    pairs: int  # (window end, sensor) pairs scored
+    skipped: int  # pairs left out because their window has a missing value
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"dataset", "protocol", "horizons", "metrics"}``; NaN becomes ``None``."""
+        return {
+            "dataset": self.dataset,
+            "protocol": self.protocol,
+            "horizons": list(self.horizons),
+            "metrics": {
+                method: {name: [_json_float(v) for v in values] for name, values in by.items()}
+                for method, by in self.metrics.items()
+            },
+        }
+
+
+def evaluate(
+    model_dir: Path | None,
+    dataset: GridDataset,
+    protocol: str,
+    *,
+    provider: str = "cpu",
+    threads: int = 1,
+    chunk: int = CHUNK,
+) -> Report:
+    """Score the model in ``model_dir`` (if any) and the baselines on ``dataset``'s test part.
+
+    ``ValueError`` when the model's card disagrees with the protocol's window, horizon or
+    step, or knows none of the dataset's sensors. Every method is scored on the same pairs,
+    except that ``seasonal_naive`` leaves out a target whose day-earlier reading is missing.
+    """
+    parts = split(dataset, protocol)
+    forecaster = None
+    if model_dir is not None:
+        forecaster = open_model(model_dir, dataset, parts, provider, threads)
+    samples = evaluation_samples(dataset, parts)
+    forecasts = baseline_forecasts(dataset, parts, samples)
+    if forecaster is not None:
+        forecasts["model"] = model_forecasts(forecaster, dataset, samples, chunk)
+    metrics = {m: score(forecasts[m], samples.targets, parts) for m in METHODS if m in forecasts}
+    labels = tuple(parts.horizon_labels(dataset.step_s))
+    return Report(dataset.name, protocol, labels, metrics, len(samples), samples.skipped)
+
+
+def open_model(
+    model_dir: Path, dataset: GridDataset, parts: Split, provider: str = "cpu", threads: int = 1
+) -> OnnxForecaster:
+    """The model's forecaster, once its card is known to fit the protocol and the dataset."""
+    check_card(ModelCard.load(model_dir), dataset, parts)
+    return OnnxForecaster(model_dir, provider=provider, threads=threads, step_s=dataset.step_s)
+
+
+def check_card(card: ModelCard, dataset: GridDataset, parts: Split) -> None:
+    """``ValueError`` saying what to change when ``card`` cannot be scored under ``parts``."""
+    if (card.window, card.horizon) != (parts.window, parts.horizon):
+        raise ValueError(
+            f"the {parts.protocol} protocol on {dataset.name} uses window {parts.window}, "
+            f"horizon {parts.horizon}; the model has window {card.window}, horizon "
+            f"{card.horizon}: train it with --protocol {parts.protocol}"
+        )
+    if card.step_s != dataset.step_s:
+        raise ValueError(
+            f"{dataset.name} has a {dataset.step_s} s step; the model was trained on a "
+            f"{card.step_s} s grid: evaluate it on data with its own step, or retrain it"
+        )
+    if card.sensor_input is not None and not set(card.sensors) & set(dataset.sensors):
+        raise ValueError(
+            f"the model knows none of {dataset.name}'s sensors (its first is "
+            f"{card.sensors[0]!r}): evaluate it on the dataset it was trained on"
+        )
+
+
+def model_forecasts(
+    forecaster: Forecaster, dataset: GridDataset, samples: Samples, chunk: int = CHUNK
+) -> FloatArray:
+    """(pairs, horizon) forecasts of every sample, ``chunk`` windows per ``forecast`` call."""
+    last_ts = dataset.timestamps()[samples.ends]
+    names = [dataset.sensors[i] for i in samples.sensors.tolist()]
+    chunks = [
+        forecaster.forecast(
+            WindowBatch(
+                samples.inputs[i : i + chunk], last_ts[i : i + chunk], tuple(names[i : i + chunk])
+            )
+        )
+        for i in range(0, len(samples), chunk)
+    ]
+    return np.concatenate(chunks) if chunks else np.empty((0, forecaster.horizon))
+
+
+def mae_from_forecasts(
+    dataset: GridDataset, parts: Split, forecasts: Iterable[tuple[str, int, Sequence[float]]]
+) -> list[float]:
+    """MAE per reported horizon of ``(sensor, last_ts, values)`` forecasts, as ``evaluate`` has it.
+
+    ``last_ts`` is the epoch seconds of the window's newest value. Forecasts made at a step that
+    is not a test-part sample end are ignored, so a replay of the whole series can be passed.
+    """
+    rows = list(forecasts)
+    index = {sensor: i for i, sensor in enumerate(dataset.sensors)}
+    unknown = {s for s, _, _ in rows} - index.keys()
+    if unknown:
+        raise ValueError(f"{dataset.name} has no sensors {sorted(unknown)[:5]}")
+    ends = _steps(dataset, np.array([ts for _, ts, _ in rows], dtype=np.int64))
+    sensors = np.array([index[s] for s, _, _ in rows], dtype=np.int64)
+    pred = np.array([v for _, _, v in rows], dtype=np.float64).reshape(len(rows), -1)
+    if pred.shape[1] != parts.horizon:
+        raise ValueError(
+            f"forecasts hold {pred.shape[1]} values; {parts.protocol} needs {parts.horizon}"
+        )
+    keep = np.isin(ends, parts.sample_ends(parts.test))
+    steps = ends[keep, None] + np.arange(1, parts.horizon + 1)
+    targets = target_series(dataset, parts)[steps, sensors[keep, None]]
+    return score(pred[keep], targets, parts)["mae"]
+
+
+def _steps(dataset: GridDataset, times: IntArray) -> IntArray:
+    """The grid step of each epoch-seconds time; ``ValueError`` for a time off the grid."""
+    offsets = times - int(dataset.start.timestamp())
+    if np.any(offsets % dataset.step_s):
+        raise ValueError(f"a forecast's last_ts is not on {dataset.name}'s {dataset.step_s} s grid")
+    return offsets // dataset.step_s
+
+
+def format_table(report: Report) -> str:
+    """A text table per metric: a row per horizon, a column per method; ``*`` marks the best."""
+    head = (
+        f"{report.dataset}, {report.protocol} protocol: {report.pairs} test samples "
+        f"(window x sensor), {report.skipped} skipped for gaps in the window"
+    )
+    names = next(iter(report.metrics.values()), {}).keys()
+    return "\n\n".join([head, *(_block(report, name) for name in names)]) + "\n"
+
+
+def _block(report: Report, name: str) -> str:
+    methods = list(report.metrics)
+    widths = [max(len(m), 9) + 2 for m in methods]
+    lines = [
+        _TITLES.get(name, name),
+        "horizon" + "".join(m.rjust(w) for m, w in zip(methods, widths, strict=True)),
+    ]
+    for row, label in enumerate(report.horizons):
+        values = [report.metrics[m][name][row] for m in methods]
+        best = _best(values, name in HIGHER_IS_BETTER)
+        cells = [_cell(v, name, v == best).rjust(w) for v, w in zip(values, widths, strict=True)]
+        lines.append((label.ljust(7) + "".join(cells)).rstrip())
+    return "\n".join(lines)
+
+
+def _best(values: list[float], higher: bool) -> float:
+    known = [v for v in values if not math.isnan(v)]
+    if not known:
+        return math.nan
+    return max(known) if higher else min(known)
+
+
+def _cell(value: float, name: str, best: bool) -> str:
+    if math.isnan(value):
+        return "-  "
+    digits = 4 if name in HIGHER_IS_BETTER else 2
+    return f"{value:.{digits}f}" + (" *" if best else "  ")
+
+
+def _json_float(value: float) -> float | None:
+    return None if math.isnan(value) else value
