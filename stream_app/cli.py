@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -197,6 +198,49 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from .datasets import load_dataset
+    from .evaluation import evaluate, format_table
+
+    dataset = load_dataset(args.dataset, start=args.start, step_s=args.dataset_step_s)
+    model = Path(args.model) if args.model else None
+    if model is not None and not model.is_dir():
+        raise ValueError(f"--model {model}: no such directory (train one with stcast train)")
+    report = evaluate(
+        model,
+        dataset,
+        args.protocol,
+        provider=settings.provider,
+        threads=settings.inference_threads,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), allow_nan=False))
+    else:
+        print(format_table(report), end="")
+    return 0
+
+
+def _evaluate_args(parser: argparse.ArgumentParser) -> None:
+    from .datasets import bundled_dataset_path
+    from .protocols import PROTOCOLS
+
+    parser.add_argument("--model", default="", help="model directory (default: baselines only)")
+    parser.add_argument(
+        "--dataset",
+        default=str(bundled_dataset_path()),
+        help="dataset file or directory (default: the bundled PEMS08 slice)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="basicts",
+        help="basicts: 6:2:2 or 7:1:2, window 12, horizon 12, masked per step; "
+        "tgcn: 80/20, averages over 15/30/45/60 minutes",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    _dataset_grid_args(parser)
+
+
 def _no_args(parser: argparse.ArgumentParser) -> None:
     del parser
 
@@ -211,6 +255,12 @@ _VERBS: dict[str, tuple[Command, str, Sequence[str] | None, Callable[..., None]]
     "broker": (_broker, "run the embedded Kafka-compatible broker (Tansu)", (), _broker_args),
     "replay": (_replay, "publish a dataset to the ticks topic as ticks", CLUSTER, _replay_args),
     "worker": (_worker, "run a forecasting worker", None, _no_args),
+    "evaluate": (
+        _evaluate,
+        "score a model and the baselines on a dataset's test part",
+        ("provider", "inference_threads", "log_level"),
+        _evaluate_args,
+    ),
     "bench": (
         _bench,
         "measure inference, faust and end-to-end throughput and latency",
