@@ -134,9 +134,42 @@ def test_long_csv_round_trips_with_gaps_as_nan(tmp_path: Path, pems08: GridDatas
     assert (ds.start, ds.step_s, ds.sensors) == (pems08.start, 300, pems08.sensors[:12])
 
 
+def test_long_parquet_reads_like_the_long_csv(tmp_path: Path, pems08: GridDataset) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    grid = _leading(pems08)
+    steps, sensors = np.nonzero(~np.isnan(grid))
+    keep = ~((steps == 5) & (sensors == 3))  # one missing reading
+    steps, sensors = steps[keep], sensors[keep]
+    stamps = [pems08.start + timedelta(seconds=300 * int(t)) for t in steps]
+    table = pa.table(
+        {
+            "sensor": [str(n) for n in sensors],
+            "ts": pa.array(stamps, type=pa.timestamp("s", tz="UTC")),
+            "value": grid[steps, sensors],
+        }
+    )
+    pq.write_table(table, tmp_path / "long.parquet")
+    ds = load_dataset(tmp_path, name="pems08")
+    expected = grid.copy()
+    expected[5, 3] = np.nan
+    assert np.array_equal(ds.values[:, :, 0], expected, equal_nan=True)
+    assert (ds.start, ds.step_s, ds.sensors) == (pems08.start, 300, pems08.sensors[:12])
+
+
+def test_parquet_times_without_a_zone_are_refused(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    naive = [datetime(2016, 7, 1, 0, 5 * i) for i in range(3)]  # noqa: DTZ001
+    table = pa.table({"sensor": ["a"] * 3, "ts": naive, "value": [1.0, 2.0, 3.0]})
+    pq.write_table(table, tmp_path / "naive.parquet")
+    with pytest.raises(DatasetError, match="no time zone"):
+        load_dataset(tmp_path / "naive.parquet")
+
+
 def test_missing_start_and_step_names_the_flag(tmp_path: Path, pems08: GridDataset) -> None:
     np.savez(tmp_path / "mystery.npz", data=pems08.values[:4, :5, 0])
-    with pytest.raises(DatasetError, match=r"--start .* --step-s.*stcast\.json"):
+    with pytest.raises(DatasetError, match=r"--start .* --dataset-step-s.*stcast\.json"):
         load_dataset(tmp_path / "mystery.npz")
     ds = load_dataset(tmp_path / "mystery.npz", start=pems08.start, step_s=60)
     assert ds.values.shape == (4, 5, 1) and ds.sensors[0] == "mystery/0"

@@ -1,0 +1,187 @@
+"""Reading data files into grids: ``.npz`` arrays, wide CSV, long CSV or Parquet.
+
+Each reader returns the (T, N, F) values, the file's own sensor ids, and the start and step when
+the file's times say them; ``stream_app.datasets`` fills in the rest and names the sensors.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+TIME_COLUMNS = ("ts", "time", "timestamp", "date")
+LONG_HEADER = ("sensor", "ts", "value")
+DATA_SUFFIXES = (".npz", ".csv", ".parquet")
+
+
+class DatasetError(ValueError):
+    """The data cannot be read as a grid; the message says what to add or change."""
+
+
+@dataclass(frozen=True)
+class FileGrid:
+    """What a data file says: values (T, N, F), its sensor ids, its start and step if timed."""
+
+    values: npt.NDArray[np.float64]
+    sensor_ids: list[str]
+    start: datetime | None = None
+    step_s: int | None = None
+
+
+def is_data_file(path: Path) -> bool:
+    """False for sensor graphs, adjacency matrices and sensor location tables."""
+    if "adj" in path.stem.lower():
+        return False
+    if path.suffix == ".npz":
+        with np.load(path) as archive:
+            return "data" in archive.files
+    if path.suffix == ".parquet":
+        return True
+    header = {h.strip().lower() for h in _header(path)}
+    return not ({"from", "to"} <= header or {"latitude", "longitude"} <= header)
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return next(csv.reader(f), [])
+
+
+def read_grid(file: Path) -> FileGrid:
+    """The (T, N, F) values, the source's sensor ids, and the file's own start and step if any."""
+    if file.suffix == ".npz":
+        return _read_npz(file)
+    if file.suffix == ".csv":
+        rows = _csv_rows(file)
+        header = [h.strip() for h in rows[0]]
+        if tuple(h.lower() for h in header) == LONG_HEADER:
+            return _read_long(rows[1:], file)
+        return _read_wide(header, rows[1:], file)
+    if file.suffix == ".parquet":
+        return _read_parquet(file)
+    raise DatasetError(f"{file}: unknown format; use .npz (key 'data'), .csv or .parquet")
+
+
+def _read_npz(file: Path) -> FileGrid:
+    with np.load(file) as archive:
+        if "data" not in archive.files:
+            raise DatasetError(f"{file}: no array named 'data' (found {archive.files})")
+        values = np.asarray(archive["data"], dtype=np.float64)
+    if values.ndim == 2:
+        values = values[:, :, np.newaxis]
+    if values.ndim != 3:
+        raise DatasetError(f"{file}: 'data' must be (T, N) or (T, N, F), got {values.shape}")
+    return FileGrid(values, [str(i) for i in range(values.shape[1])])
+
+
+def _csv_rows(file: Path) -> list[list[str]]:
+    with file.open(newline="", encoding="utf-8") as f:
+        rows = [row for row in csv.reader(f) if row]
+    if len(rows) < 2:
+        raise DatasetError(f"{file}: a header row and at least one data row are needed")
+    return rows
+
+
+def _read_wide(header: list[str], rows: list[list[str]], file: Path) -> FileGrid:
+    has_time = header[0].lower() in TIME_COLUMNS
+    if any(len(row) != len(header) for row in rows):
+        raise DatasetError(f"{file}: every row must have {len(header)} cells, like the header")
+    cells = np.array(rows, dtype=object)
+    values = _floats(cells[:, 1:] if has_time else cells, file)
+    sensors = header[1:] if has_time else header
+    if not has_time:
+        return FileGrid(values[:, :, np.newaxis], sensors)
+    times_ms = np.array([_parse_ts(str(c), file) for c in cells[:, 0]], dtype=np.int64)
+    index, start, step_s = _regular_axis(times_ms, file)
+    grid = np.full((int(index[-1]) + 1, len(sensors)), np.nan)
+    grid[index] = values
+    return FileGrid(grid[:, :, np.newaxis], sensors, start, step_s)
+
+
+def _read_long(rows: list[list[str]], file: Path) -> FileGrid:
+    if any(len(row) != 3 for row in rows):
+        raise DatasetError(f"{file}: every row of a long CSV must be sensor,ts,value")
+    sensors = [row[0].strip() for row in rows]
+    times_ms = np.array([_parse_ts(row[1], file) for row in rows], dtype=np.int64)
+    values = _floats(np.array([row[2] for row in rows], dtype=object), file)
+    return _long_to_grid(sensors, times_ms, values, file)
+
+
+def _read_parquet(file: Path) -> FileGrid:
+    """A long table (sensor, ts, value) in Parquet; needs pyarrow."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DatasetError(f"{file}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    table = pq.read_table(file)
+    names = {name.lower(): name for name in table.column_names}
+    if not set(LONG_HEADER) <= names.keys():
+        raise DatasetError(f"{file}: a Parquet dataset needs the columns {list(LONG_HEADER)}")
+    ts = table[names["ts"]]
+    if pa.types.is_timestamp(ts.type):
+        if ts.type.tz is None:
+            raise DatasetError(f"{file}: column ts has no time zone; store it as UTC")
+        times_ms = pc.cast(pc.cast(ts, pa.timestamp("ms", tz="UTC")), pa.int64()).to_numpy()
+    else:
+        times_ms = np.array([_parse_ts(str(t), file) for t in ts.to_pylist()], dtype=np.int64)
+    sensors = [str(s) for s in table[names["sensor"]].to_pylist()]
+    values = table[names["value"]].to_numpy(zero_copy_only=False).astype(np.float64)
+    return _long_to_grid(sensors, times_ms, values, file)
+
+
+def _long_to_grid(
+    sensors: list[str], times_ms: npt.NDArray[np.int64], values: npt.NDArray[np.float64], file: Path
+) -> FileGrid:
+    """The (T, N, 1) grid of long rows; sensors in order of first appearance."""
+    sensor_pos: dict[str, int] = {}
+    columns = np.array([sensor_pos.setdefault(s, len(sensor_pos)) for s in sensors])
+    index, start, step_s = _regular_axis(times_ms, file)
+    grid = np.full((int(index.max()) + 1, len(sensor_pos)), np.nan)
+    grid[index, columns] = values
+    return FileGrid(grid[:, :, np.newaxis], list(sensor_pos), start, step_s)
+
+
+def _regular_axis(
+    times_ms: npt.NDArray[np.int64], file: Path
+) -> tuple[npt.NDArray[np.int64], datetime, int]:
+    """Each time's step index on the grid, and the grid's start and step (the commonest gap)."""
+    distinct = np.unique(times_ms)
+    if len(distinct) < 2:
+        raise DatasetError(f"{file}: at least two distinct times are needed to find the step")
+    step_ms = Counter(np.diff(distinct).tolist()).most_common(1)[0][0]
+    offsets = times_ms - distinct[0]
+    if step_ms % 1000 or np.any(offsets % step_ms):
+        raise DatasetError(f"{file}: times are not on a regular grid of {step_ms} ms")
+    start = datetime.fromtimestamp(int(distinct[0]) / 1000, tz=UTC)
+    return offsets // step_ms, start, int(step_ms // 1000)
+
+
+def _floats(cells: npt.NDArray[Any], file: Path) -> npt.NDArray[np.float64]:
+    # an empty cell is a missing reading
+    filled = np.where(cells == "", "nan", cells)
+    try:
+        return filled.astype(np.float64)
+    except ValueError as exc:
+        raise DatasetError(f"{file}: a value is not a number ({exc})") from exc
+
+
+def _parse_ts(text: str, file: Path) -> int:
+    """Epoch milliseconds of an RFC 3339 time with offset, or of an integer epoch-ms string."""
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise DatasetError(f"{file}: {text!r} is neither RFC 3339 nor epoch ms") from exc
+    if parsed.utcoffset() is None:
+        raise DatasetError(f"{file}: time {text!r} has no UTC offset; add one, e.g. 'Z'")
+    return round(parsed.timestamp() * 1000)
