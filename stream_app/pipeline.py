@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -39,6 +39,7 @@ from .records import (
     tick_from_json,
 )
 from .scoring import Actuals, PendingForecasts, RollingMAE, Scores, ScoreSink
+from .sensors import Sensors, SensorState
 from .windows import Impute, RollingWindow
 
 log = logging.getLogger(__name__)
@@ -55,18 +56,6 @@ class Output:
 
     def __bool__(self) -> bool:
         return bool(self.forecasts or self.dead_letters)
-
-
-class SensorState:
-    """Everything the worker keeps for one sensor."""
-
-    __slots__ = ("index", "key", "quoted", "window")
-
-    def __init__(self, sensor: str, index: int, window: RollingWindow) -> None:
-        self.index = index
-        self.key = sensor.encode()
-        self.quoted = json.dumps(sensor)
-        self.window = window
 
 
 @dataclass
@@ -99,6 +88,7 @@ class Pipeline:
         future_tolerance_s: float = 86_400.0,
         batch_size: int = 256,
         mae_window: int = 2000,
+        sensor_ttl_s: float = 6 * 3600.0,
         sinks: Sequence[ScoreSink] = (),
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
@@ -116,19 +106,59 @@ class Pipeline:
         self.metrics = metrics
         self.clock = clock
         self.stopwatch = stopwatch
+        self.sensor_ttl_s = sensor_ttl_s
         self.pending = PendingForecasts(forecaster.horizon)
-        self.sensor_ids: list[str] = []
-        self._states: dict[str, SensorState] = {}
+        self._sensors = Sensors(lambda: RollingWindow(forecaster.window, max_gap_steps, impute))
+        self._swept_ms = 0
         self._parse_ts = TimestampParser()
         self._step_ms = step_s * 1000
         self._ts_text: dict[int, str] = {}
         self._newest_ms = 0
+        self._newest_slot: dict[int, int] = {}  # per partition: partitions are read unevenly
         if metrics is not None:
             metrics.set_model(forecaster.model_id, forecaster.provider)
 
     @property
     def sensors(self) -> int:
-        return len(self._states)
+        """Sensors with state here."""
+        return len(self._sensors)
+
+    @property
+    def sensor_ids(self) -> list[str]:
+        """The sensors with state here, in order of arrival."""
+        return [state.sensor for state in self._sensors]
+
+    def restore(self, messages: Sequence[Incoming]) -> None:
+        """Rebuild state from ticks already processed elsewhere: nothing is output or counted."""
+        metrics, sinks = self.metrics, self.sinks
+        self.metrics, self.sinks = None, ()
+        try:
+            for _ in self.step(messages):
+                pass
+        finally:
+            self.metrics, self.sinks = metrics, sinks
+
+    def forget(self, partitions: Collection[int]) -> int:
+        """Drop the state of sensors last seen on ``partitions``; return how many."""
+        rows = self._sensors.drop(lambda state: state.partition in partitions)
+        self.pending.clear(rows)
+        for partition in partitions:
+            self._newest_slot.pop(partition, None)
+        return len(rows)
+
+    def expire(self) -> int:
+        """Drop sensors silent for ``sensor_ttl_s`` of their partition's event time."""
+        ttl_slots = self.sensor_ttl_s // self.step_s
+        newest = self._newest_slot
+        rows = self._sensors.drop(
+            lambda state: (
+                state.window.newest is None
+                or state.window.newest < newest.get(state.partition, 0) - ttl_slots
+            )
+        )
+        self.pending.clear(rows)
+        self._swept_ms = self._newest_ms
+        return len(rows)
 
     def step(self, messages: Sequence[Incoming]) -> Iterator[Output]:
         """Process one micro-batch; yield an Output per inference chunk (and one for the rest)."""
@@ -142,7 +172,7 @@ class Pipeline:
                     if isinstance(item, Rejected):
                         raise item
                     tick = tick_from_json(item, self._parse_ts)
-                    state = self._state_for(tick)
+                    state = self._state_for(tick, message.partition)
                     imputed += self._place(tick, state, consumed_at, chunk)
                 except Rejected as rejected:
                     raw = json.dumps(item).encode() if where else raw
@@ -175,7 +205,7 @@ class Pipeline:
             for index, item in enumerate(obj["ticks"]):
                 yield item, b"", f"ticks[{index}]: "
 
-    def _state_for(self, tick: Tick) -> SensorState:
+    def _state_for(self, tick: Tick, partition: int) -> SensorState:
         """The tick's sensor, once the tick is known to belong here (a rejected tick adds none)."""
         if tick.ts_ms > (self.clock() + self.future_tolerance_s) * 1000:
             raise Rejected(Reason.BAD_TIMESTAMP, f"ts {format_ts(tick.ts_ms)} is in the future")
@@ -184,13 +214,7 @@ class Pipeline:
                 Reason.UNKNOWN_NETWORK,
                 f"network {tick.network!r} is not served here (serving {self.network!r})",
             )
-        state = self._states.get(tick.sensor)
-        if state is None:
-            window = RollingWindow(self.forecaster.window, self.max_gap_steps, self.impute)
-            state = SensorState(tick.sensor, len(self.sensor_ids), window)
-            self._states[tick.sensor] = state
-            self.sensor_ids.append(tick.sensor)
-        return state
+        return self._sensors.get(tick.sensor, partition)
 
     def _place(self, tick: Tick, state: SensorState, consumed_at: float, chunk: _Chunk) -> int:
         slot = (tick.ts_ms + self._step_ms // 2) // self._step_ms
@@ -203,6 +227,8 @@ class Pipeline:
         chunk.actuals.add(state.index, slot, tick.value, generation)
         if slot == window.newest:
             self._newest_ms = max(self._newest_ms, tick.ts_ms)
+            if slot > self._newest_slot.get(state.partition, slot - 1):
+                self._newest_slot[state.partition] = slot
             if window.is_full:
                 chunk.states.append(state)
                 chunk.sensors.append(tick.sensor)
@@ -308,10 +334,12 @@ class Pipeline:
             self.metrics.batch_size.observe(windows)
 
     def _count(self, ticks: int, imputed: int) -> None:
+        if self._newest_ms - self._swept_ms > self.sensor_ttl_s * 250:  # a quarter of the TTL
+            self.expire()
         if self.metrics is None:
             return
         self.metrics.ticks.inc(ticks)
         self.metrics.imputed.inc(imputed)
-        self.metrics.sensors_active.set(len(self._states))
+        self.metrics.sensors_active.set(len(self._sensors))
         if self._newest_ms:
             self.metrics.event_lag_seconds.set(self.clock() - self._newest_ms / 1000)

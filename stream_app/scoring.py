@@ -41,6 +41,11 @@ class PendingForecasts:
         self._values[sensors, rows] = values
         self._made_at[sensors, rows] = slots
 
+    def clear(self, sensors: list[int]) -> None:
+        """Forget the forecasts of these sensor rows (the rows are about to be reused)."""
+        known = [row for row in sensors if row < len(self._made_at)]
+        self._made_at[known] = NEVER
+
     def score(self, sensors: IntArray, slots: IntArray, actuals: FloatArray) -> Scores:
         """Errors of every pending forecast that the actuals at ``slots`` settle."""
         if not len(sensors):

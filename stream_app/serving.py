@@ -6,6 +6,9 @@ alone (``stcast bench`` row b), while aiokafka hands over raw records at ~300k/s
 forecaster cannot afford faust's share. Group membership, rebalancing and offsets are Kafka's
 own, through aiokafka.
 
+When partitions change hands, the leaving owner commits what it has produced and the new one
+rebuilds its sensors' state from the input topic (``restoring``) before reading on.
+
 Each micro-batch is at most ``batch_size`` records, waiting at most ``batch_wait_s`` for them.
 Delivery is at-least-once: a micro-batch's offsets are committed only once the broker has
 acknowledged every forecast and dead letter it caused, and in consumption order. Up to
@@ -30,6 +33,7 @@ from .metrics import Metrics
 from .pipeline import Output, Pipeline
 from .producing import BatchProducer
 from .records import Incoming
+from .restoring import restore_partition
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +49,11 @@ async def serve(
     output = OutputWriter(settings, metrics)
     consumer = tick_consumer(settings)
     commits = Commits(consumer)
-    consumer.subscribe([settings.ticks_topic], listener=_HandOver(output, commits))
+    core = asyncio.Lock()  # the pipeline is stepped, restored or trimmed by one task at a time
+    consumer.subscribe(
+        [settings.ticks_topic],
+        listener=_HandOver(settings, pipeline, consumer, output, commits, core),
+    )
     await output.start()
     await consumer.start()
     try:
@@ -55,7 +63,8 @@ async def serve(
             )
             if records:
                 messages, offsets = incoming(records)
-                commits.add(await output.write(pipeline.step(messages)), offsets)
+                async with core:
+                    commits.add(await output.write(pipeline.step(messages)), offsets)
                 await output.throttle()
             await commits.commit_due()
     finally:
@@ -121,25 +130,56 @@ class Commits:
             await self.commit_acked()
 
     async def commit_acked(self) -> None:
-        ready = self.acked()
+        """Commit every acknowledged offset of a partition this member still owns."""
+        owned = self.consumer.assignment()
+        ready = {tp: offset for tp, offset in self.acked().items() if tp in owned}
         self._last_commit = time.monotonic()
         if ready:
             await self.consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in ready.items()})
 
 
 class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Before partitions move to another member, finish their output and commit it."""
+    """Partitions change hands with their output committed and their sensors' state rebuilt.
 
-    def __init__(self, output: OutputWriter, commits: Commits) -> None:
+    Before partitions are taken away, the batch in hand is finished, its output acknowledged
+    and committed. A partition this worker did not own before gets its sensors' state back from
+    the ticks before the committed offset (``restoring``); state of partitions it lost is dropped.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        consumer: AIOKafkaConsumer,
+        output: OutputWriter,
+        commits: Commits,
+        core: asyncio.Lock,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.consumer = consumer
         self.output = output
         self.commits = commits
+        self.core = core
+        self.owned: set[TopicPartition] = set()
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.output.drain()
-        await self.commits.commit_acked()
+        async with self.core:
+            await self.output.drain()
+            await self.commits.commit_acked()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+        new = set(assigned) - self.owned
+        async with self.core:
+            self.pipeline.forget({tp.partition for tp in new | (self.owned - set(assigned))})
+            for tp in sorted(new):
+                committed = await self.consumer.committed(tp)
+                if committed:
+                    await restore_partition(
+                        self.pipeline, self.settings.bootstrap_servers, tp, committed
+                    )
+        self.owned = set(assigned)
 
 
 class OutputWriter:

@@ -53,6 +53,12 @@ class Settings:
     session_timeout_s: float = _setting(
         10.0, "consumer group session timeout; a dead worker's partitions move after it"
     )
+    shutdown_timeout_s: float = _setting(
+        30.0, "longest clean shutdown (finish the batch, flush, commit) before giving up"
+    )
+    sensor_ttl_s: float = _setting(
+        21600.0, "a sensor silent this long (event time) is forgotten, bounding memory"
+    )
     batch_size: int = _setting(256, "most messages per micro-batch and windows per inference")
     batch_wait_s: float = _setting(0.01, "longest wait for a micro-batch to fill, seconds")
     provider: str = _setting(
@@ -100,6 +106,8 @@ class Settings:
             "batch_wait_s",
             "future_tolerance_s",
             "session_timeout_s",
+            "shutdown_timeout_s",
+            "sensor_ttl_s",
         )
         for name in non_negative:
             value = getattr(self, name)

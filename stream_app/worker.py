@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -59,6 +60,7 @@ def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics)
         future_tolerance_s=settings.future_tolerance_s,
         batch_size=settings.batch_size,
         mae_window=settings.mae_window,
+        sensor_ttl_s=settings.sensor_ttl_s,
         metrics=metrics,
     )
 
@@ -86,8 +88,22 @@ def run_worker(settings: Settings) -> int:
 
 
 async def _serve_until_signalled(settings: Settings, pipeline: Pipeline, metrics: Metrics) -> None:
+    """Serve; on SIGTERM or SIGINT stop within ``shutdown_timeout_s``, cleanly or not at all."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def begin_shutdown(sig: signal.Signals) -> None:
+        log.info("%s: finishing the batch in hand, flushing, committing", sig.name)
+        stop.set()
+        loop.call_later(settings.shutdown_timeout_s, _give_up, settings.shutdown_timeout_s)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, begin_shutdown, sig)
     await serve(settings, pipeline, metrics, stop)
+
+
+def _give_up(timeout_s: float) -> None:
+    # Nothing unacknowledged was committed, so whatever is cut short here is read again.
+    log.error("clean shutdown took longer than %.0f s: exiting without it", timeout_s)
+    logging.shutdown()
+    os._exit(1)

@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from brokered import epoch_s, publish, read_all, topics, worker_settings
 
 from stream_app.broker import EmbeddedBroker
 from stream_app.datasets import GridDataset, bundled_dataset_path, load_dataset
@@ -26,7 +24,6 @@ from stream_app.forecasters import WindowBatch
 from stream_app.onnx_forecaster import OnnxForecaster
 from stream_app.replay import encode_step, replay
 from stream_app.services import WorkerProcess, scrape, wait_until
-from stream_app.topics import ensure_topics_sync
 
 pytestmark = pytest.mark.integration
 
@@ -45,35 +42,8 @@ EXTRA = ("duplicate", "late")
 
 
 @pytest.fixture(scope="module")
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def pems08() -> GridDataset:
     return load_dataset(bundled_dataset_path())
-
-
-def topics(broker: EmbeddedBroker) -> dict[str, str]:
-    run = uuid.uuid4().hex[:8]
-    names = {kind: f"it.{run}.{kind}" for kind in ("ticks", "forecasts", "dlq")}
-    ensure_topics_sync(broker.bootstrap_servers, dict.fromkeys(names.values(), 4))
-    return names
-
-
-def worker_settings(broker: EmbeddedBroker, names: dict[str, str], **extra: Any) -> dict[str, Any]:
-    return {
-        "bootstrap_servers": broker.bootstrap_servers,
-        "ticks_topic": names["ticks"],
-        "forecasts_topic": names["forecasts"],
-        "dlq_topic": names["dlq"],
-        "group_id": f"it-{names['ticks']}",
-        "network": "pems08",
-        "step_s": 300,
-        "log_level": "info",
-        **extra,
-    }
 
 
 # -- corrupting one message in a hundred ------------------------------------------------------
@@ -164,41 +134,6 @@ def _missing_runs(present: np.ndarray) -> list[tuple[int, int]]:
     return runs
 
 
-async def publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        pending = []
-        for key, value in messages:
-            pending.append(await producer.send(topic, value, key=key))
-            if len(pending) >= 5000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-
-
-async def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float) -> list[Any]:
-    """Every record of ``topic`` (counted, never from end offsets: Tansu's are unreliable)."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    records: list[Any] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    try:
-        while len(records) < expected and loop.time() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-        more = await consumer.getmany(timeout_ms=1000)  # nothing beyond what was expected
-        records.extend(r for batch in more.values() for r in batch)
-    finally:
-        await consumer.stop()
-    return records
-
-
 # -- the tests ----------------------------------------------------------------------------------
 
 
@@ -232,7 +167,7 @@ def test_corrupted_replay_every_good_full_window_forecasts_every_bad_message_dea
     for record in forecasts:
         forecast = json.loads(record.value)
         assert forecast["model"] == "persistence@1" and forecast["step_s"] == 300
-        step = (_epoch_s(forecast["ts"]) - start_s) // 300
+        step = (epoch_s(forecast["ts"]) - start_s) // 300
         got[(step, column[forecast["sensor"]])] = forecast["values"]
     assert len(forecasts) == len(got) == len(expected)
     assert set(got) == expected
@@ -289,7 +224,7 @@ def test_batched_ticks_through_the_onnx_model_match_in_process_inference(
     flows, times = pems08.values[:, :, 0], pems08.timestamps()
     column = {sensor: n for n, sensor in enumerate(pems08.sensors)}
     sample = forecasts[:: max(1, len(forecasts) // 400)]
-    ends = [(_epoch_s(f["ts"]) - int(times[0])) // 300 for f in sample]
+    ends = [(epoch_s(f["ts"]) - int(times[0])) // 300 for f in sample]
     rows = np.stack(
         [
             flows[e - WINDOW + 1 : e + 1, column[f["sensor"]]]
@@ -308,9 +243,3 @@ def _raw(dead: dict[str, Any]) -> str:
         return "b64"
     text: str = dead["raw"]
     return text
-
-
-def _epoch_s(ts: str) -> int:
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(ts).timestamp())

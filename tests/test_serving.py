@@ -151,15 +151,19 @@ def test_throttle_keeps_at_most_max_in_flight_and_stop_drains() -> None:
     asyncio.run(scenario())
 
 
+P0, P1 = TopicPartition("t", 0), TopicPartition("t", 1)
+
+
 class FakeConsumer:
     def __init__(self) -> None:
         self.commits: list[dict[TopicPartition, int]] = []
+        self.owned = {P0, P1}
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.owned
 
     async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
         self.commits.append({tp: meta.offset for tp, meta in offsets.items()})
-
-
-P0, P1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
 
 def test_offsets_are_committed_in_order_once_acked_and_never_after_a_failure() -> None:
@@ -197,6 +201,20 @@ def test_commits_wait_for_the_interval() -> None:
         return consumer
 
     assert asyncio.run(scenario()).commits == [{P0: 3}]
+
+
+def test_offsets_of_partitions_no_longer_owned_are_not_committed() -> None:
+    async def scenario() -> FakeConsumer:
+        consumer = FakeConsumer()
+        commits = Commits(consumer)  # type: ignore[arg-type]
+        acked = asyncio.get_running_loop().create_future()
+        acked.set_result(None)
+        commits.add(acked, {P0: 3, P1: 4})
+        consumer.owned = {P1}  # P0 went to another worker, which reads its ticks again
+        await commits.commit_acked()
+        return consumer
+
+    assert asyncio.run(scenario()).commits == [{P1: 4}]
 
 
 def record(partition: int, offset: int, value: bytes) -> ConsumerRecord[bytes, bytes]:

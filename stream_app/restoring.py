@@ -1,0 +1,109 @@
+"""Per-sensor state comes back by re-reading the input topic, never from a store of its own.
+
+When a worker is assigned a partition it did not own, it reads that partition's ticks from a
+little before the group's committed offset up to it, and feeds them to ``Pipeline.restore``:
+windows, imputation and the forecasts still waiting for their actuals come back exactly as the
+previous owner had them, without output and without being counted twice. Processing then goes
+on from the committed offset.
+
+How far back: the state at an offset depends on the last ``window + horizon + max_gap`` grid
+steps of event time; twice that is read, to allow for readings that arrive out of order. The
+topic is not indexed by event time (and the embedded broker answers offset-for-time lookups
+with 0), so the reader reads a block of offsets before the committed one and widens it four-fold
+until the block spans that much event time, or reaches the partition's start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from .pipeline import Pipeline
+from .records import Incoming, Rejected, TimestampParser, decode_json
+
+log = logging.getLogger(__name__)
+
+FIRST_BLOCK = 4096  # offsets read back at first, per partition
+
+
+def history_span_ms(pipeline: Pipeline) -> int:
+    """Event time whose ticks determine a partition's state, with a margin of as much again."""
+    window = pipeline.forecaster.window + pipeline.forecaster.horizon + pipeline.max_gap_steps
+    return 2 * window * pipeline.step_s * 1000
+
+
+async def restore_partition(
+    pipeline: Pipeline, bootstrap_servers: str, tp: TopicPartition, committed: int
+) -> int:
+    """Rebuild the state of ``tp``'s sensors from the ticks before ``committed``; return them."""
+    started = time.perf_counter()
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+    )
+    await reader.start()
+    try:
+        reader.assign([tp])
+        messages = await read_history(reader, tp, committed, history_span_ms(pipeline))
+    finally:
+        await reader.stop()
+    pipeline.restore(messages)
+    log.info(
+        "restored partition %d from %d ticks before offset %d in %.2f s",
+        tp.partition,
+        len(messages),
+        committed,
+        time.perf_counter() - started,
+    )
+    return len(messages)
+
+
+async def read_history(
+    reader: AIOKafkaConsumer, tp: TopicPartition, end: int, span_ms: int
+) -> list[Incoming]:
+    """The messages before offset ``end`` that span ``span_ms`` of event time (or all of them)."""
+    count = FIRST_BLOCK
+    while True:
+        start = max(0, end - count)
+        messages = await read_range(reader, tp, start, end)
+        if start == 0 or spans(messages, span_ms):
+            return messages
+        count *= 4
+
+
+async def read_range(
+    reader: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int
+) -> list[Incoming]:
+    """Every message of ``tp`` with ``start <= offset < end``."""
+    reader.seek(tp, start)
+    messages: list[Incoming] = []
+    while await reader.position(tp) < end:
+        batch = (await reader.getmany(tp, timeout_ms=1000)).get(tp, [])
+        messages.extend(_incoming(tp, r) for r in batch if r.offset < end)
+        if not batch and await reader.position(tp) < end:
+            log.warning("partition %d: no record before offset %d yet", tp.partition, end)
+    return messages
+
+
+def spans(messages: list[Incoming], span_ms: int) -> bool:
+    """Whether the oldest readable tick lies ``span_ms`` before the newest."""
+    parse = TimestampParser()
+    times = [t for t in (event_time_ms(m.value, parse) for m in messages) if t is not None]
+    return bool(times) and max(times) - times[0] >= span_ms
+
+
+def event_time_ms(value: bytes, parse: TimestampParser) -> int | None:
+    """The ``ts`` of a tick, or of a tick batch's first tick; None when unreadable."""
+    try:
+        obj: Any = decode_json(value)
+        if isinstance(obj, dict) and isinstance(obj.get("ticks"), list) and obj["ticks"]:
+            obj = obj["ticks"][0]
+        return parse.parse(obj["ts"]) if isinstance(obj, dict) and "ts" in obj else None
+    except Rejected:
+        return None
+
+
+def _incoming(tp: TopicPartition, record: Any) -> Incoming:
+    return Incoming(tp.topic, tp.partition, record.offset, record.key, record.value)
