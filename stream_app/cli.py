@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +15,13 @@ from dataclasses import Field
 from pathlib import Path
 from typing import Any
 
+from .cli_offline import (
+    dataset_grid_args,
+    evaluate_args,
+    evaluate_command,
+    train_args,
+    train_command,
+)
 from .settings import Settings, env_name, setting_fields
 
 CLUSTER = ("bootstrap_servers", "ticks_topic", "forecasts_topic", "dlq_topic", "partitions")
@@ -146,24 +152,7 @@ def _replay_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-step", type=int, default=0, help="first step to publish")
     parser.add_argument("--steps", type=int, default=None, help="how many steps (default: all)")
     parser.add_argument("--network", default="", help="network id stamped on each tick")
-    _dataset_grid_args(parser)
-
-
-def _dataset_grid_args(parser: argparse.ArgumentParser) -> None:
-    from datetime import datetime
-
-    parser.add_argument(
-        "--start",
-        type=datetime.fromisoformat,
-        default=None,
-        help="time of the dataset's first step, RFC 3339 (when the data does not say)",
-    )
-    parser.add_argument(
-        "--dataset-step-s",
-        type=int,
-        default=None,
-        help="seconds between the dataset's steps (when the data does not say)",
-    )
+    dataset_grid_args(parser)
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -198,49 +187,6 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from .datasets import load_dataset
-    from .evaluation import evaluate, format_table
-
-    dataset = load_dataset(args.dataset, start=args.start, step_s=args.dataset_step_s)
-    model = Path(args.model) if args.model else None
-    if model is not None and not model.is_dir():
-        raise ValueError(f"--model {model}: no such directory (train one with stcast train)")
-    report = evaluate(
-        model,
-        dataset,
-        args.protocol,
-        provider=settings.provider,
-        threads=settings.inference_threads,
-    )
-    if args.json:
-        print(json.dumps(report.to_json(), allow_nan=False))
-    else:
-        print(format_table(report), end="")
-    return 0
-
-
-def _evaluate_args(parser: argparse.ArgumentParser) -> None:
-    from .datasets import bundled_dataset_path
-    from .protocols import PROTOCOLS
-
-    parser.add_argument("--model", default="", help="model directory (default: baselines only)")
-    parser.add_argument(
-        "--dataset",
-        default=str(bundled_dataset_path()),
-        help="dataset file or directory (default: the bundled PEMS08 slice)",
-    )
-    parser.add_argument(
-        "--protocol",
-        choices=PROTOCOLS,
-        default="basicts",
-        help="basicts: 6:2:2 or 7:1:2, window 12, horizon 12, masked per step; "
-        "tgcn: 80/20, averages over 15/30/45/60 minutes",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    _dataset_grid_args(parser)
-
-
 def _no_args(parser: argparse.ArgumentParser) -> None:
     del parser
 
@@ -255,11 +201,17 @@ _VERBS: dict[str, tuple[Command, str, Sequence[str] | None, Callable[..., None]]
     "broker": (_broker, "run the embedded Kafka-compatible broker (Tansu)", (), _broker_args),
     "replay": (_replay, "publish a dataset to the ticks topic as ticks", CLUSTER, _replay_args),
     "worker": (_worker, "run a forecasting worker", None, _no_args),
+    "train": (
+        train_command,
+        "train a global LSTM on a dataset and export model.onnx + card.json",
+        ("log_level",),
+        train_args,
+    ),
     "evaluate": (
-        _evaluate,
+        evaluate_command,
         "score a model and the baselines on a dataset's test part",
         ("provider", "inference_threads", "log_level"),
-        _evaluate_args,
+        evaluate_args,
     ),
     "bench": (
         _bench,

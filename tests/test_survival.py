@@ -14,7 +14,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,12 +50,31 @@ def reference(
 ) -> dict[Key, list[float]]:  # fmt: skip
     """One worker, the whole slice as fast as possible: every forecast once."""
     run = Run(broker, pems08, seed_model_dir, tmp_path_factory.mktemp("reference"))
-    run.start("a")
-    run.replay(speed=0.0)
-    forecasts = run.forecasts(expected_count)
-    run.stop("a")
+    try:
+        run.start("a")
+        run.replay(speed=0.0)
+        forecasts = run.forecasts(expected_count)
+        run.stop("a")
+    finally:
+        run.close()
     assert run.exit_codes == {"a": 0}
     return forecasts
+
+
+@pytest.fixture
+def new_run(
+    broker: EmbeddedBroker, pems08: GridDataset, seed_model_dir: Path, tmp_path: Path
+) -> Iterator[Callable[[], Run]]:
+    """Makes the test's run; whatever workers it leaves running are stopped afterwards."""
+    runs: list[Run] = []
+
+    def make() -> Run:
+        runs.append(Run(broker, pems08, seed_model_dir, tmp_path))
+        return runs[-1]
+
+    yield make
+    for run in runs:
+        run.close()
 
 
 class Run:
@@ -84,6 +103,11 @@ class Run:
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
         self.exit_codes[name] = self.workers.pop(name).stop(timeout_s=30, sig=sig)
+
+    def close(self) -> None:
+        """Stop every worker still running (also when the test failed half-way)."""
+        for name in list(self.workers):
+            self.stop(name)
 
     def replay(self, speed: float) -> None:
         asyncio.run(
@@ -167,10 +191,9 @@ def _assert_equal(got: dict[Key, list[float]], want: dict[Key, list[float]]) -> 
 
 
 def test_a_killed_worker_loses_nothing(
-    broker: EmbeddedBroker, pems08: GridDataset, seed_model_dir: Path, expected_count: int,
-    reference: dict[Key, list[float]], tmp_path: Path,
+    new_run: Callable[[], Run], expected_count: int, reference: dict[Key, list[float]]
 ) -> None:  # fmt: skip
-    run = Run(broker, pems08, seed_model_dir, tmp_path)
+    run = new_run()
     run.start("a")
     run.start("b")
     _during_replay(
@@ -179,32 +202,28 @@ def test_a_killed_worker_loses_nothing(
         (18.0, lambda: run.start("a")),
     )
     got = run.forecasts(expected_count)
-    for name in list(run.workers):
-        run.stop(name)
+    run.close()
     _assert_equal(got, reference)
     assert run.exit_codes["b"] == 0
 
 
 def test_a_worker_joining_and_leaving_mid_replay_changes_nothing(
-    broker: EmbeddedBroker, pems08: GridDataset, seed_model_dir: Path, expected_count: int,
-    reference: dict[Key, list[float]], tmp_path: Path,
+    new_run: Callable[[], Run], expected_count: int, reference: dict[Key, list[float]]
 ) -> None:  # fmt: skip
-    run = Run(broker, pems08, seed_model_dir, tmp_path)
+    run = new_run()
     run.start("a")
     run.start("b")
     _during_replay(run, (6.0, lambda: run.start("c")), (16.0, lambda: run.stop("c")))
     got = run.forecasts(expected_count)
-    for name in list(run.workers):
-        run.stop(name)
+    run.close()
     _assert_equal(got, reference)
     assert set(run.exit_codes.values()) == {0}
 
 
 def test_sigterm_mid_replay_exits_0_and_a_restart_goes_on_exactly(
-    broker: EmbeddedBroker, pems08: GridDataset, seed_model_dir: Path, expected_count: int,
-    reference: dict[Key, list[float]], tmp_path: Path,
+    new_run: Callable[[], Run], expected_count: int, reference: dict[Key, list[float]]
 ) -> None:  # fmt: skip
-    run = Run(broker, pems08, seed_model_dir, tmp_path)
+    run = new_run()
     run.start("a")
     stopped: list[int | None] = []
 
