@@ -24,7 +24,20 @@ from .cli_offline import (
 )
 from .settings import Settings, env_name, setting_fields
 
-CLUSTER = ("bootstrap_servers", "ticks_topic", "forecasts_topic", "dlq_topic", "partitions")
+CLUSTER = (
+    "bootstrap_servers",
+    "security_protocol",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "ticks_topic",
+    "forecasts_topic",
+    "dlq_topic",
+    "partitions",
+)
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
@@ -105,11 +118,14 @@ def _broker_args(parser: argparse.ArgumentParser) -> None:
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from .datasets import load_dataset
+    from .kafka_client import client_options
     from .replay import replay
     from .topics import ensure_topics_sync
 
     dataset = load_dataset(args.dataset, start=args.start, step_s=args.dataset_step_s)
-    ensure_topics_sync(settings.bootstrap_servers, {settings.ticks_topic: settings.partitions})
+    options = client_options(settings)
+    topics = {settings.ticks_topic: settings.partitions}
+    ensure_topics_sync(settings.bootstrap_servers, topics, client_options=options)
     report = asyncio.run(
         replay(
             settings.bootstrap_servers,
@@ -123,6 +139,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
             start_step=args.start_step,
             steps=args.steps,
             network=args.network or None,
+            client_options=options,
         )
     )
     print(

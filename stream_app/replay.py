@@ -115,6 +115,7 @@ async def replay(
     steps: int | None = None,
     network: str | None = None,
     progress: bool = True,
+    client_options: dict[str, Any] | None = None,
 ) -> ReplayReport:
     """Publish ``steps`` grid steps from ``start_step`` (all: None) at ``speed`` times real time.
 
@@ -123,7 +124,9 @@ async def replay(
     """
     span = _span(dataset, channel, speed, start_step, steps)
     plan = _Plan(dataset, topic, span, channel, batched, network, speed)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks=1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, linger_ms=5, acks=1, **(client_options or {})
+    )
     await producer.start()
     began = time.monotonic()
     try:

@@ -21,8 +21,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from .kafka_client import client_options
 from .pipeline import Pipeline
 from .records import Incoming, Rejected, TimestampParser, decode_json
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +38,15 @@ def history_span_ms(pipeline: Pipeline) -> int:
 
 
 async def restore_partition(
-    pipeline: Pipeline, bootstrap_servers: str, tp: TopicPartition, committed: int
+    pipeline: Pipeline, settings: Settings, tp: TopicPartition, committed: int
 ) -> int:
     """Rebuild the state of ``tp``'s sensors from the ticks before ``committed``; return them."""
     started = time.perf_counter()
     reader = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        **client_options(settings),
     )
     await reader.start()
     try:

@@ -29,6 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from .kafka_client import client_options
 from .metrics import Metrics
 from .pipeline import Output, Pipeline
 from .producing import BatchProducer
@@ -88,6 +89,7 @@ def tick_consumer(settings: Settings) -> AIOKafkaConsumer:
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(100, session_ms // 10),
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        **client_options(settings),
     )
 
 
@@ -176,9 +178,7 @@ class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
             for tp in sorted(new):
                 committed = await self.consumer.committed(tp)
                 if committed:
-                    await restore_partition(
-                        self.pipeline, self.settings.bootstrap_servers, tp, committed
-                    )
+                    await restore_partition(self.pipeline, self.settings, tp, committed)
         self.owned = set(assigned)
 
 
@@ -189,7 +189,7 @@ class OutputWriter:
         self.settings = settings
         self.metrics = metrics
         self.max_in_flight = max_in_flight
-        self._producer = BatchProducer(settings.bootstrap_servers)
+        self._producer = BatchProducer(settings.bootstrap_servers, **client_options(settings))
         self._in_flight: deque[asyncio.Future[Any]] = deque()
         self._started = False
 

@@ -17,8 +17,11 @@ from typing import Any
 ENV_PREFIX = "STCAST_"
 
 
-def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _setting(
+    default: Any, help: str, choices: tuple[str, ...] | None = None, secret: bool = False
+) -> Any:
+    # A secret stays out of repr(), and so out of any log line that prints the settings.
+    return field(default=default, repr=not secret, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,19 @@ class Settings:
     """Configuration of a worker (and of the tools that talk to the same cluster)."""
 
     bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers, host:port,...")
+    security_protocol: str = _setting(
+        "PLAINTEXT",
+        "how clients reach Kafka",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    ssl_cafile: str = _setting("", "CA bundle that signs the brokers' certificates (SSL)")
+    ssl_certfile: str = _setting("", "client certificate, PEM, for mutual TLS (SSL)")
+    ssl_keyfile: str = _setting("", "client private key, PEM, for mutual TLS (SSL)")
+    sasl_mechanism: str = _setting(
+        "PLAIN", "SASL mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+    )
+    sasl_username: str = _setting("", "SASL user name")
+    sasl_password: str = _setting("", "SASL password (never logged)", secret=True)
     ticks_topic: str = _setting("stcast.ticks", "topic the sensor ticks arrive on")
     forecasts_topic: str = _setting("stcast.forecasts", "topic forecasts are written to")
     dlq_topic: str = _setting("stcast.dlq", "dead-letter topic for rejected input")
@@ -113,6 +129,11 @@ class Settings:
             value = getattr(self, name)
             if not 0 <= value < float("inf"):  # also refuses NaN
                 raise ValueError(f"{env_name(name)}={value!r} must be a finite number >= 0")
+        if self.security_protocol.startswith("SASL") and not self.sasl_username:
+            raise ValueError(
+                f"{env_name('security_protocol')}={self.security_protocol} needs "
+                f"{env_name('sasl_username')} and {env_name('sasl_password')}"
+            )
         return self
 
     def replace(self, **changes: Any) -> Settings:

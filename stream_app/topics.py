@@ -18,7 +18,10 @@ class TopicError(RuntimeError):
 
 
 async def ensure_topics(
-    bootstrap_servers: str, partitions: Mapping[str, int], timeout_s: float = 30.0
+    bootstrap_servers: str,
+    partitions: Mapping[str, int],
+    timeout_s: float = 30.0,
+    client_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Create each missing topic with its partition count; an existing topic is left as it is.
 
@@ -26,7 +29,9 @@ async def ensure_topics(
     """
     deadline = time.monotonic() + timeout_s
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000)
+        bootstrap_servers=bootstrap_servers,
+        request_timeout_ms=int(timeout_s * 1000),
+        **(client_options or {}),
     )
     await _start_admin(admin, deadline)
     try:
@@ -39,10 +44,13 @@ async def ensure_topics(
 
 
 def ensure_topics_sync(
-    bootstrap_servers: str, partitions: Mapping[str, int], timeout_s: float = 30.0
+    bootstrap_servers: str,
+    partitions: Mapping[str, int],
+    timeout_s: float = 30.0,
+    client_options: Mapping[str, Any] | None = None,
 ) -> None:
     """``ensure_topics`` for synchronous callers (runs its own event loop)."""
-    asyncio.run(ensure_topics(bootstrap_servers, partitions, timeout_s))
+    asyncio.run(ensure_topics(bootstrap_servers, partitions, timeout_s, client_options))
 
 
 async def _start_admin(admin: AIOKafkaAdminClient, deadline: float) -> None:

@@ -10,6 +10,7 @@ import signal
 from prometheus_client import CollectorRegistry, start_http_server
 
 from .forecasters import DAY_S, WEEK_S, Forecaster, Persistence, SeasonalNaive
+from .kafka_client import client_options
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .serving import serve
@@ -71,7 +72,11 @@ def run_worker(settings: Settings) -> int:
     metrics = Metrics(CollectorRegistry())
     pipeline = build_pipeline(settings, forecaster, metrics)
     topics = (settings.ticks_topic, settings.forecasts_topic, settings.dlq_topic)
-    ensure_topics_sync(settings.bootstrap_servers, dict.fromkeys(topics, settings.partitions))
+    ensure_topics_sync(
+        settings.bootstrap_servers,
+        dict.fromkeys(topics, settings.partitions),
+        client_options=client_options(settings),
+    )
     if settings.metrics_port:
         start_http_server(settings.metrics_port, settings.metrics_host, metrics.registry)
     log.info(

@@ -107,3 +107,44 @@ def test_worker_help_lists_every_setting() -> None:
         flag = "--" + f.name.replace("_", "-")
         assert flag in done.stdout, flag
         assert env_name(f.name) in done.stdout, env_name(f.name)
+
+
+def test_the_sasl_password_never_appears_in_the_settings_repr() -> None:
+    from stream_app.kafka_client import client_options
+
+    settings = Settings.from_env(
+        {
+            "STCAST_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "STCAST_SASL_MECHANISM": "SCRAM-SHA-512",
+            "STCAST_SASL_USERNAME": "stcast",
+            "STCAST_SASL_PASSWORD": "hunter2-secret",
+        }
+    )
+    assert "hunter2-secret" not in repr(settings) and "stcast" in repr(settings)
+    assert client_options(settings) == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "stcast",
+        "sasl_plain_password": "hunter2-secret",
+    }
+
+
+def test_sasl_without_a_user_is_refused_and_plaintext_needs_no_options() -> None:
+    from stream_app.kafka_client import client_options
+
+    with pytest.raises(ValueError, match="STCAST_SASL_USERNAME"):
+        Settings.from_env({"STCAST_SECURITY_PROTOCOL": "SASL_SSL"})
+    assert client_options(Settings()) == {"security_protocol": "PLAINTEXT"}
+
+
+def test_ssl_builds_a_context_from_the_ca_file() -> None:
+    import ssl
+
+    from stream_app.kafka_client import client_options
+
+    bundle = Path(ssl.get_default_verify_paths().openssl_cafile)
+    if not bundle.is_file():
+        pytest.skip(f"no CA bundle at {bundle}")
+    settings = Settings(security_protocol="SSL", ssl_cafile=str(bundle))
+    context = client_options(settings)["ssl_context"]
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
