@@ -18,12 +18,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
+from .chunks import Chunk, Output, ticks_of
 from .forecasters import FloatArray, Forecaster, WindowBatch
 from .metrics import Metrics
 from .records import (
@@ -32,46 +32,18 @@ from .records import (
     Rejected,
     Tick,
     TimestampParser,
-    decode_json,
     encode_dead_letter,
     encode_forecast,
     format_ts,
     tick_from_json,
 )
-from .scoring import Actuals, PendingForecasts, RollingMAE, Scores, ScoreSink
+from .retrain_events import RetrainEvent
+from .scoring import PendingForecasts, RollingMAE, Scores, ScoreSink
 from .sensors import Sensors, SensorState
 from .windows import Impute, RollingWindow
 
 log = logging.getLogger(__name__)
 BoolArray = npt.NDArray[np.bool_]
-
-
-@dataclass
-class Output:
-    """What one chunk produces: forecasts (key, value) with the consume time of their ticks."""
-
-    forecasts: list[tuple[bytes, bytes]] = field(default_factory=list)
-    consumed_at: list[float] = field(default_factory=list)
-    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.forecasts or self.dead_letters)
-
-
-@dataclass
-class _Chunk:
-    """Windows ready for one inference, and what the chunk has rejected so far."""
-
-    states: list[SensorState] = field(default_factory=list)
-    sensors: list[str] = field(default_factory=list)
-    actuals: Actuals = field(default_factory=Actuals)
-    rows: list[list[float]] = field(default_factory=list)
-    slots: list[int] = field(default_factory=list)
-    row_generations: list[int] = field(default_factory=list)
-    imputed: list[int] = field(default_factory=list)
-    consumed_at: list[float] = field(default_factory=list)
-    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
-    generation: dict[int, int] = field(default_factory=dict)  # sensor index -> ticks so far
 
 
 class Pipeline:
@@ -115,6 +87,8 @@ class Pipeline:
         self._ts_text: dict[int, str] = {}
         self._newest_ms = 0
         self._newest_slot: dict[int, int] = {}  # per partition: partitions are read unevenly
+        self._restoring = False
+        self._retrain_events: list[tuple[bytes, bytes]] = []
         if metrics is not None:
             metrics.set_model(forecaster.model_id, forecaster.provider)
 
@@ -130,18 +104,36 @@ class Pipeline:
 
     def restore(self, messages: Sequence[Incoming]) -> None:
         """Rebuild state from ticks already processed elsewhere: nothing is output or counted."""
-        metrics, sinks = self.metrics, self.sinks
-        self.metrics, self.sinks = None, ()
+        metrics, self.metrics = self.metrics, None
+        self._restoring = True
         try:
             for _ in self.step(messages):
                 pass
         finally:
-            self.metrics, self.sinks = metrics, sinks
+            self.metrics = metrics
+            self._restoring = False
+
+    def watch(self, sink: ScoreSink) -> None:
+        """Hand every later score to ``sink`` as well (a drift monitor)."""
+        self.sinks = (*self.sinks, sink)
+
+    def retrain(self, event: RetrainEvent) -> None:
+        """Queue a retrain event; it leaves with the next output."""
+        self._retrain_events.append((event.key, event.encode()))
+
+    def sensor_at(self, row: int) -> str:
+        """The sensor id of a row in the scores."""
+        return self._sensors.sensor_at(row)
+
+    @property
+    def newest_ts_s(self) -> float:
+        """Event time: the newest reading's time, epoch seconds."""
+        return self._newest_ms / 1000
 
     def forget(self, partitions: Collection[int]) -> int:
         """Drop the state of sensors last seen on ``partitions``; return how many."""
         rows = self._sensors.drop(lambda state: state.partition in partitions)
-        self.pending.clear(rows)
+        self._release(rows)
         for partition in partitions:
             self._newest_slot.pop(partition, None)
         return len(rows)
@@ -156,17 +148,22 @@ class Pipeline:
                 or state.window.newest < newest.get(state.partition, 0) - ttl_slots
             )
         )
-        self.pending.clear(rows)
+        self._release(rows)
         self._swept_ms = self._newest_ms
         return len(rows)
 
+    def _release(self, rows: list[int]) -> None:
+        self.pending.clear(rows)
+        for sink in self.sinks:
+            sink.forget(rows)
+
     def step(self, messages: Sequence[Incoming]) -> Iterator[Output]:
         """Process one micro-batch; yield an Output per inference chunk (and one for the rest)."""
-        chunk = _Chunk()
+        chunk = Chunk()
         ticks = imputed = 0
         for message in messages:
             consumed_at = self.stopwatch()
-            for item, raw, where in self._ticks_of(message):
+            for item, raw, where in ticks_of(message):
                 ticks += 1
                 try:
                     if isinstance(item, Rejected):
@@ -179,31 +176,11 @@ class Pipeline:
                     self._dead_letter(chunk, message, rejected, raw, where)
                 if len(chunk.rows) >= self.batch_size:
                     yield self._flush(chunk)
-                    chunk = _Chunk()
+                    chunk = Chunk()
         self._count(ticks, imputed)
         last = self._flush(chunk)
         if last:
             yield last
-
-    @staticmethod
-    def _ticks_of(message: Incoming) -> Iterator[tuple[object, bytes, str]]:
-        """(tick object, its raw bytes, where) for a message: itself or each element of a batch.
-
-        A message that cannot be read at all comes out as one ``Rejected`` in place of a tick;
-        a batch element's raw bytes are empty, to be re-encoded only if it is rejected.
-        """
-        try:
-            obj = decode_json(message.value)
-        except Rejected as rejected:
-            yield rejected, message.value, ""
-            return
-        if not (isinstance(obj, dict) and "ticks" in obj):
-            yield obj, message.value, ""
-        elif not isinstance(obj["ticks"], list):
-            yield Rejected(Reason.BAD_TYPE, "ticks must be a JSON array"), message.value, ""
-        else:
-            for index, item in enumerate(obj["ticks"]):
-                yield item, b"", f"ticks[{index}]: "
 
     def _state_for(self, tick: Tick, partition: int) -> SensorState:
         """The tick's sensor, once the tick is known to belong here (a rejected tick adds none)."""
@@ -216,7 +193,7 @@ class Pipeline:
             )
         return self._sensors.get(tick.sensor, partition)
 
-    def _place(self, tick: Tick, state: SensorState, consumed_at: float, chunk: _Chunk) -> int:
+    def _place(self, tick: Tick, state: SensorState, consumed_at: float, chunk: Chunk) -> int:
         slot = (tick.ts_ms + self._step_ms // 2) // self._step_ms
         window = state.window
         filled = window.add(slot, tick.value)
@@ -240,23 +217,24 @@ class Pipeline:
         return filled
 
     def _dead_letter(
-        self, chunk: _Chunk, message: Incoming, rejected: Rejected, raw: bytes, where: str
+        self, chunk: Chunk, message: Incoming, rejected: Rejected, raw: bytes, where: str
     ) -> None:
         record = encode_dead_letter(message, rejected.reason, where + rejected.detail, raw)
         chunk.dead_letters.append((message.key, record))
         if self.metrics is not None:
             self.metrics.rejected.labels(reason=str(rejected.reason)).inc()
 
-    def _flush(self, chunk: _Chunk) -> Output:
+    def _flush(self, chunk: Chunk) -> Output:
         output = Output(dead_letters=chunk.dead_letters)
         values = self._infer(chunk)
         finite: BoolArray = np.all(np.isfinite(values), axis=1)
         self._settle(chunk, values, finite)
         if chunk.rows:
             self._encode(chunk, values, cast(list[bool], finite.tolist()), output)
+        output.retrain_events, self._retrain_events = self._retrain_events, []
         return output
 
-    def _infer(self, chunk: _Chunk) -> FloatArray:
+    def _infer(self, chunk: Chunk) -> FloatArray:
         if not chunk.rows:
             return np.zeros((0, self.forecaster.horizon))
         slots = np.array(chunk.slots, dtype=np.int64)
@@ -266,7 +244,7 @@ class Pipeline:
         self._observe_inference(self.stopwatch() - started, len(batch))
         return values
 
-    def _settle(self, chunk: _Chunk, values: FloatArray, usable: BoolArray) -> None:
+    def _settle(self, chunk: Chunk, values: FloatArray, usable: BoolArray) -> None:
         """Score and remember, generation by generation (see the module docstring)."""
         sensors, slots, actuals, generations = chunk.actuals.arrays()
         made_by = np.array([state.index for state in chunk.states], dtype=np.int64)
@@ -282,9 +260,7 @@ class Pipeline:
                 self.pending.add(made_by[new], made_at[new], values[new])
         self._publish(Scores.in_arrival_order(scores))
 
-    def _encode(
-        self, chunk: _Chunk, values: FloatArray, finite: list[bool], output: Output
-    ) -> None:
+    def _encode(self, chunk: Chunk, values: FloatArray, finite: list[bool], output: Output) -> None:
         step_ms = self._step_ms
         emitted_at = format_ts(int(self.clock() * 1000))
         model, step_s = self.forecaster.model_id, self.step_s
@@ -321,7 +297,7 @@ class Pipeline:
         return text
 
     def _publish(self, scores: Scores) -> None:
-        if not len(scores):
+        if not len(scores) or self._restoring:  # restored scores were published before
             return
         for sink in self.sinks:
             sink.update(scores)

@@ -141,6 +141,10 @@ class ScoreSink(Protocol):
 
     def update(self, scores: Scores) -> None: ...
 
+    def forget(self, rows: list[int]) -> None:
+        """The pipeline dropped these sensor rows and will hand them to new sensors."""
+        ...
+
 
 class RollingMAE:
     """Mean absolute error per horizon over the newest ``size`` errors at that horizon.
@@ -163,6 +167,9 @@ class RollingMAE:
         absolute = np.abs(scores.errors)
         for h in np.unique(scores.horizons):
             self._push(int(h) - 1, absolute[scores.horizons == h][-self.size :])
+
+    def forget(self, rows: list[int]) -> None:
+        """Nothing to do: the rolling MAE pools every sensor's errors."""
 
     def _push(self, row: int, values: FloatArray) -> None:
         positions = (self._next[row] + np.arange(len(values))) % self.size

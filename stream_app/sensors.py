@@ -33,6 +33,7 @@ class Sensors:
     def __init__(self, new_window: Callable[[], RollingWindow]) -> None:
         self.new_window = new_window
         self._states: dict[str, SensorState] = {}
+        self._by_row: dict[int, str] = {}
         self._free: list[int] = []
         self._rows = 0
 
@@ -53,14 +54,20 @@ class Sensors:
         if state is None:
             index = self._free.pop() if self._free else self._next_row()
             state = self._states[sensor] = SensorState(sensor, index, self.new_window(), partition)
+            self._by_row[index] = sensor
         state.partition = partition
         return state
+
+    def sensor_at(self, row: int) -> str:
+        """The sensor that holds ``row`` now."""
+        return self._by_row[row]
 
     def drop(self, leaving: Callable[[SensorState], bool]) -> list[int]:
         """Forget the sensors ``leaving`` picks; return their rows (now free for reuse)."""
         gone = [state for state in self._states.values() if leaving(state)]
         for state in gone:
             del self._states[state.sensor]
+            del self._by_row[state.index]
         rows = [state.index for state in gone]
         self._free.extend(rows)
         return rows

@@ -29,9 +29,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from .chunks import Output
 from .kafka_client import client_options
 from .metrics import Metrics
-from .pipeline import Output, Pipeline
+from .pipeline import Pipeline
 from .producing import BatchProducer
 from .records import Incoming
 from .restoring import restore_partition
@@ -222,6 +223,9 @@ class OutputWriter:
                 self.settings.forecasts_topic, output.forecasts
             )
             futures += await self._producer.send_many(self.settings.dlq_topic, output.dead_letters)
+            futures += await self._producer.send_many(
+                self.settings.retrain_topic, output.retrain_events
+            )
             acked = asyncio.gather(*futures)
             acked.add_done_callback(partial(self._observe_latency, output.consumed_at))
             pending.append(acked)

@@ -45,6 +45,7 @@ class Settings:
     ticks_topic: str = _setting("stcast.ticks", "topic the sensor ticks arrive on")
     forecasts_topic: str = _setting("stcast.forecasts", "topic forecasts are written to")
     dlq_topic: str = _setting("stcast.dlq", "dead-letter topic for rejected input")
+    retrain_topic: str = _setting("stcast.retrain", "topic retrain events are written to")
     partitions: int = _setting(4, "partitions of the stcast topics when stcast creates them")
     group_id: str = _setting("stcast-worker", "consumer group id of the workers")
     network: str = _setting(
@@ -86,6 +87,34 @@ class Settings:
     metrics_port: int = _setting(9108, "port of the Prometheus endpoint (0: do not serve)")
     log_level: str = _setting("info", "log level", choices=("debug", "info", "warning", "error"))
 
+    drift_detector: str = _setting(
+        "page-hinkley",
+        "drift detector on each sensor's standardised forecast errors",
+        choices=("page-hinkley", "adwin"),
+    )
+    drift_threshold: float = _setting(
+        18.0, "Page-Hinkley threshold, in multiples of the sensor's usual error"
+    )
+    drift_delta: float = _setting(2.0, "Page-Hinkley tolerance: rises below this are ignored")
+    drift_adwin_delta: float = _setting(1e-16, "ADWIN significance (smaller: fewer, surer)")
+    drift_warmup: int = _setting(
+        288, "scored actuals per sensor before its monitor may fire (its usual error is learned)"
+    )
+    drift_cooldown: int = _setting(36, "scored actuals after a firing before it may fire again")
+    retrain_cooldown_s: float = _setting(
+        21600.0, "at most one retrain event per network in this much event time"
+    )
+    retrain_min_sensors: int = _setting(3, "fewest drifting sensors for a retrain event")
+    retrain_min_share: float = _setting(
+        0.02, "fewest drifting sensors for a retrain event, as a share of those monitored"
+    )
+    quarantine_strikes: int = _setting(
+        3, "consecutive retrain events that name a sensor before it is quarantined"
+    )
+    quarantine_s: float = _setting(
+        86400.0, "event time without a detection after which a quarantined sensor returns"
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``STCAST_*`` variables, then explicit overrides."""
@@ -112,6 +141,9 @@ class Settings:
             "batch_size",
             "mae_window",
             "inference_threads",
+            "drift_warmup",
+            "retrain_min_sensors",
+            "quarantine_strikes",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -124,6 +156,13 @@ class Settings:
             "session_timeout_s",
             "shutdown_timeout_s",
             "sensor_ttl_s",
+            "drift_threshold",
+            "drift_delta",
+            "drift_adwin_delta",
+            "drift_cooldown",
+            "retrain_cooldown_s",
+            "retrain_min_share",
+            "quarantine_s",
         )
         for name in non_negative:
             value = getattr(self, name)

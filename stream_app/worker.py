@@ -9,10 +9,12 @@ import signal
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from .drift import DriftSink, card_scale, describe, make_detector
 from .forecasters import DAY_S, WEEK_S, Forecaster, Persistence, SeasonalNaive
 from .kafka_client import client_options
 from .metrics import Metrics
 from .pipeline import Pipeline
+from .retrain_events import RetrainPolicy
 from .serving import serve
 from .settings import Settings
 from .topics import ensure_topics_sync
@@ -52,7 +54,8 @@ def grid_step(settings: Settings, forecaster: Forecaster) -> int:
 
 
 def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics) -> Pipeline:
-    return Pipeline(
+    """The core, with a drift monitor per sensor that raises retrain events."""
+    pipeline = Pipeline(
         forecaster,
         step_s=grid_step(settings, forecaster),
         max_gap_steps=settings.max_gap_steps,
@@ -64,6 +67,44 @@ def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics)
         sensor_ttl_s=settings.sensor_ttl_s,
         metrics=metrics,
     )
+    pipeline.watch(drift_sink(settings, pipeline, metrics))
+    return pipeline
+
+
+def drift_sink(settings: Settings, pipeline: Pipeline, metrics: Metrics) -> DriftSink:
+    """Per-sensor drift monitors, and the policy that turns their detections into events."""
+    if settings.drift_detector == "page-hinkley":
+        params = {"threshold": settings.drift_threshold, "delta": settings.drift_delta}
+    else:
+        params = {"delta": settings.drift_adwin_delta}
+    detector = make_detector(settings.drift_detector, **params)
+    sink: DriftSink
+    policy = RetrainPolicy(
+        settings.network or "default",
+        emit=pipeline.retrain,
+        model=lambda: pipeline.forecaster.model_id,
+        monitored=lambda: sink.monitored,
+        detector={**describe(detector), "warmup": settings.drift_warmup},
+        cooldown_s=settings.retrain_cooldown_s,
+        min_sensors=settings.retrain_min_sensors,
+        min_share=settings.retrain_min_share,
+        strikes=settings.quarantine_strikes,
+        quarantine_s=settings.quarantine_s,
+        metrics=metrics,
+    )
+    card = getattr(pipeline.forecaster, "card", None)
+    sink = DriftSink(
+        detector,
+        sensor_of=pipeline.sensor_at,
+        now=lambda: pipeline.newest_ts_s,
+        policy=policy,
+        horizon=pipeline.forecaster.horizon,
+        warmup=settings.drift_warmup,
+        cooldown=settings.drift_cooldown,
+        scale=card_scale(card.metrics) if card is not None else None,
+        metrics=metrics,
+    )
+    return sink
 
 
 def run_worker(settings: Settings) -> int:
@@ -71,7 +112,12 @@ def run_worker(settings: Settings) -> int:
     forecaster = load_forecaster(settings)
     metrics = Metrics(CollectorRegistry())
     pipeline = build_pipeline(settings, forecaster, metrics)
-    topics = (settings.ticks_topic, settings.forecasts_topic, settings.dlq_topic)
+    topics = (
+        settings.ticks_topic,
+        settings.forecasts_topic,
+        settings.dlq_topic,
+        settings.retrain_topic,
+    )
     ensure_topics_sync(
         settings.bootstrap_servers,
         dict.fromkeys(topics, settings.partitions),

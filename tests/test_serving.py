@@ -14,14 +14,17 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
+from stream_app.chunks import Output
 from stream_app.forecasters import FloatArray, WindowBatch
 from stream_app.metrics import Metrics
-from stream_app.pipeline import Output, Pipeline
+from stream_app.pipeline import Pipeline
 from stream_app.records import Incoming
 from stream_app.serving import Commits, OutputWriter, incoming
 from stream_app.settings import Settings
 
-SETTINGS = Settings(forecasts_topic="test.forecasts", dlq_topic="test.dlq")
+SETTINGS = Settings(
+    forecasts_topic="test.forecasts", dlq_topic="test.dlq", retrain_topic="test.retrain"
+)
 T0_S = 1_467_331_200
 LATENCY_COUNT = "stcast_tick_to_forecast_seconds_count"
 
@@ -83,6 +86,7 @@ def test_write_sends_every_chunk_in_order_and_observes_latency() -> None:
     producer = FakeProducer()
     output_writer, registry = writer(producer)
     outputs = [chunk(3, 1, "a"), chunk(0, 2, "b"), chunk(2, 0, "c")]
+    outputs[1].retrain_events = [(b"pems08", b"an event")]
 
     async def scenario() -> None:
         await (await output_writer.write(iter(outputs)))
@@ -91,10 +95,13 @@ def test_write_sends_every_chunk_in_order_and_observes_latency() -> None:
     assert producer.sent == [
         ("test.forecasts", outputs[0].forecasts),
         ("test.dlq", outputs[0].dead_letters),
+        ("test.retrain", []),
         ("test.forecasts", []),
         ("test.dlq", outputs[1].dead_letters),
+        ("test.retrain", outputs[1].retrain_events),
         ("test.forecasts", outputs[2].forecasts),
         ("test.dlq", []),
+        ("test.retrain", []),
     ]
     assert registry.get_sample_value(LATENCY_COUNT) == 5.0
     assert 5.0 <= registry.get_sample_value("stcast_tick_to_forecast_seconds_sum") < 5.0 + 5 * 60
