@@ -245,6 +245,8 @@ class DriftSink:
     def reset(self) -> None:
         """Start every monitor afresh (``clone()`` of the prototype): a new model serves."""
         self.forget(list(self._monitors))
+        if self.policy is not None:
+            self.policy.model_swapped()
 
     def _selected(self, scores: Scores) -> tuple[IntArray, IntArray, FloatArray, IntArray]:
         """The wanted errors grouped by actual, and where each actual's group starts."""

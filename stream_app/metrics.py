@@ -92,6 +92,13 @@ class Metrics:
         self.model_swaps = Counter(
             "model_swaps", "Models swapped in while serving", namespace=PREFIX, registry=registry
         )
+        self.model_swap_failures = Counter(
+            "model_swap_failures",
+            "Model updates refused (the current model kept serving), by reason",
+            ["reason"],
+            namespace=PREFIX,
+            registry=registry,
+        )
         self.model_info = Gauge(
             "model_info",
             "The serving model (value 1)",

@@ -113,6 +113,25 @@ class Pipeline:
             self.metrics = metrics
             self._restoring = False
 
+    def swap(self, forecaster: Forecaster) -> None:
+        """Serve ``forecaster`` from the next chunk on (call between micro-batches).
+
+        The windows stay, so it must read the same window; the errors' monitors start over.
+        """
+        old = self.forecaster
+        if (forecaster.window, forecaster.horizon) != (old.window, old.horizon):
+            raise ValueError(
+                f"{forecaster.model_id} has window {forecaster.window}, horizon "
+                f"{forecaster.horizon}; the windows held are for {old.model_id}'s "
+                f"{old.window}, {old.horizon}: restart the workers to change them"
+            )
+        self.forecaster = forecaster
+        for sink in self.sinks:
+            sink.reset()
+        if self.metrics is not None:
+            self.metrics.set_model(forecaster.model_id, forecaster.provider)
+            self.metrics.model_swaps.inc()
+
     def watch(self, sink: ScoreSink) -> None:
         """Hand every later score to ``sink`` as well (a drift monitor)."""
         self.sinks = (*self.sinks, sink)

@@ -96,6 +96,10 @@ class DetectionListener(Protocol):
 
     def advance(self, now: float) -> None: ...
 
+    def model_swapped(self) -> None:
+        """A new model serves: detections made against the old one no longer count."""
+        ...
+
 
 class RetrainPolicy:
     """Detections in, at most one ``RetrainEvent`` per ``cooldown_s`` out (see the module doc).

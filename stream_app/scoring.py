@@ -145,6 +145,10 @@ class ScoreSink(Protocol):
         """The pipeline dropped these sensor rows and will hand them to new sensors."""
         ...
 
+    def reset(self) -> None:
+        """A new model serves: start over."""
+        ...
+
 
 class RollingMAE:
     """Mean absolute error per horizon over the newest ``size`` errors at that horizon.
@@ -170,6 +174,11 @@ class RollingMAE:
 
     def forget(self, rows: list[int]) -> None:
         """Nothing to do: the rolling MAE pools every sensor's errors."""
+
+    def reset(self) -> None:
+        """Forget every error: the next figures are the new model's."""
+        self._next[:] = 0
+        self._count[:] = 0
 
     def _push(self, row: int, values: FloatArray) -> None:
         positions = (self._next[row] + np.arange(len(values))) % self.size

@@ -6,6 +6,9 @@ alone (``stcast bench`` row b), while aiokafka hands over raw records at ~300k/s
 forecaster cannot afford faust's share. Group membership, rebalancing and offsets are Kafka's
 own, through aiokafka.
 
+A second, group-less consumer follows ``stcast.models`` and swaps new models in between
+micro-batches (``swapping``).
+
 When partitions change hands, the leaving owner commits what it has produced and the new one
 rebuilds its sensors' state from the input topic (``restoring``) before reading on.
 
@@ -30,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from .chunks import Output
+from .forecasters import Forecaster
 from .kafka_client import client_options
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -37,6 +41,7 @@ from .producing import BatchProducer
 from .records import Incoming
 from .restoring import restore_partition
 from .settings import Settings
+from .swapping import follow_models
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,12 @@ async def serve(
     )
     await output.start()
     await consumer.start()
+
+    async def swap(forecaster: Forecaster) -> None:
+        async with core:  # between two micro-batches
+            pipeline.swap(forecaster)
+
+    models = asyncio.create_task(follow_models(settings, metrics, swap, stop))
     try:
         while not stop.is_set():
             records = await consumer.getmany(
@@ -70,6 +81,7 @@ async def serve(
                 await output.throttle()
             await commits.commit_due()
     finally:
+        models.cancel()
         try:
             await output.stop()
             await commits.commit_acked()

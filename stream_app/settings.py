@@ -46,6 +46,7 @@ class Settings:
     forecasts_topic: str = _setting("stcast.forecasts", "topic forecasts are written to")
     dlq_topic: str = _setting("stcast.dlq", "dead-letter topic for rejected input")
     retrain_topic: str = _setting("stcast.retrain", "topic retrain events are written to")
+    models_topic: str = _setting("stcast.models", "topic model updates are announced on")
     partitions: int = _setting(4, "partitions of the stcast topics when stcast creates them")
     group_id: str = _setting("stcast-worker", "consumer group id of the workers")
     network: str = _setting(

@@ -117,6 +117,7 @@ def run_worker(settings: Settings) -> int:
         settings.forecasts_topic,
         settings.dlq_topic,
         settings.retrain_topic,
+        settings.models_topic,
     )
     ensure_topics_sync(
         settings.bootstrap_servers,

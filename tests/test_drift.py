@@ -56,6 +56,9 @@ class Recorder(list[Detection]):
     def update(self, detection: Detection) -> None:
         self.append(detection)
 
+    def model_swapped(self) -> None:
+        self.swaps = getattr(self, "swaps", 0) + 1
+
     def advance(self, now: float) -> None:
         self.times.append(now)
 

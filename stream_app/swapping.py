@@ -1,0 +1,137 @@
+"""Model updates from ``stcast.models``, swapped in between micro-batches without stopping.
+
+Every worker reads every update (no consumer group), from the topic's start, so a worker that
+starts late still ends up on the newest model. An update names a model directory (``uri``) and
+the sha256 of its ONNX file. The new session is opened, checked and warmed in a thread, off the
+hot path; the pipeline then switches between two micro-batches. Anything wrong with the new
+model leaves the old one serving, with the reason in the log and in
+``model_swap_failures_total{reason}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer
+
+from .card import ModelContractError
+from .forecasters import WindowBatch
+from .kafka_client import client_options
+from .metrics import Metrics
+from .onnx_forecaster import OnnxForecaster
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelUpdateError(ValueError):
+    """An update this worker will not serve; ``reason`` is the metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ModelUpdate:
+    """The record on ``stcast.models`` (DESIGN.md): which model, where, and its hash."""
+
+    model: str
+    uri: str
+    sha256: str
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ModelUpdate:
+        try:
+            obj: Any = json.loads(raw)
+            return cls(str(obj["model"]), str(obj["uri"]), str(obj["sha256"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelUpdateError("malformed", f"unreadable model update ({exc})") from exc
+
+    def encode(self, **extra: Any) -> bytes:
+        return json.dumps({"model": self.model, "uri": self.uri, "sha256": self.sha256, **extra})\
+            .encode()  # fmt: skip
+
+
+def open_update(update: ModelUpdate, settings: Settings) -> OnnxForecaster:
+    """The update's model, checked against the update and its card, and warmed."""
+    directory = Path(update.uri.removeprefix("file://"))
+    try:
+        forecaster = OnnxForecaster(
+            directory,
+            provider=settings.provider,
+            threads=settings.inference_threads,
+            step_s=settings.step_s,
+        )
+    except ModelContractError as exc:
+        raise ModelUpdateError("contract", str(exc)) from exc
+    if forecaster.card.onnx_sha256 != update.sha256:
+        raise ModelUpdateError(
+            "sha256",
+            f"{update.model}: the update says sha256 {update.sha256} but {directory} holds "
+            f"{forecaster.card.onnx_sha256}",
+        )
+    if forecaster.model_id != update.model:
+        raise ModelUpdateError(
+            "identity", f"the update names {update.model} but the card says {forecaster.model_id}"
+        )
+    warm = WindowBatch(np.zeros((1, forecaster.window)), np.zeros(1, np.int64), ("warm-up",))
+    if not np.all(np.isfinite(forecaster.forecast(warm))):
+        raise ModelUpdateError("non_finite", f"{update.model} forecast a non-finite value")
+    return forecaster
+
+
+async def follow_models(
+    settings: Settings,
+    metrics: Metrics,
+    swap: Callable[[OnnxForecaster], Awaitable[None]],
+    stop: asyncio.Event,
+) -> None:
+    """Swap in each model announced on ``settings.models_topic`` until ``stop`` is set."""
+    consumer = AIOKafkaConsumer(
+        settings.models_topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **client_options(settings),
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=500)
+            records = [r for batch in batches.values() for r in batch]
+            if records:  # only the newest of a burst matters
+                await _apply(records[-1].value, settings, metrics, swap)
+    finally:
+        await consumer.stop()
+
+
+async def _apply(
+    raw: bytes,
+    settings: Settings,
+    metrics: Metrics,
+    swap: Callable[[OnnxForecaster], Awaitable[None]],
+) -> None:
+    try:
+        update = ModelUpdate.decode(raw)
+        forecaster = await asyncio.to_thread(open_update, update, settings)
+        await swap(forecaster)
+    except ModelUpdateError as exc:
+        _refuse(metrics, exc.reason, str(exc))
+    except ValueError as exc:  # the pipeline refuses a different window
+        _refuse(metrics, "shape", str(exc))
+    else:
+        log.info("now serving %s on %s", forecaster.model_id, forecaster.provider)
+
+
+def _refuse(metrics: Metrics, reason: str, detail: str) -> None:
+    log.error("model update refused, the current model keeps serving: %s", detail)
+    metrics.model_swap_failures.labels(reason=reason).inc()
