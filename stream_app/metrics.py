@@ -99,6 +99,8 @@ class Metrics:
             namespace=PREFIX,
             registry=registry,
         )
+        for failure in SWAP_FAILURE_REASONS:  # known label values are exported from the start
+            self.model_swap_failures.labels(reason=failure)
         self.model_info = Gauge(
             "model_info",
             "The serving model (value 1)",
@@ -123,6 +125,9 @@ class Metrics:
         for horizon, mae in enumerate(mae_by_horizon, start=1):
             if horizon in SCORED_HORIZONS and mae == mae:  # NaN until the horizon is scored
                 self.forecast_abs_error.labels(horizon=str(horizon)).set(mae)
+
+
+SWAP_FAILURE_REASONS = ("malformed", "contract", "sha256", "identity", "non_finite", "shape")
 
 
 def exported_names(metrics: Metrics) -> set[str]:
