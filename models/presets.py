@@ -1,0 +1,108 @@
+"""Named training presets: the network's shape and how it is optimised, in one record.
+
+``seed`` is the seed configuration, kept for comparison. ``DEFAULT_PRESET`` is the one measured
+best on the validation parts of the reference datasets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from stream_app.card import FEATURES
+from stream_app.forecasters import WEEK_S
+
+from .losses import LOSSES
+from .lstm import LstmConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Network and optimisation settings; ``lstm_config`` fits them to a dataset."""
+
+    name: str
+    features: tuple[str, ...] = FEATURES
+    weekday_min_weeks: float = 0.0  # drop day_of_week when the training part is shorter
+    hidden: int = 50
+    layers: int = 2
+    embedding_dim: int = 8
+    dropout: float = 0.0
+    window_stats: bool = False
+    residual: bool = False
+    cyclic_time: bool = False
+    loss: str = "mse"
+    huber_delta: float = 1.0  # normalised units; only for loss="huber"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    max_epochs: int = 100
+    patience: int = 10  # epochs without a better validation MAE before stopping
+    lr_patience: int = 0  # halve the learning rate after this many such epochs (0: never)
+    clip_norm: float = 0.0  # gradient norm clipping (0: none)
+    ema_decay: float = 0.0  # evaluate and keep a moving average of the weights (0: none)
+    fallback_p: float = 0.05  # share of samples trained as the unknown-sensor row
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"preset {self.name!r}: loss {self.loss!r} not in {LOSSES}")
+
+    def features_for(self, train_steps: int, step_s: int) -> tuple[str, ...]:
+        """The input features for a training part of ``train_steps`` grid steps.
+
+        A day of the week seen only once or twice in training is a label the network
+        memorises rather than a pattern it learns; so short training parts go without it.
+        """
+        if train_steps * step_s >= self.weekday_min_weeks * WEEK_S:
+            return self.features
+        return tuple(f for f in self.features if f != "day_of_week")
+
+    def lstm_config(
+        self, window: int, horizon: int, n_sensors: int, features: tuple[str, ...]
+    ) -> LstmConfig:
+        """The network of this preset for a dataset's window, horizon, sensors and features."""
+        return LstmConfig(
+            window=window,
+            horizon=horizon,
+            n_sensors=n_sensors,
+            features=features,
+            hidden=self.hidden,
+            layers=self.layers,
+            embedding_dim=self.embedding_dim,
+            dropout=self.dropout,
+            window_stats=self.window_stats,
+            residual=self.residual,
+            cyclic_time=self.cyclic_time,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (lists, not tuples)."""
+        return {**asdict(self), "features": list(self.features)}
+
+    def but(self, **changes: Any) -> Preset:
+        """A copy with some settings changed (for experiments)."""
+        return replace(self, **changes)
+
+
+SEED = Preset(name="seed")
+TUNED = Preset(
+    name="tuned",
+    hidden=64,
+    embedding_dim=16,
+    residual=True,
+    loss="mae",
+    lr=2e-3,
+    batch_size=256,
+    patience=12,
+    lr_patience=4,
+    clip_norm=5.0,
+)
+PRESETS: dict[str, Preset] = {p.name: p for p in (SEED, TUNED)}
+DEFAULT_PRESET = TUNED.name
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; ``ValueError`` listing the known ones otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}: expected one of {sorted(PRESETS)}") from None
