@@ -81,12 +81,23 @@ async def serve(
                 await output.throttle()
             await commits.commit_due()
     finally:
-        models.cancel()
+        await _stop(models)
         try:
             await output.stop()
             await commits.commit_acked()
         finally:
             await consumer.stop()
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel a helper task and wait for it, logging (not raising) what went wrong in it."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:  # the worker is stopping anyway: the failure is only worth a log line
+        log.exception("the model-update follower failed")
 
 
 def tick_consumer(settings: Settings) -> AIOKafkaConsumer:
