@@ -73,53 +73,79 @@ def fit(
     seed: int = 0,
     progress: bool = True,
 ) -> Fitted:
-    """Train ``model`` in place and return the best weights by validation MAE."""
-    data, generator = _Tensors.of(train), torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
-    average = WeightAverage(model, preset.ema_decay)
-    schedule = _plateau(optimizer, preset)
-    best, best_epoch, stopped = float("inf"), 0, "max_epochs"
+    """Train ``model`` in place and return the best weights by validation MAE.
+
+    The first epoch always runs; later ones only if the last epoch's duration still fits
+    before ``deadline`` (a ``time.monotonic`` value).
+    """
+    run = _Run.start(model, preset, train, val, norm, seed)
+    schedule = _plateau(run.optimizer, preset)
+    best, state, stopped = None, _snapshot(model), "max_epochs"
     history: list[EpochLog] = []
-    state = _snapshot(model)
-    bar = tqdm(range(1, preset.max_epochs + 1), unit="epoch", disable=not progress, leave=False)
+    bar = tqdm(range(1, preset.max_epochs + 1), unit="epoch", disable=not progress)
     for epoch in bar:
         if history and time.monotonic() + history[-1].seconds > deadline:
             stopped = "time budget"
             break
-        log = _epoch_log(epoch, average, optimizer, preset, data, val, norm, generator)
+        log = run.epoch(epoch)
         history.append(log)
-        if log.val_mae < best:
-            best, best_epoch, state = log.val_mae, epoch, _snapshot(average.model)
+        if best is None or log.val_mae < best.val_mae:
+            best, state = log, _snapshot(run.average.model)
         if schedule is not None:
             schedule.step(log.val_mae)
-        bar.set_postfix(
-            loss=f"{log.train_loss:.4f}",
-            val_loss=f"{log.val_loss:.4f}",
-            val_mae=f"{log.val_mae:.3f}",
-            best=f"{best:.3f}",
-        )
-        if epoch - best_epoch >= preset.patience:
+        bar.set_postfix(_postfix(log, best))
+        if epoch - best.epoch >= preset.patience:
             stopped = "early stop"
             break
     bar.close()
-    return Fitted(state, best_epoch, tuple(history), stopped)
+    return Fitted(state, 0 if best is None else best.epoch, tuple(history), stopped)
 
 
-def _epoch_log(
-    epoch: int,
-    average: WeightAverage,
-    optimizer: torch.optim.Optimizer,
-    preset: Preset,
-    data: _Tensors,
-    val: Samples,
-    norm: Normalization,
-    generator: torch.Generator,
-) -> EpochLog:
-    start = time.monotonic()
-    train_loss = train_epoch(average, optimizer, preset, data, generator)
-    val_loss, val_mae = evaluate(average.model, preset, val, norm)
-    lr = float(optimizer.param_groups[0]["lr"])
-    return EpochLog(epoch, train_loss, val_loss, val_mae, lr, time.monotonic() - start)
+@dataclass(frozen=True)
+class _Run:
+    """One fit's moving parts: the weights trained and averaged, the optimiser, the data."""
+
+    preset: Preset
+    average: WeightAverage
+    optimizer: torch.optim.Optimizer
+    data: _Tensors
+    val: Samples
+    norm: Normalization
+    generator: torch.Generator
+
+    @classmethod
+    def start(
+        cls,
+        model: GlobalLstm,
+        preset: Preset,
+        train: Samples,
+        val: Samples,
+        norm: Normalization,
+        seed: int,
+    ) -> _Run:
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay
+        )
+        generator = torch.Generator().manual_seed(seed)
+        average = WeightAverage(model, preset.ema_decay)
+        return cls(preset, average, optimizer, _Tensors.of(train), val, norm, generator)
+
+    def epoch(self, number: int) -> EpochLog:
+        """Train one epoch, then validate the averaged weights."""
+        start = time.monotonic()
+        loss = train_epoch(self.average, self.optimizer, self.preset, self.data, self.generator)
+        val_loss, val_mae = evaluate(self.average.model, self.preset, self.val, self.norm)
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        return EpochLog(number, loss, val_loss, val_mae, lr, time.monotonic() - start)
+
+
+def _postfix(log: EpochLog, best: EpochLog) -> dict[str, str]:
+    return {
+        "loss": f"{log.train_loss:.4f}",
+        "val_loss": f"{log.val_loss:.4f}",
+        "val_mae": f"{log.val_mae:.3f}",
+        "best": f"{best.val_mae:.3f}@{best.epoch}",
+    }
 
 
 def train_epoch(

@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from stream_app.card import FEATURES
-from stream_app.forecasters import WEEK_S
 
 from .losses import LOSSES
 from .lstm import LstmConfig
@@ -22,7 +21,6 @@ class Preset:
 
     name: str
     features: tuple[str, ...] = FEATURES
-    weekday_min_weeks: float = 0.0  # drop day_of_week when the training part is shorter
     hidden: int = 50
     layers: int = 2
     embedding_dim: int = 8
@@ -30,7 +28,7 @@ class Preset:
     window_stats: bool = False
     residual: bool = False
     cyclic_time: bool = False
-    loss: str = "mse"
+    loss: str = "mse"  # or "auto": the loss that suits the protocol's metrics (AUTO_LOSS)
     huber_delta: float = 1.0  # normalised units; only for loss="huber"
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -43,28 +41,24 @@ class Preset:
     fallback_p: float = 0.05  # share of samples trained as the unknown-sensor row
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"preset {self.name!r}: loss {self.loss!r} not in {LOSSES}")
+        if self.loss not in (*LOSSES, "auto"):
+            raise ValueError(f"preset {self.name!r}: loss {self.loss!r} not in {LOSSES} or auto")
 
-    def features_for(self, train_steps: int, step_s: int) -> tuple[str, ...]:
-        """The input features for a training part of ``train_steps`` grid steps.
+    def for_protocol(self, protocol: str) -> Preset:
+        """This preset with an ``auto`` loss resolved for ``protocol``."""
+        if self.loss != "auto":
+            return self
+        if protocol not in AUTO_LOSS:
+            raise ValueError(f"preset {self.name!r} has no loss for protocol {protocol!r}")
+        return replace(self, loss=AUTO_LOSS[protocol])
 
-        A day of the week seen only once or twice in training is a label the network
-        memorises rather than a pattern it learns; so short training parts go without it.
-        """
-        if train_steps * step_s >= self.weekday_min_weeks * WEEK_S:
-            return self.features
-        return tuple(f for f in self.features if f != "day_of_week")
-
-    def lstm_config(
-        self, window: int, horizon: int, n_sensors: int, features: tuple[str, ...]
-    ) -> LstmConfig:
-        """The network of this preset for a dataset's window, horizon, sensors and features."""
+    def lstm_config(self, window: int, horizon: int, n_sensors: int) -> LstmConfig:
+        """The network of this preset for a dataset's window, horizon and sensor count."""
         return LstmConfig(
             window=window,
             horizon=horizon,
             n_sensors=n_sensors,
-            features=features,
+            features=self.features,
             hidden=self.hidden,
             layers=self.layers,
             embedding_dim=self.embedding_dim,
@@ -83,18 +77,27 @@ class Preset:
         return replace(self, **changes)
 
 
+# basicts reports masked MAE alone; tgcn reports RMSE beside MAE, so its loss punishes large
+# errors more than MAE does, yet less than MSE, which chases the noisiest readings.
+AUTO_LOSS = {"basicts": "mae", "tgcn": "huber"}
+
 SEED = Preset(name="seed")
 TUNED = Preset(
     name="tuned",
+    features=("value", "time_of_day"),
     hidden=64,
     embedding_dim=16,
+    window_stats=True,
     residual=True,
-    loss="mae",
+    cyclic_time=True,
+    loss="auto",
+    huber_delta=0.25,
     lr=2e-3,
     batch_size=256,
     patience=12,
     lr_patience=4,
     clip_norm=5.0,
+    ema_decay=0.999,
 )
 PRESETS: dict[str, Preset] = {p.name: p for p in (SEED, TUNED)}
 DEFAULT_PRESET = TUNED.name

@@ -54,7 +54,6 @@ class _Problem:
     dataset: GridDataset
     parts: Split
     norm: Normalization
-    features: tuple[str, ...]
     train: Samples
     val: Samples
 
@@ -77,26 +76,11 @@ def train(
     thread count. Runs are repeatable for a given seed, preset and thread count.
     """
     start = time.monotonic()
-    chosen = get_preset(preset) if isinstance(preset, str) else preset
+    chosen = (get_preset(preset) if isinstance(preset, str) else preset).for_protocol(protocol)
     seed_everything(seed, threads)
     problem = _prepare(dataset, protocol, chosen)
-    model = GlobalLstm(
-        chosen.lstm_config(
-            problem.parts.window, problem.parts.horizon, dataset.n_sensors, problem.features
-        )
-    )
     deadline = start + max_minutes * 60 - EXPORT_RESERVE_S
-    fitted = fit(
-        model,
-        chosen,
-        problem.train,
-        problem.val,
-        problem.norm,
-        deadline=deadline,
-        seed=seed,
-        progress=progress,
-    )
-    model.load_state_dict(fitted.state)
+    model, fitted = _fit(problem, chosen, deadline=deadline, seed=seed, progress=progress)
     val_metrics = validation_report(model, problem)
     summary = _summary(problem, chosen, fitted, seed, threads, start)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -104,9 +88,8 @@ def train(
         model, problem.norm, dataset.sensors, dataset.step_s, chosen.to_dict(), summary
     )
     save_checkpoint(out_dir / CHECKPOINT_FILE, checkpoint)
-    export_model(
-        model, out_dir, _export_spec(problem, model, summary, val_metrics, version), seed=seed
-    )
+    spec = _export_spec(problem, model, summary, val_metrics, version)
+    export_model(model, out_dir, spec, seed=seed)
     return TrainResult(
         out_dir=out_dir,
         checkpoint=out_dir / CHECKPOINT_FILE,
@@ -140,10 +123,31 @@ def validation_report(model: GlobalLstm, problem: _Problem) -> dict[str, float]:
 def _prepare(dataset: GridDataset, protocol: str, preset: Preset) -> _Problem:
     parts = split(dataset, protocol)
     norm = fit_normalization(dataset, parts)
-    features = preset.features_for(len(parts.train), dataset.step_s)
-    train_set = make_samples(dataset, parts, parts.train, norm, features)
-    val_set = make_samples(dataset, parts, parts.val, norm, features)
-    return _Problem(dataset, parts, norm, features, train_set, val_set)
+    train_set = make_samples(dataset, parts, parts.train, norm, preset.features)
+    val_set = make_samples(dataset, parts, parts.val, norm, preset.features)
+    return _Problem(dataset, parts, norm, train_set, val_set)
+
+
+def _fit(
+    problem: _Problem, preset: Preset, *, deadline: float, seed: int, progress: bool
+) -> tuple[GlobalLstm, Fitted]:
+    """A fresh network of ``preset``, fitted, holding its best validation weights."""
+    parts = problem.parts
+    model = GlobalLstm(
+        preset.lstm_config(parts.window, parts.horizon, len(problem.dataset.sensors))
+    )
+    fitted = fit(
+        model,
+        preset,
+        problem.train,
+        problem.val,
+        problem.norm,
+        deadline=deadline,
+        seed=seed,
+        progress=progress,
+    )
+    model.load_state_dict(fitted.state)
+    return model, fitted
 
 
 def _summary(
@@ -157,7 +161,6 @@ def _summary(
         "parts": {name: [r.start, r.stop] for name, r in _parts(parts)},
         "samples": {"train": len(problem.train), "val": len(problem.val)},
         "preset": preset.name,
-        "features": list(problem.features),
         "settings": preset.to_dict(),
         "epochs": len(fitted.history),
         "best_epoch": fitted.best_epoch,
