@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 from export.onnx_graphs import build_seed_lstm  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
+from models.fitting import fit  # noqa: E402
 from models.losses import masked_loss, report  # noqa: E402
 from models.lstm import GlobalLstm, LstmConfig, window_stats  # noqa: E402
 from models.presets import DEFAULT_PRESET, PRESETS, get_preset  # noqa: E402
@@ -134,9 +135,27 @@ def test_unknown_sensor_uses_the_fallback_row() -> None:
 def test_presets() -> None:
     seed = get_preset("seed")
     assert (seed.layers, seed.hidden, seed.loss, seed.residual) == (2, 50, "mse", False)
+    assert seed.for_protocol("tgcn") is seed
+    default = get_preset(DEFAULT_PRESET)
+    assert default.for_protocol("basicts").loss == "mae"
+    assert default.for_protocol("tgcn").loss == "huber"
     assert DEFAULT_PRESET in PRESETS
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("nope")
+
+
+def test_a_passed_deadline_stops_after_one_epoch() -> None:
+    data = toy_dataset()
+    parts = split(data, "basicts")
+    norm = fit_normalization(data, parts)
+    train_set, val_set = (
+        make_samples(data, parts, p, norm, FEATURES) for p in (parts.train, parts.val)
+    )
+    model = GlobalLstm(TINY.lstm_config(12, 12, 4))
+    fitted = fit(
+        model, TINY.but(max_epochs=5), train_set, val_set, norm, deadline=0.0, progress=False
+    )
+    assert (len(fitted.history), fitted.best_epoch, fitted.stopped) == (1, 1, "time budget")
 
 
 TINY = get_preset("seed").but(name="tiny", hidden=8, embedding_dim=2, max_epochs=2, fallback_p=0.5)
@@ -178,6 +197,17 @@ def test_trained_card_and_checkpoint(trained: Path) -> None:
     checkpoint = load_checkpoint(trained / "checkpoint.pt")
     assert checkpoint.normalization == card.normalization
     assert checkpoint.preset["hidden"] == 8
+
+
+def test_only_fallback_training_moves_the_fallback_row(trained: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)  # what train() does before it builds the network
+    initial = GlobalLstm(TINY.lstm_config(12, 12, 4)).embedding.weight.detach()
+    never = TINY.but(fallback_p=0.0)
+    train(toy_dataset(), "basicts", tmp_path, never, threads=1, progress=False, max_minutes=1)
+    untouched = load_checkpoint(tmp_path / "checkpoint.pt").model.embedding.weight.detach()
+    learned = load_checkpoint(trained / "checkpoint.pt").model.embedding.weight.detach()
+    assert torch.equal(untouched[4], initial[4])
+    assert not torch.allclose(learned[4], initial[4])
 
 
 def test_training_is_repeatable(trained: Path, tmp_path: Path) -> None:
