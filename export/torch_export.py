@@ -119,10 +119,11 @@ def parity_batch(
     The sensors include the unknown-sensor row ``len(spec.sensors)``.
     """
     rng = np.random.default_rng(seed)
+    per_day = max(1, 86_400 // spec.step_s)
     x = np.empty((size, spec.window, len(spec.features)), dtype=np.float32)
     for col, name in enumerate(spec.features):
         if name == "time_of_day":
-            x[:, :, col] = rng.integers(0, 288, (size, spec.window)) / 288
+            x[:, :, col] = rng.integers(0, per_day, (size, spec.window)) / per_day
         elif name == "day_of_week":
             x[:, :, col] = rng.integers(0, 7, (size, spec.window))
         else:
@@ -140,8 +141,7 @@ def check_parity(
     seed: int = 0,
     sizes: Sequence[int] = PARITY_SIZES,
 ) -> float:
-    """The largest |torch - onnxruntime| over seeded batches; :class:`ParityError` past
-    ``tolerance``."""
+    """The largest |torch - onnxruntime| on seeded batches; :class:`ParityError` if too large."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
