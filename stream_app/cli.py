@@ -105,6 +105,60 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return run_worker(settings)
 
 
+def _retrain_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from .retraining import run_retrain_worker
+
+    return run_retrain_worker(settings)
+
+
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from .registry import Registry, parse_model_id
+
+    if not settings.model_registry:
+        raise ValueError("give the registry: --model-registry DIR or STCAST_MODEL_REGISTRY")
+    registry = Registry(Path(settings.model_registry))
+    if args.action == "list":
+        for name in registry.names():
+            current = registry.current(name)
+            for version in registry.versions(name):
+                mark = "*" if current is not None and current.version == version else " "
+                card = registry.get(name, version).card
+                print(f"{mark} {name}@{version}  created {card.created_at}")
+        return 0
+    if not args.target:
+        raise ValueError(f"stcast models {args.action} needs a {_TARGETS[args.action]}")
+    if args.action == "publish":
+        chosen = registry.publish(Path(args.target))
+    else:  # use: point CURRENT at a version, older (a rollback) or newer
+        chosen = registry.set_current(*parse_model_id(args.target))
+    print(f"{chosen.model_id} is current in {registry.root}")
+    if args.announce:
+        from .retraining import announce_now
+
+        announce_now(settings, chosen, {"by": f"stcast models {args.action}"})
+        print(f"announced {chosen.model_id} on {settings.models_topic}")
+    return 0
+
+
+_TARGETS = {"publish": "model directory", "use": "NAME@VERSION"}
+
+
+def _models_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "action",
+        choices=("list", "publish", "use"),
+        help="list: versions (* = current); publish DIR: add a trained model as the version "
+        "its card names and make it current; use NAME@VERSION: make a version current "
+        "(rollback)",
+    )
+    parser.add_argument("target", nargs="?", default="", help="DIR (publish) or NAME@VERSION")
+    parser.add_argument(
+        "--announce",
+        action="store_true",
+        help="also announce the current version on the models topic: workers swap to it",
+    )
+
+
 def _broker(args: argparse.Namespace, settings: Settings) -> int:
     from .broker import serve_forever
 
@@ -218,6 +272,18 @@ _VERBS: dict[str, tuple[Command, str, Sequence[str] | None, Callable[..., None]]
     "broker": (_broker, "run the embedded Kafka-compatible broker (Tansu)", (), _broker_args),
     "replay": (_replay, "publish a dataset to the ticks topic as ticks", CLUSTER, _replay_args),
     "worker": (_worker, "run a forecasting worker", None, _no_args),
+    "retrain-worker": (
+        _retrain_worker,
+        "fine-tune, validate and publish models on retrain events",
+        None,
+        _no_args,
+    ),
+    "models": (
+        _models,
+        "the model registry: list versions, publish one, make one current (rollback)",
+        (*CLUSTER, "models_topic", "model_registry", "log_level"),
+        _models_args,
+    ),
     "train": (
         train_command,
         "train a global LSTM on a dataset and export model.onnx + card.json",

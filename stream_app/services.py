@@ -1,7 +1,8 @@
 """Running stcast services as real processes, for the demo, the benchmark and the tests.
 
-A ``WorkerProcess`` is ``python -m stream_app worker`` with its settings passed as ``STCAST_*``
-variables, exactly as an operator would start one; ``scrape`` reads its Prometheus endpoint.
+A ``WorkerProcess`` is ``python -m stream_app worker`` (or ``retrain-worker``) with its settings
+passed as ``STCAST_*`` variables, exactly as an operator would start one; ``scrape`` reads its
+Prometheus endpoint.
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ from .settings import env_name
 
 
 class WorkerProcess:
-    """A worker subprocess; its Prometheus endpoint is on a free loopback port."""
+    """A worker subprocess (``verb``: ``worker`` or ``retrain-worker``); its Prometheus endpoint
+    is on a free loopback port."""
 
-    def __init__(self, settings: Mapping[str, Any], log_path: Path | None = None) -> None:
+    def __init__(
+        self, settings: Mapping[str, Any], log_path: Path | None = None, verb: str = "worker"
+    ) -> None:
         self.metrics_port = int(settings.get("metrics_port") or free_port())
         self.settings = {**settings, "metrics_port": self.metrics_port}
         self.log_path = log_path
+        self.verb = verb
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -45,7 +50,7 @@ class WorkerProcess:
         env = child_env(self.settings)
         self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "stream_app", "worker"],
+            [sys.executable, "-m", "stream_app", self.verb],
             env=env,
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,

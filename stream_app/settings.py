@@ -116,6 +116,22 @@ class Settings:
         86400.0, "event time without a detection after which a quarantined sensor returns"
     )
 
+    model_registry: str = _setting(
+        "", "model registry directory: REGISTRY/NAME/VERSION/{model.onnx,card.json} + CURRENT"
+    )
+    retrain_group_id: str = _setting("stcast-retrain", "consumer group id of retrain workers")
+    retrain_history_s: float = _setting(
+        259200.0, "event time of recent readings a retrain fine-tunes and validates on"
+    )
+    retrain_holdout_steps: int = _setting(
+        36, "newest grid steps held back to compare the fine-tuned model with the serving one"
+    )
+    retrain_max_s: float = _setting(120.0, "wall-clock budget of one fine-tuning, seconds")
+    retrain_min_gain: float = _setting(
+        0.02, "share by which the challenger's holdout MAE must beat the serving model's"
+    )
+    retrain_threads: int = _setting(1, "torch threads of a fine-tuning")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``STCAST_*`` variables, then explicit overrides."""
@@ -145,6 +161,8 @@ class Settings:
             "drift_warmup",
             "retrain_min_sensors",
             "quarantine_strikes",
+            "retrain_holdout_steps",
+            "retrain_threads",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -164,6 +182,9 @@ class Settings:
             "retrain_cooldown_s",
             "retrain_min_share",
             "quarantine_s",
+            "retrain_history_s",
+            "retrain_max_s",
+            "retrain_min_gain",
         )
         for name in non_negative:
             value = getattr(self, name)

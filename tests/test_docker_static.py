@@ -37,9 +37,6 @@ DASHBOARD = DOCKER / "grafana" / "dashboards" / "stcast.json"
 PROVISIONING = DOCKER / "grafana" / "provisioning"
 DOCKERFILES = {name: DOCKER / f"Dockerfile.{name}" for name in ("edge", "cloud", "retrain")}
 METRICS_PORT = Settings().metrics_port
-# verbs that compose already names but the CLI does not have yet (issue 6); such a service
-# must stay behind a profile, so that a plain `docker compose up` does not start it
-PENDING_VERBS = {"retrain-worker"}
 INSTRUCTIONS = {
     "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME",
     "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
@@ -165,22 +162,11 @@ def test_every_stcast_command_is_a_verb_of_the_cli_and_parses(
     for name, service in checked.items():
         command = service["command"]
         command = shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
-        if command[0] in PENDING_VERBS:
-            assert service.get("profiles"), f"{name} runs a verb that does not exist yet"
-            continue
         assert command[0] in verbs, f"{name}: `stcast {command[0]}` is not a command"
         try:
             _parser().parse_args(command)
         except SystemExit as exc:
             pytest.fail(f"{name}: `stcast {shlex.join(command)}` does not parse ({exc})")
-
-
-def test_pending_verbs_are_still_pending() -> None:
-    landed = PENDING_VERBS & set(cli_verbs())
-    assert not landed, (
-        f"{landed} now exist in the CLI: remove them from PENDING_VERBS and decide whether "
-        "their compose service should leave its profile"
-    )
 
 
 def test_every_stcast_variable_is_a_setting_with_a_valid_value(
@@ -288,11 +274,14 @@ def test_model_registry_volume(compose: dict[str, Any], services: dict[str, Any]
         assert any("/models" in run and "chown" in run for run in instructions(path, "RUN"))
 
 
-def test_retrain_worker_is_not_started_by_default(services: dict[str, Any]) -> None:
-    assert services["retrain-worker"]["profiles"] == ["retrain"]
+def test_every_service_starts_with_a_plain_up_and_the_retrain_worker_writes_the_registry(
+    services: dict[str, Any],
+) -> None:
     for name, service in services.items():
-        if name != "retrain-worker":
-            assert "profiles" not in service, f"{name} must start with a plain `up`"
+        assert "profiles" not in service, f"{name} must start with a plain `up`"
+    retrain = services["retrain-worker"]
+    assert environment(retrain)["STCAST_MODEL_REGISTRY"] == "/models"
+    assert "model-registry:/models" in retrain["volumes"]  # read-write, unlike the workers
 
 
 def test_gpu_override_puts_the_workers_on_the_cloud_image(
@@ -326,7 +315,7 @@ def test_dockerfile_is_well_formed(name: str) -> None:
     assert exec_form(instructions(path, "ENTRYPOINT")[-1]) == ["stcast"]
     (cmd,) = instructions(path, "CMD")
     verb = exec_form(cmd)[0]
-    assert verb in cli_verbs() or verb in PENDING_VERBS, f"{path.name}: CMD {verb}"
+    assert verb in cli_verbs(), f"{path.name}: CMD {verb}"
     user = instructions(path, "USER")[-1].split(":")[0]
     assert user.isdigit() and int(user) != 0, "run as a numeric non-root user (runAsNonRoot)"
 
@@ -482,7 +471,7 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
     if cli is None:
         pytest.skip("no Compose v2 client (docker compose plugin or docker-compose v2)")
     files = ["-f", str(COMPOSE)]
-    for extra in ([], ["--profile", "retrain"], ["-f", str(COMPOSE_GPU)]):
+    for extra in ([], ["-f", str(COMPOSE_GPU)]):
         result = subprocess.run(
             [*cli, *files, *extra, "config", "--quiet"],
             capture_output=True,

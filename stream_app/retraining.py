@@ -1,0 +1,283 @@
+"""``stcast retrain-worker``: retrain events in, fine-tuned, validated, published models out.
+
+For each event on ``stcast.retrain`` (one consumer group; the offset is committed only after
+the event was handled, so a crash handles it again):
+
+1. The event must name the registry's serving version of its model; an event about an older
+   version is stale (a retrain already answered that drift) and is skipped.
+2. The recent readings of the model's sensors come from the worker's own :class:`History`,
+   filled by reading ``stcast.ticks`` from the start of its retention (no offset-for-time
+   lookups). The newest ``retrain_holdout_steps`` steps are held back.
+3. ``models.finetuning.fine_tune`` warm-starts from the serving version's checkpoint on the
+   steps before the holdout, within ``retrain_max_s``, in a thread (the tail keeps reading).
+4. :func:`stream_app.challenger.compare` forecasts the holdout with both models through the
+   worker's ONNX code. Only a challenger whose MAE is ``retrain_min_gain`` below the serving
+   model's is published: as the next version in the registry, made current, and announced on
+   ``stcast.models`` with the comparison as its ``validation``.
+
+This module imports torch only when a retrain starts; the retrain image has it, the edge image
+does not run this verb.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from .history import History
+from .kafka_client import client_options
+from .onnx_forecaster import OnnxForecaster
+from .records import Incoming
+from .registry import Registry, RegistryError, Version, parse_model_id
+from .retrain_events import RetrainEvent
+from .settings import Settings
+from .topics import ensure_topics_sync
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_S = 30.0  # longest wait for the history to reach an event's detection time
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one retrain event: ``published``, ``rejected`` or ``skipped``."""
+
+    event: str
+    result: str
+    detail: str
+    published: str | None = None
+    validation: dict[str, Any] | None = None
+
+
+def run_retrain_worker(settings: Settings) -> int:
+    """Run until SIGTERM or Ctrl-C; return the exit status."""
+    if not settings.model_registry:
+        raise ValueError("the retrain worker publishes to a registry: set STCAST_MODEL_REGISTRY")
+    try:
+        import models.finetuning  # noqa: F401  (fail now, not at the first event)
+    except ImportError as exc:
+        raise RuntimeError(f"retraining needs torch ({exc}): pip install 'stcast[train]'") from None
+    topics = (settings.ticks_topic, settings.retrain_topic, settings.models_topic)
+    ensure_topics_sync(
+        settings.bootstrap_servers,
+        dict.fromkeys(topics, settings.partitions),
+        client_options=client_options(settings),
+    )
+    asyncio.run(_serve_until_signalled(settings))
+    log.info("stopped cleanly")
+    return 0
+
+
+async def _serve_until_signalled(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await RetrainWorker(settings).serve(stop)
+
+
+class RetrainWorker:
+    """The history tail and the event loop of one retrain worker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = Registry(Path(settings.model_registry))
+        self.history = History(int(settings.retrain_history_s))
+        self.outcomes: list[Outcome] = []
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Tail the ticks and handle retrain events until ``stop`` is set."""
+        tail = asyncio.create_task(self._tail(stop))
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            acks="all",
+            **client_options(self.settings),
+        )
+        events = AIOKafkaConsumer(
+            self.settings.retrain_topic,
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=self.settings.retrain_group_id,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            session_timeout_ms=int(self.settings.session_timeout_s * 1000),
+            **client_options(self.settings),
+        )
+        await producer.start()
+        await events.start()
+        log.info("retrain worker: registry %s, waiting for retrain events", self.registry.root)
+        try:
+            while not stop.is_set() and not tail.done():
+                batches = await events.getmany(timeout_ms=500)
+                for records in batches.values():
+                    for record in records:
+                        outcome = await self.handle(record.value, producer)
+                        self.outcomes.append(outcome)
+                        await events.commit()
+                        log.info("retrain event %s: %s (%s)", *_summary(outcome))
+        finally:
+            stop.set()
+            await events.stop()
+            await producer.stop()
+            await asyncio.wait({tail}, timeout=5.0)
+        if tail.done() and not tail.cancelled() and tail.exception() is not None:
+            raise RuntimeError("the ticks tail failed") from tail.exception()
+
+    async def _tail(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            self.settings.ticks_topic,
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            **client_options(self.settings),
+        )
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=500, max_records=20_000)
+                for tp, records in batches.items():
+                    for r in records:
+                        message = Incoming(tp.topic, tp.partition, r.offset, r.key, r.value)
+                        self.history.add_message(message)
+                await asyncio.sleep(0)
+        finally:
+            await consumer.stop()
+
+    async def handle(self, raw: bytes, producer: AIOKafkaProducer) -> Outcome:
+        """One event, start to end; never raises for a bad event or a failed retrain."""
+        try:
+            event = RetrainEvent.decode(raw)
+        except ValueError as exc:
+            return Outcome("?", "skipped", f"unreadable retrain event: {exc}")
+        try:
+            serving = self._serving(event)
+        except RegistryError as exc:
+            return Outcome(event.id, "skipped", str(exc))
+        if serving is None:
+            return Outcome(
+                event.id, "skipped", f"{event.model} no longer serves: a retrain answered it"
+            )
+        await self._catch_up(event)
+        try:
+            outcome = await asyncio.to_thread(self._retrain, event, serving)
+        except (ValueError, RuntimeError, OSError) as exc:  # too little data, a failed export
+            log.exception("retrain for %s failed", event.id)
+            return Outcome(event.id, "rejected", f"retrain failed: {exc}")
+        if outcome.published is not None and outcome.validation is not None:
+            name, version = parse_model_id(outcome.published)
+            await announce(producer, self.settings, self.registry.get(name, version),
+                           outcome.validation)  # fmt: skip
+        return outcome
+
+    def _serving(self, event: RetrainEvent) -> Version | None:
+        name, _ = parse_model_id(event.model)
+        current = self.registry.current(name)
+        if current is None:
+            raise RegistryError(f"{name} has no current version in {self.registry.root}")
+        return current if current.model_id == event.model else None
+
+    async def _catch_up(self, event: RetrainEvent) -> None:
+        """Wait (a little) until the history holds the readings up to the detection."""
+        from datetime import datetime
+
+        wanted = datetime.fromisoformat(event.detected_at).timestamp()
+        deadline = time.monotonic() + CATCH_UP_S
+        while (self.history.newest_s or 0) < wanted and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+
+    def _retrain(self, event: RetrainEvent, serving: Version) -> Outcome:
+        from models.finetuning import fine_tune
+
+        settings = self.settings
+        recent = self.history.grid(serving.name, serving.card.sensors, serving.card.step_s)
+        holdout_from = recent.n_steps - settings.retrain_holdout_steps
+        version = self.registry.next_version(serving.name)
+        with tempfile.TemporaryDirectory(prefix="stcast-challenger-") as tmp:
+            tuned = fine_tune(
+                serving.path,
+                recent,
+                holdout_from,
+                Path(tmp),
+                version,
+                max_seconds=settings.retrain_max_s,
+                threads=settings.retrain_threads,
+            )
+            verdict = compare(
+                serving.path, Path(tmp), recent, holdout_from, settings.retrain_min_gain
+            )
+            validation = {
+                **verdict,
+                "event": event.id,
+                "fine_tuning_s": round(tuned.seconds, 1),
+                "samples": tuned.samples,
+            }
+            if not verdict["wins"]:
+                return Outcome(event.id, "rejected", _versus(verdict), validation=validation)
+            published = self.registry.publish(Path(tmp))
+        return Outcome(event.id, "published", _versus(verdict), published.model_id, validation)
+
+
+def compare(
+    champion_dir: Path, challenger_dir: Path, recent: Any, holdout_from: int, min_gain: float
+) -> dict[str, Any]:
+    """The holdout comparison of two model directories, as the update's ``validation``."""
+    from .challenger import compare as compare_forecasters
+
+    champion = OnnxForecaster(champion_dir, provider="cpu")
+    challenger = OnnxForecaster(challenger_dir, provider="cpu")
+    masked = champion.card.training.get("protocol", "basicts") == "basicts"
+    verdict = compare_forecasters(
+        champion, challenger, recent, holdout_from, masked=masked, min_gain=min_gain
+    )
+    return verdict.to_json()
+
+
+async def announce(
+    producer: AIOKafkaProducer,
+    settings: Settings,
+    version: Version,
+    validation: dict[str, Any],
+) -> None:
+    """Put ``version``'s model update on ``stcast.models``; workers swap to it."""
+    record = version.announcement(**validation)
+    await producer.send_and_wait(
+        settings.models_topic, json.dumps(record).encode(), key=version.name.encode()
+    )
+    log.info("announced %s on %s", version.model_id, settings.models_topic)
+
+
+def announce_now(settings: Settings, version: Version, validation: dict[str, Any]) -> None:
+    """Announce ``version`` from outside an event loop (``stcast models --announce``)."""
+
+    async def once() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers, acks="all", **client_options(settings)
+        )
+        await producer.start()
+        try:
+            await announce(producer, settings, version, validation)
+        finally:
+            await producer.stop()
+
+    asyncio.run(once())
+
+
+def _versus(verdict: dict[str, Any]) -> str:
+    return (
+        f"holdout MAE {verdict['challenger_mae']:.3f} (challenger) vs "
+        f"{verdict['champion_mae']:.3f} (serving), {verdict['holdout_pairs']} windows"
+    )
+
+
+def _summary(outcome: Outcome) -> tuple[str, str, str]:
+    result = outcome.result + (f" {outcome.published}" if outcome.published else "")
+    return outcome.event, result, outcome.detail
