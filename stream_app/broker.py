@@ -96,6 +96,10 @@ class EmbeddedBroker:
         return f"{self.host}:{self._port}"
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

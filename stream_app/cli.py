@@ -229,7 +229,14 @@ def _replay_args(parser: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from .demo import run_demo
 
-    return run_demo(settings, Path(args.dataset), batched=args.batched, steps=args.steps)
+    return run_demo(
+        settings,
+        Path(args.dataset),
+        batched=args.batched,
+        steps=args.steps,
+        steps_per_s=args.steps_per_s,
+        as_json=args.json,
+    )
 
 
 def _demo_args(parser: argparse.ArgumentParser) -> None:
@@ -242,6 +249,14 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batched", action="store_true", help="publish one message per step")
     parser.add_argument("--steps", type=int, default=None, help="steps to stream (default: all)")
+    parser.add_argument(
+        "--steps-per-s",
+        type=float,
+        default=4.0,
+        help="pace after the first three days (streamed as fast as they go), in grid steps per "
+        "second",
+    )
+    parser.add_argument("--json", action="store_true", help="end with a JSON report only")
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -265,8 +280,8 @@ def _no_args(parser: argparse.ArgumentParser) -> None:
 _VERBS: dict[str, tuple[Command, str, Sequence[str] | None, Callable[..., None]]] = {
     "demo": (
         _demo,
-        "the main job: embedded broker, bundled real data, a worker, live accuracy",
-        ("batch_size", "baseline", "model_dir", "log_level"),
+        "the main job: train, stream, detect drift, retrain and swap, on the embedded broker",
+        ("batch_size", "model_dir", "log_level"),
         _demo_args,
     ),
     "broker": (_broker, "run the embedded Kafka-compatible broker (Tansu)", (), _broker_args),
@@ -292,8 +307,26 @@ _VERBS: dict[str, tuple[Command, str, Sequence[str] | None, Callable[..., None]]
     ),
     "evaluate": (
         evaluate_command,
-        "score a model and the baselines on a dataset's test part",
-        ("provider", "inference_threads", "log_level"),
+        "score a model and the baselines on a dataset's test part, or --online: the loop",
+        (
+            "provider",
+            "inference_threads",
+            "log_level",
+            "drift_detector",
+            "drift_threshold",
+            "drift_delta",
+            "drift_adwin_delta",
+            "drift_warmup",
+            "drift_cooldown",
+            "retrain_cooldown_s",
+            "retrain_min_sensors",
+            "retrain_min_share",
+            "retrain_history_s",
+            "retrain_holdout_steps",
+            "retrain_max_s",
+            "retrain_min_gain",
+            "retrain_threads",
+        ),
         evaluate_args,
     ),
     "bench": (

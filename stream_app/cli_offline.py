@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
+from .datasets import GridDataset
 from .settings import Settings
 
 
@@ -81,6 +83,8 @@ def evaluate_command(args: argparse.Namespace, settings: Settings) -> int:
     model = Path(args.model) if args.model else None
     if model is not None and not model.is_dir():
         raise ValueError(f"--model {model}: no such directory (train one with stcast train)")
+    if args.online:
+        return _evaluate_online(args, settings, dataset, model)
     report = evaluate(
         model,
         dataset,
@@ -95,9 +99,71 @@ def evaluate_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _evaluate_online(
+    args: argparse.Namespace, settings: Settings, dataset: GridDataset, model: Path | None
+) -> int:
+    import sys
+
+    from .online_eval import evaluate_online
+
+    if model is None:
+        raise ValueError("--online needs --model DIR: a model made by stcast train")
+    try:
+        import models.finetuning  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(f"--online retrains, which needs torch ({exc})") from None
+    report = evaluate_online(
+        model,
+        dataset,
+        args.scenario,
+        seed=args.seed,
+        settings=settings,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        print(json.dumps(report, allow_nan=False))
+    else:
+        print(format_online(report))
+    return 0
+
+
+def format_online(report: dict[str, Any]) -> str:
+    lines = [
+        f"online evaluation, scenario {report['scenario']} (seed {report['seed']}) on "
+        f"{report['dataset']}; {report['faulted_sensors']} sensors faulted from "
+        f"{report['onset']}; {report['after_drift_pairs']} forecasts after detections",
+        f"{'policy':10s} {'retrains':>8s} {'MAE after drift':>16s}  MAE H1 / H3 / H6 / H12",
+    ]
+    for name, p in report["policies"].items():
+        mae = p["mae"]
+        steps = " / ".join(f"{mae[h - 1]:.2f}" for h in (1, 3, 6, 12) if h <= len(mae))
+        after = p["mae_after_drift"]
+        lines.append(
+            f"{name:10s} {p['retrains']:>8d} {after if after is None else round(after, 2)!s:>16s}"
+            f"  {steps}"
+        )
+    lines.append("detection: " + json.dumps(report["detection"]))
+    return "\n".join(lines)
+
+
 def evaluate_args(parser: argparse.ArgumentParser) -> None:
+    from .online_eval import SCENARIOS
+
     parser.add_argument("--model", default="", help="model directory (default: baselines only)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--online",
+        action="store_true",
+        help="stream the dataset through the pipeline and compare the frozen model, "
+        "drift-triggered retraining and daily retraining (needs torch)",
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default="holiday",
+        help="--online: the data as it is, or a fault injected on a tenth of the sensors",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="--online: which sensors, when")
     _protocol_and_dataset_args(parser)
 
 

@@ -1,21 +1,32 @@
-"""``stcast demo``: the main job, on the embedded broker and the bundled real dataset.
+"""``stcast demo``: the whole loop, on the embedded broker and the bundled real dataset.
 
-It starts the broker, a worker process and a forecast reader, replays the dataset's flows as
-ticks, shows progress and sample forecasts while they stream, and ends with the accuracy of
-every forecast read back from ``stcast.forecasts``, scored here against the dataset itself
-(not taken from the worker's own metric). Everything it started is stopped on the way out,
-Ctrl-C included.
+1. A model: the global LSTM trained by ``stcast train``'s code on the slice's first days
+   (Friday 1 to Sunday 3 July 2016), published as version 1 in a fresh model registry; or
+   the model in ``--model-dir``.
+2. The broker, a worker serving version 1 and a retrain worker on that registry.
+3. The first days are replayed as fast as the broker takes them (the drift monitors learn
+   each sensor's usual error there), then the 4 July holiday and the morning after at
+   ``--steps-per-s``, so that a retrain fits in while the stream flows.
+4. A live view every two seconds: data time, ticks per second, the rolling MAE of the last
+   hour's forecasts against persistence on the same targets, drift events, retrains and the
+   serving version, all read from the topics (forecasts, retrain events, model updates) and
+   the worker's metrics.
+5. A report (``--json`` for machines): accuracy by horizon and model version, scored against
+   the dataset itself, the events and the models published. Everything started is stopped on
+   the way out, Ctrl-C included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,88 +35,217 @@ from aiokafka import AIOKafkaConsumer
 
 from .broker import EmbeddedBroker
 from .datasets import GridDataset, load_dataset
+from .registry import Registry, Version
 from .replay import replay
 from .services import WorkerProcess, scrape
 from .settings import Settings
 from .topics import ensure_topics_sync
-from .worker import load_forecaster
 
 REPORTED_HORIZONS = (1, 3, 6, 12)
-STALL_S = 30.0  # give up waiting for the last forecasts after this long without one
+TRAIN_DAYS = 3  # Friday to Sunday; the holiday Monday is streamed
+ROLLING_STEPS = 12  # the live view's rolling MAE: forecasts of the last hour of data
+TRAIN_MINUTES = 1.5
+RETRAIN_MAX_S = 40.0
+DRAIN_S = 30.0  # after the replay, give up on the last forecasts after this long without one
 
 
 @dataclass
-class ForecastLog:
-    """Forecasts read back from the topic, keyed by (sensor, ts) to drop duplicates."""
+class Observed:
+    """What the demo read back from the topics."""
 
-    values: dict[tuple[str, str], list[float]] = field(default_factory=dict)
-    model: str = ""
+    forecasts: dict[tuple[str, int], tuple[list[float], str]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    swaps: list[tuple[str, int]] = field(default_factory=list)  # (model, first data step)
+    newest_step: int = -1
+    retrains: list[str] = field(default_factory=list)  # the retrain worker's outcome lines
 
-    def add(self, record: dict[str, Any]) -> None:
-        self.values[(record["sensor"], record["ts"])] = record["values"]
-        self.model = record["model"]
+
+def retrain_outcomes(log_path: Path) -> list[str]:
+    """The retrain worker's one line per event (published, rejected or skipped, and why)."""
+    if not log_path.is_file():
+        return []
+    lines = log_path.read_text(errors="replace").splitlines()
+    marker = "retraining: retrain event "
+    return [line.split(marker, 1)[1] for line in lines if marker in line]
 
 
-def run_demo(settings: Settings, dataset_path: Path, *, batched: bool, steps: int | None) -> int:
+def run_demo(
+    settings: Settings,
+    dataset_path: Path,
+    *,
+    batched: bool,
+    steps: int | None,
+    steps_per_s: float,
+    as_json: bool,
+) -> int:
+    say = _Say(quiet=as_json)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # its INFO lines drown the view
     dataset = load_dataset(dataset_path)
     steps = min(steps or dataset.n_steps, dataset.n_steps)
-    # the served forecaster's window (a card's or a baseline's own), checked before anything starts
-    window = load_forecaster(settings.replace(step_s=dataset.step_s)).window
-    print(
+    fast_steps = min(steps, TRAIN_DAYS * 86_400 // dataset.step_s)
+    say(
         f"stcast demo: {dataset.name}, {dataset.n_sensors} sensors, {steps} steps of "
-        f"{dataset.step_s // 60} min, {dataset.channels[0]}"
+        f"{dataset.step_s // 60} min from {dataset.start:%a %d %b %Y}"
     )
-    with tempfile.TemporaryDirectory(prefix="stcast-demo-") as tmp, EmbeddedBroker() as broker:
-        settings = settings.replace(bootstrap_servers=broker.bootstrap_servers)
-        topics = (settings.ticks_topic, settings.forecasts_topic, settings.dlq_topic)
-        ensure_topics_sync(settings.bootstrap_servers, dict.fromkeys(topics, settings.partitions))
-        worker_settings = {**vars(settings), "metrics_port": 0, "step_s": dataset.step_s}
-        log_path = Path(tmp) / "worker.log"
-        with WorkerProcess(worker_settings, log_path=log_path) as worker:
-            print(
-                f"broker {broker.bootstrap_servers}, worker pid {worker.pid}, "
-                f"metrics {worker.metrics_url}"
-            )
-            try:
-                forecasts = asyncio.run(_stream(settings, dataset, steps, window, batched, worker))
-            except asyncio.CancelledError:
-                print("interrupted: stopping the worker and the broker")
-                return 130
-            finally:
-                status = worker.stop()
-                print(f"worker stopped (exit status {status})")
-    print(accuracy_line(dataset, forecasts))
-    return 0 if status == 0 else 1
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="stcast-demo-") as tmp_name:
+        tmp = Path(tmp_name)
+        registry = Registry(tmp / "registry")
+        first = _first_model(settings, dataset, fast_steps, registry, tmp, say)
+        with EmbeddedBroker() as broker:
+            settings = settings.replace(bootstrap_servers=broker.bootstrap_servers)
+            _create_topics(settings)
+            common = {
+                **vars(settings),
+                "metrics_port": 0,
+                "step_s": dataset.step_s,
+                "model_dir": str(first.path),
+                "model_registry": str(registry.root),
+                "retrain_max_s": RETRAIN_MAX_S,
+            }
+            with (
+                WorkerProcess(common, tmp / "worker.log") as worker,
+                WorkerProcess(common, tmp / "retrain.log", verb="retrain-worker") as retrainer,
+            ):
+                started_here = {
+                    "broker": broker.bootstrap_servers,
+                    "pids": [broker.pid, worker.pid, retrainer.pid],
+                }
+                say(
+                    f"broker {broker.bootstrap_servers}; worker pid {worker.pid} serving "
+                    f"{first.model_id}; retrain worker pid {retrainer.pid}; metrics "
+                    f"{worker.metrics_url}"
+                )
+                plan = _Plan(dataset, steps, fast_steps, steps_per_s, batched, first.card.window)
+                try:
+                    observed = asyncio.run(_stream(settings, plan, worker, say))
+                except asyncio.CancelledError:
+                    say("interrupted: stopping the workers and the broker")
+                    return 130
+                finally:
+                    statuses = (worker.stop(), retrainer.stop())
+                    say(f"worker and retrain worker stopped (exit status {statuses})")
+        observed.retrains = retrain_outcomes(tmp / "retrain.log")
+        report = demo_report(dataset, steps, observed, registry, time.monotonic() - started)
+    report["stopped"] = started_here
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+    return 0 if statuses == (0, 0) else 1
 
 
-async def _stream(
+class _Say:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, line: str) -> None:
+        if not self.quiet:
+            print(line, flush=True)
+
+
+def _first_model(
     settings: Settings,
     dataset: GridDataset,
-    steps: int,
-    window: int,
-    batched: bool,
-    worker: WorkerProcess,
-) -> ForecastLog:
-    _cancel_on_signals(asyncio.current_task())
-    forecasts = ForecastLog()
-    expected = (steps - window + 1) * dataset.n_sensors
-    reader = asyncio.create_task(_read_forecasts(settings, forecasts, expected, dataset))
-    started = time.monotonic()
+    train_steps: int,
+    registry: Registry,
+    tmp: Path,
+    say: _Say,
+) -> Version:
+    """``--model-dir``'s model, or one trained on the first days; version 1 of the registry."""
+    if settings.model_path is not None:
+        return registry.publish(settings.model_path)
     try:
-        report = await replay(
+        from models.training import train
+    except ImportError as exc:
+        raise RuntimeError(
+            f"the demo trains and retrains a model, which needs torch ({exc}): "
+            "pip install 'stcast[train]', or give --model-dir"
+        ) from None
+    first_days = replace(dataset, values=dataset.values[:train_steps].copy())
+    say(
+        f"training the global LSTM on the first {train_steps} steps (to "
+        f"{_step_time(dataset, train_steps - 1)}), at most {TRAIN_MINUTES:g} min..."
+    )
+    result = train(
+        first_days, "basicts", tmp / "trained", max_minutes=TRAIN_MINUTES, progress=False
+    )
+    say(
+        f"trained in {result.seconds:.0f} s ({result.epochs} epochs); validation MAE "
+        f"{result.val_metrics['mae']:.2f}"
+    )
+    return registry.publish(result.out_dir)
+
+
+def _create_topics(settings: Settings) -> None:
+    topics = (
+        settings.ticks_topic,
+        settings.forecasts_topic,
+        settings.dlq_topic,
+        settings.retrain_topic,
+        settings.models_topic,
+    )
+    ensure_topics_sync(settings.bootstrap_servers, dict.fromkeys(topics, settings.partitions))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    dataset: GridDataset
+    steps: int
+    fast_steps: int
+    steps_per_s: float
+    batched: bool
+    window: int
+
+
+async def _stream(settings: Settings, plan: _Plan, worker: WorkerProcess, say: _Say) -> Observed:
+    _cancel_on_signals(asyncio.current_task())
+    observed = Observed()
+    readers = [
+        asyncio.create_task(_read_forecasts(settings, plan.dataset, observed)),
+        asyncio.create_task(_read_loop_topics(settings, plan.dataset, observed, say)),
+    ]
+    view = asyncio.create_task(_live_view(plan, worker, observed, say))
+    try:
+        dataset = plan.dataset
+        say(f"replaying the first {plan.fast_steps} steps as fast as they go...")
+        await replay(
             settings.bootstrap_servers,
             settings.ticks_topic,
             dataset,
-            batched=batched,
-            steps=steps,
+            batched=plan.batched,
+            steps=plan.fast_steps,
             progress=False,
         )
-        print(f"published {report.ticks:,} ticks in {report.seconds:.1f} s")
-        await _watch(worker, reader, started, lambda: len(forecasts.values), expected)
+        if plan.steps > plan.fast_steps:
+            say(
+                f"then {plan.steps - plan.fast_steps} steps from "
+                f"{_step_time(dataset, plan.fast_steps)} at {plan.steps_per_s:g} steps/s..."
+            )
+            await replay(
+                settings.bootstrap_servers,
+                settings.ticks_topic,
+                dataset,
+                batched=plan.batched,
+                start_step=plan.fast_steps,
+                steps=plan.steps - plan.fast_steps,
+                speed=plan.steps_per_s * dataset.step_s,
+                progress=False,
+            )
+        expected = (plan.steps - plan.window + 1) * dataset.n_sensors
+        last_count, last_change = -1, time.monotonic()
+        while len(observed.forecasts) < expected and time.monotonic() - last_change < DRAIN_S:
+            await asyncio.sleep(0.2)
+            if len(observed.forecasts) != last_count:
+                last_count, last_change = len(observed.forecasts), time.monotonic()
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with status {worker.poll()}")
     finally:
-        reader.cancel()
-        await asyncio.wait({reader}, timeout=5.0)
-    return forecasts
+        for task in (*readers, view):
+            task.cancel()
+        await asyncio.wait({*readers, view}, timeout=5.0)
+    return observed
 
 
 def _cancel_on_signals(task: asyncio.Task[Any] | None) -> None:
@@ -116,9 +256,7 @@ def _cancel_on_signals(task: asyncio.Task[Any] | None) -> None:
             loop.add_signal_handler(sig, task.cancel)
 
 
-async def _read_forecasts(
-    settings: Settings, into: ForecastLog, expected: int, dataset: GridDataset
-) -> None:
+async def _read_forecasts(settings: Settings, dataset: GridDataset, into: Observed) -> None:
     consumer = AIOKafkaConsumer(
         settings.forecasts_topic,
         bootstrap_servers=settings.bootstrap_servers,
@@ -126,82 +264,198 @@ async def _read_forecasts(
         enable_auto_commit=False,
     )
     await consumer.start()
-    shown_sensor = dataset.sensors[0]
+    start_s = int(dataset.start.timestamp())
+    serving = ""
     try:
-        while len(into.values) < expected:
+        while True:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
                     forecast = json.loads(record.value)
-                    into.add(forecast)
-                    if forecast["sensor"] == shown_sensor and _on_the_hour(forecast["ts"]):
-                        _show(forecast)
+                    step = (_epoch_s(forecast["ts"]) - start_s) // dataset.step_s
+                    into.forecasts[(forecast["sensor"], step)] = (
+                        forecast["values"],
+                        forecast["model"],
+                    )
+                    into.newest_step = max(into.newest_step, step)
+                    if forecast["model"] != serving:
+                        serving = forecast["model"]
+                        into.swaps.append((serving, step))
     finally:
         await consumer.stop()
 
 
-def _on_the_hour(ts: str) -> bool:
-    return ts.endswith(":00:00Z") and ts[11:13] in ("00", "06", "12", "18")
-
-
-def _show(forecast: dict[str, Any]) -> None:
-    values = forecast["values"]
-    print(
-        f"  forecast {forecast['sensor']} at {forecast['ts']} ({forecast['model']}): "
-        f"+5 min {values[0]:.0f}, +30 min {values[5]:.0f}, +60 min {values[-1]:.0f}"
-    )
-
-
-async def _watch(
-    worker: WorkerProcess,
-    reader: asyncio.Task[None],
-    started: float,
-    count: Callable[[], int],
-    expected: int,
+async def _read_loop_topics(
+    settings: Settings, dataset: GridDataset, into: Observed, say: _Say
 ) -> None:
-    """Print a progress line every two seconds until every forecast is read back."""
-    last_count, last_change = -1, time.monotonic()
-    while not reader.done():
-        if count() != last_count:
-            last_count, last_change = count(), time.monotonic()
-        elif time.monotonic() - last_change > STALL_S:
-            print(f"no new forecast for {STALL_S:.0f} s: {count():,} of {expected:,} arrived")
-            reader.cancel()
-            return
-        await asyncio.wait({reader}, timeout=2.0)
+    consumer = AIOKafkaConsumer(
+        settings.retrain_topic,
+        settings.models_topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            for tp, records in batches.items():
+                for record in records:
+                    obj = json.loads(record.value)
+                    if tp.topic == settings.retrain_topic:
+                        into.events.append(obj)
+                        say(
+                            f"  DRIFT   retrain event: {len(obj['sensors'])} sensors drifting "
+                            f"at {obj['detected_at']} under {obj['model']}"
+                        )
+                    else:
+                        into.updates.append(obj)
+                        v = obj.get("validation", {})
+                        say(
+                            f"  MODEL   {obj['model']} published: holdout MAE "
+                            f"{v.get('challenger_mae', float('nan')):.2f} vs the serving "
+                            f"model's {v.get('champion_mae', float('nan')):.2f}; workers swap"
+                        )
+    finally:
+        await consumer.stop()
+
+
+async def _live_view(plan: _Plan, worker: WorkerProcess, observed: Observed, say: _Say) -> None:
+    truth = plan.dataset.values[:, :, 0]
+    column = {sensor: i for i, sensor in enumerate(plan.dataset.sensors)}
+    last_ticks, last_time = 0.0, time.monotonic()
+    while True:
+        await asyncio.sleep(2.0)
         samples = await asyncio.to_thread(scrape, worker.metrics_url)
-        if worker.poll() is not None:
-            reader.cancel()
-            raise RuntimeError(f"the worker exited with status {worker.poll()}")
+        now = time.monotonic()
         ticks = samples.get("stcast_ticks_total", 0.0)
-        mae = samples.get('stcast_forecast_abs_error{horizon="12"}', float("nan"))
-        print(
-            f"  {time.monotonic() - started:5.1f} s  ticks {ticks:>9,.0f}  forecasts "
-            f"{count():>9,}/{expected:,}  rolling MAE +60 min {mae:6.1f}"
+        rate = (ticks - last_ticks) / (now - last_time)
+        last_ticks, last_time = ticks, now
+        if observed.newest_step < 0:
+            continue  # nothing to show before the first forecast
+        model_mae, naive_mae = _rolling_mae(observed, truth, column, horizon=12)
+        newest = observed.newest_step
+        serving = observed.swaps[-1][0] if observed.swaps else "-"
+        say(
+            f"  {_step_time(plan.dataset, max(newest, 0))}  {rate:>8,.0f} ticks/s  "
+            f"MAE +60 min (last hour) {model_mae:6.1f} vs persistence {naive_mae:6.1f}  "
+            f"drift events {len(observed.events)}  retrains {len(observed.updates)}  "
+            f"serving {serving}"
         )
-    await reader
 
 
-def accuracy_line(dataset: GridDataset, forecasts: ForecastLog) -> str:
-    """MAE per horizon of the forecasts against the dataset, zeros (missing readings) ignored."""
+def _rolling_mae(
+    observed: Observed, truth: np.ndarray, column: dict[str, int], horizon: int
+) -> tuple[float, float]:
+    """MAE at ``horizon`` of the forecasts made in the last hour whose actuals are known."""
+    newest = observed.newest_step
+    made = range(newest - horizon - ROLLING_STEPS + 1, newest - horizon + 1)
+    model, naive = [], []
+    for (sensor, step), (values, _) in list(observed.forecasts.items()):
+        if step in made and step + horizon < len(truth):
+            actual = truth[step + horizon, column[sensor]]
+            if actual != 0 and np.isfinite(actual):
+                model.append(abs(values[horizon - 1] - actual))
+                naive.append(abs(truth[step, column[sensor]] - actual))
+    if not model:
+        return float("nan"), float("nan")
+    return float(np.mean(model)), float(np.mean(naive))
+
+
+def demo_report(
+    dataset: GridDataset, steps: int, observed: Observed, registry: Registry, seconds: float
+) -> dict[str, Any]:
+    """Accuracy per model version against persistence, the loop's events, the timings."""
     truth = dataset.values[:, :, 0]
     column = {sensor: i for i, sensor in enumerate(dataset.sensors)}
-    start_s = int(dataset.start.timestamp())
-    errors: dict[int, list[float]] = {h: [] for h in REPORTED_HORIZONS}
-    for (sensor, ts), values in forecasts.values.items():
-        step = (_epoch_s(ts) - start_s) // dataset.step_s
+    errors: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (sensor, step), (values, model) in observed.forecasts.items():
         for h in REPORTED_HORIZONS:
             target = step + h
-            if target < len(truth) and h <= len(values) and truth[target, column[sensor]] != 0:
-                errors[h].append(abs(values[h - 1] - truth[target, column[sensor]]))
-    parts = [f"+{h * dataset.step_s // 60} min {np.mean(e):.2f}" for h, e in errors.items() if e]
-    return (
-        f"accuracy of {len(forecasts.values):,} forecasts by {forecasts.model} "
-        f"(MAE, {dataset.channels[0]}): " + ", ".join(parts)
-    )
+            if target < len(truth) and truth[target, column[sensor]] != 0:
+                actual = truth[target, column[sensor]]
+                errors[model][h].append(abs(values[h - 1] - actual))
+                errors[f"persistence, same targets as {model}"][h].append(
+                    abs(truth[step, column[sensor]] - actual)
+                )
+    name = registry.names()[0] if registry.names() else ""
+    if name and len(registry.versions(name)) > 1:
+        _what_the_first_would_have_done(dataset, observed, registry.get(name, "1"), errors)
+    accuracy = {
+        name: {
+            f"+{h * dataset.step_s // 60} min": round(float(np.mean(e)), 2) for h, e in by.items()
+        }
+        for name, by in sorted(errors.items())
+    }
+    return {
+        "dataset": dataset.name,
+        "steps": steps,
+        "forecasts": len(observed.forecasts),
+        "seconds": round(seconds, 1),
+        "mae": accuracy,
+        "drift_events": [
+            {"detected_at": e["detected_at"], "sensors": len(e["sensors"]), "model": e["model"]}
+            for e in observed.events
+        ],
+        "retrains": observed.retrains,
+        "models_published": [
+            {"model": u["model"], "validation": u.get("validation", {})} for u in observed.updates
+        ],
+        "served": [{"model": m, "from": _step_time(dataset, step)} for m, step in observed.swaps],
+        "registry_versions": registry.versions(name) if name else [],
+    }
+
+
+def _what_the_first_would_have_done(
+    dataset: GridDataset,
+    observed: Observed,
+    first: Version,
+    errors: dict[str, dict[int, list[float]]],
+) -> None:
+    """Version 1's errors on the targets later versions served: was the swap worth it?"""
+    from .forecasters import WindowBatch
+    from .onnx_forecaster import OnnxForecaster
+
+    forecaster = OnnxForecaster(first.path, provider="cpu")
+    truth = dataset.values[:, :, 0]
+    column = {sensor: i for i, sensor in enumerate(dataset.sensors)}
+    pairs = [(s, t, m) for (s, t), (_, m) in observed.forecasts.items() if m != first.model_id]
+    if not pairs:
+        return
+    window = forecaster.window
+    values = np.stack([truth[t - window + 1 : t + 1, column[s]] for s, t, _ in pairs])
+    last_ts = dataset.timestamps()[[t for _, t, _ in pairs]]
+    batch = WindowBatch(values, last_ts, tuple(s for s, _, _ in pairs))
+    predicted = forecaster.forecast(batch)
+    for (sensor, step, model), row in zip(pairs, predicted, strict=True):
+        for h in REPORTED_HORIZONS:
+            target = step + h
+            if target < len(truth) and truth[target, column[sensor]] != 0:
+                actual = truth[target, column[sensor]]
+                errors[f"{first.model_id} kept, same targets as {model}"][h].append(
+                    abs(row[h - 1] - actual)
+                )
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"demo report: {report['forecasts']:,} forecasts over {report['steps']} steps of "
+        f"{report['dataset']} in {report['seconds']:.0f} s",
+        "served: " + ", ".join(f"{s['model']} from {s['from']}" for s in report["served"]),
+        f"drift events: {len(report['drift_events'])}; models published: "
+        + (", ".join(m["model"] for m in report["models_published"]) or "none"),
+        *(f"  retrain event {line}" for line in report["retrains"]),
+        "MAE (flow, zero readings ignored):",
+    ]
+    for name, by in report["mae"].items():
+        lines.append(f"  {name:<45} " + "  ".join(f"{k} {v:6.2f}" for k, v in by.items()))
+    return "\n".join(lines)
+
+
+def _step_time(dataset: GridDataset, step: int) -> str:
+    when = datetime.fromtimestamp(int(dataset.timestamps()[step]), dataset.start.tzinfo)
+    return f"{when:%a %d %b %H:%M}"
 
 
 def _epoch_s(ts: str) -> int:
-    from datetime import datetime
-
     return int(datetime.fromisoformat(ts).timestamp())

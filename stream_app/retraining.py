@@ -33,6 +33,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from .datasets import GridDataset
 from .history import History
 from .kafka_client import client_options
 from .onnx_forecaster import OnnxForecaster
@@ -168,7 +169,9 @@ class RetrainWorker:
             )
         await self._catch_up(event)
         try:
-            outcome = await asyncio.to_thread(self._retrain, event, serving)
+            # cut on the event loop: the tail goes on adding readings while the thread trains
+            recent = self.history.grid(serving.name, serving.card.sensors, serving.card.step_s)
+            outcome = await asyncio.to_thread(self._retrain, event, serving, recent)
         except (ValueError, RuntimeError, OSError) as exc:  # too little data, a failed export
             log.exception("retrain for %s failed", event.id)
             return Outcome(event.id, "rejected", f"retrain failed: {exc}")
@@ -194,11 +197,10 @@ class RetrainWorker:
         while (self.history.newest_s or 0) < wanted and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
 
-    def _retrain(self, event: RetrainEvent, serving: Version) -> Outcome:
+    def _retrain(self, event: RetrainEvent, serving: Version, recent: GridDataset) -> Outcome:
         from models.finetuning import fine_tune
 
         settings = self.settings
-        recent = self.history.grid(serving.name, serving.card.sensors, serving.card.step_s)
         holdout_from = recent.n_steps - settings.retrain_holdout_steps
         version = self.registry.next_version(serving.name)
         with tempfile.TemporaryDirectory(prefix="stcast-challenger-") as tmp:

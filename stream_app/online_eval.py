@@ -1,0 +1,376 @@
+"""``stcast evaluate --online``: the loop run in-process over a dataset, three policies compared.
+
+The dataset is streamed step by step (one tick batch per step) through the worker's own
+``Pipeline`` with its drift monitors and retrain policy (``worker.build_pipeline``, the
+settings' drift parameters). Truth is revealed only as the stream reaches it: a forecast is
+scored when its targets arrive, and a retrain sees the readings up to the current step only.
+
+Policies, on the same (possibly faulted) stream:
+
+- ``frozen``: the given model throughout; its monitors' detections are the ones the detection
+  figures and the after-drift windows are measured on.
+- ``stcast``: on each retrain event the pipeline emits, fine-tune the serving model on the
+  recent readings (``models.finetuning``, the retrain worker's settings) and swap the
+  challenger in if it wins on the held-back newest steps, as the retrain worker does. The
+  stream waits for the retrain (in stream time it is instant).
+- ``periodic``: the same retrain, blindly once a day of data, whatever the monitors say.
+
+Scenarios: ``holiday`` (the data as it is: in the PEMS08 slice, the 4 July holiday) and faults
+injected on a seeded random tenth of the sensors from a seeded onset: ``shift`` (+3 standard
+deviations of the sensor's readings), ``stuck`` (the onset's reading repeated), ``variance``
+(Gaussian noise as large as the sensor's own short-term noise: variance doubled).
+
+Figures: MAE per horizon step over the whole stream; the MAE of forecasts made in the
+``AFTER_DRIFT_STEPS`` after each of the frozen run's detections (on faulted sensors when
+faults are injected), the same (sensor, step) pairs for every policy; detection delay and
+fraction on the faulted sensors, false alarms per sensor-week on the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry
+
+from .datasets import GridDataset
+from .drift import DriftSink
+from .metrics import Metrics
+from .onnx_forecaster import OnnxForecaster
+from .pipeline import Pipeline
+from .records import Incoming, format_ts
+from .retrain_events import Detection, RetrainEvent
+from .settings import Settings
+from .worker import build_pipeline
+
+SCENARIOS = ("holiday", "shift", "stuck", "variance")
+POLICIES = ("frozen", "stcast", "periodic")
+AFTER_DRIFT_STEPS = 24
+FAULTED_SHARE = 0.1
+WEEK_S = 7 * 86_400
+DAY_S = 86_400
+
+Float64Array = npt.NDArray[np.float64]
+
+
+@dataclass
+class Fault:
+    """Which sensors (column indices) were faulted, how, and from which step."""
+
+    kind: str
+    columns: tuple[int, ...] = ()
+    onset: int = -1
+
+
+@dataclass
+class Run:
+    """One policy's stream: forecasts (step, column) -> values, detections, retrains."""
+
+    forecasts: dict[tuple[int, int], list[float]] = field(default_factory=dict)
+    detections: list[Detection] = field(default_factory=list)
+    retrains: list[dict[str, Any]] = field(default_factory=list)
+
+
+def inject(
+    dataset: GridDataset, scenario: str, seed: int, warmup_steps: int
+) -> tuple[GridDataset, Fault]:
+    """``dataset`` with the scenario's fault on a seeded tenth of its sensors."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}: expected one of {SCENARIOS}")
+    if scenario == "holiday":
+        return dataset, Fault(scenario)
+    rng = np.random.default_rng(seed)
+    n, steps = dataset.n_sensors, dataset.n_steps
+    columns = np.sort(rng.choice(n, size=max(1, round(FAULTED_SHARE * n)), replace=False))
+    day = DAY_S // dataset.step_s
+    if steps - day <= warmup_steps:
+        raise ValueError(
+            f"{dataset.name} is too short for a fault: {steps} steps, the monitors warm up for "
+            f"{warmup_steps} and a day must follow the onset"
+        )
+    onset = int(rng.integers(warmup_steps, steps - day))
+    values = dataset.values.copy()
+    series = values[:, columns, 0]
+    if scenario == "shift":
+        series[onset:] += 3 * np.nanstd(series[:onset], axis=0)
+    elif scenario == "stuck":
+        series[onset:] = series[onset]
+    else:
+        hour = max(1, 3600 // dataset.step_s)
+        smooth = np.stack(
+            [np.convolve(np.nan_to_num(c), np.ones(hour) / hour, mode="same") for c in series.T],
+            axis=1,
+        )
+        noise_sd = np.nanstd((series - smooth)[hour:onset], axis=0)
+        series[onset:] += rng.normal(size=series[onset:].shape) * noise_sd
+    values[:, columns, 0] = series
+    return replace(dataset, values=values), Fault(scenario, tuple(columns.tolist()), onset)
+
+
+def evaluate_online(
+    model_dir: Path,
+    dataset: GridDataset,
+    scenario: str,
+    *,
+    seed: int = 0,
+    settings: Settings | None = None,
+    progress: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """Run the three policies on ``dataset`` under ``scenario``; the report of the issue."""
+    settings = (settings or Settings()).replace(step_s=dataset.step_s)
+    warmup_steps = settings.drift_warmup + 2 * OnnxForecaster(model_dir, provider="cpu").window
+    stream, fault = inject(dataset, scenario, seed, warmup_steps)
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="stcast-online-") as tmp:
+        for policy in POLICIES:
+            progress(f"{policy}: streaming {stream.n_steps} steps of {stream.name}")
+            runs[policy] = stream_policy(
+                policy, model_dir, stream, settings, Path(tmp) / policy, progress
+            )
+    return report(scenario, seed, stream, fault, runs, warmup_steps)
+
+
+def stream_policy(
+    policy: str,
+    model_dir: Path,
+    stream: GridDataset,
+    settings: Settings,
+    workdir: Path,
+    progress: Callable[[str], None],
+) -> Run:
+    """One policy's pass over the stream."""
+    run = Run()
+    serving = model_dir
+    pipeline = _pipeline(settings, serving, run)
+    column = {sensor: i for i, sensor in enumerate(stream.sensors)}
+    day = DAY_S // stream.step_s
+    times = stream.timestamps()
+    step_of = {format_ts(int(ts) * 1000): t for t, ts in enumerate(times.tolist())}
+    for t in range(stream.n_steps):
+        events: list[RetrainEvent] = []
+        for output in pipeline.step([_batch(stream, t)]):
+            for _, raw in output.forecasts:
+                forecast = json.loads(raw)
+                step = step_of[forecast["ts"]]
+                run.forecasts[(step, column[forecast["sensor"]])] = forecast["values"]
+            events += [RetrainEvent.decode(raw) for _, raw in output.retrain_events]
+        due = (policy == "stcast" and events) or (policy == "periodic" and t and t % day == 0)
+        if due:
+            reason = f"{len(events[0].sensors)} sensors drifting" if events else "a day passed"
+            new = _retrain(serving, stream, t, settings, workdir, len(run.retrains) + 2)
+            new["step"], new["reason"] = t, reason
+            run.retrains.append(new)
+            progress(f"{policy}: retrain at {format_ts(int(times[t]) * 1000)}: {new['outcome']}")
+            if new["outcome"] == "swapped":
+                serving = Path(new["dir"])
+                pipeline.swap(OnnxForecaster(serving, provider="cpu", step_s=stream.step_s))
+    return run
+
+
+def _pipeline(settings: Settings, model_dir: Path, run: Run) -> Pipeline:
+    forecaster = OnnxForecaster(model_dir, provider="cpu", step_s=settings.step_s)
+    pipeline = build_pipeline(settings, forecaster, Metrics(CollectorRegistry()))
+    for sink in pipeline.sinks:
+        if isinstance(sink, DriftSink):
+            sink.policy = _Recording(sink.policy, run.detections)
+    return pipeline
+
+
+class _Recording:
+    """Passes detections on to the retrain policy and keeps a copy."""
+
+    def __init__(self, policy: Any, into: list[Detection]) -> None:
+        self.policy = policy
+        self.into = into
+
+    def update(self, detection: Detection) -> None:
+        self.into.append(detection)
+        self.policy.update(detection)
+
+    def advance(self, now: float) -> None:
+        self.policy.advance(now)
+
+    def model_swapped(self) -> None:
+        self.policy.model_swapped()
+
+
+def _batch(stream: GridDataset, t: int) -> Incoming:
+    ts = format_ts(int(stream.timestamps()[t]) * 1000)
+    row = stream.values[t, :, 0].tolist()
+    ticks = [
+        {"sensor": s, "ts": ts, "value": None if math.isnan(v) else v}
+        for s, v in zip(stream.sensors, row, strict=True)
+    ]
+    return Incoming("stcast.ticks", 0, t, b"online", json.dumps({"ticks": ticks}).encode())
+
+
+def _retrain(
+    serving: Path, stream: GridDataset, t: int, settings: Settings, workdir: Path, version: int
+) -> dict[str, Any]:
+    """The retrain worker's procedure on the readings up to step ``t`` (inclusive)."""
+    from models.finetuning import FineTuneError, fine_tune
+
+    from .challenger import compare
+
+    history = max(1, int(settings.retrain_history_s) // stream.step_s)
+    first = max(0, t + 1 - history)
+    recent = replace(
+        stream,
+        values=stream.values[first : t + 1, :, :1].copy(),
+        start=stream.start + timedelta(seconds=first * stream.step_s),
+        channels=stream.channels[:1],
+    )
+    holdout_from = recent.n_steps - settings.retrain_holdout_steps
+    out = workdir / f"v{version}"
+    try:
+        tuned = fine_tune(
+            serving,
+            recent,
+            holdout_from,
+            out,
+            str(version),
+            max_seconds=settings.retrain_max_s,
+            threads=settings.retrain_threads,
+        )
+    except FineTuneError as exc:
+        return {"outcome": "not enough history", "detail": str(exc)}
+    champion = OnnxForecaster(serving, provider="cpu")
+    challenger = OnnxForecaster(out, provider="cpu")
+    masked = champion.card.training.get("protocol", "basicts") == "basicts"
+    verdict = compare(
+        champion,
+        challenger,
+        recent,
+        holdout_from,
+        masked=masked,
+        min_gain=settings.retrain_min_gain,
+    )
+    return {
+        "outcome": "swapped" if verdict.wins else "rejected",
+        "dir": str(out),
+        "fine_tuning_s": round(tuned.seconds, 1),
+        **verdict.to_json(),
+    }
+
+
+def report(
+    scenario: str,
+    seed: int,
+    stream: GridDataset,
+    fault: Fault,
+    runs: dict[str, Run],
+    warmup_steps: int,
+) -> dict[str, Any]:
+    """The JSON of the issue, with a few more figures beside it."""
+    truth = stream.values[:, :, 0]
+    times = stream.timestamps()
+    windows = _after_drift_pairs(runs["frozen"], stream, fault)
+    policies = {}
+    for name, run in runs.items():
+        policies[name] = {
+            "mae": _mae_by_horizon(run.forecasts, truth),
+            "mae_after_drift": _mae_on(run.forecasts, truth, windows),
+            "retrains": sum(r["outcome"] == "swapped" for r in run.retrains),
+            "retrain_attempts": run.retrains,
+        }
+    return {
+        "scenario": scenario,
+        "seed": seed,
+        "dataset": stream.name,
+        "faulted_sensors": len(fault.columns),
+        "onset": None if fault.onset < 0 else format_ts(int(times[fault.onset]) * 1000),
+        "after_drift_pairs": len(windows),
+        "policies": policies,
+        "detection": _detection(runs["frozen"], stream, fault, warmup_steps),
+    }
+
+
+def _after_drift_pairs(run: Run, stream: GridDataset, fault: Fault) -> list[tuple[int, int]]:
+    """(step, column) of the forecasts made in the steps after each counted detection."""
+    column = {sensor: i for i, sensor in enumerate(stream.sensors)}
+    start_s = int(stream.timestamps()[0])
+    faulted = set(fault.columns)
+    pairs: set[tuple[int, int]] = set()
+    for d in run.detections:
+        col = column[d.sensor]
+        step = (int(d.detected_at) - start_s) // stream.step_s
+        if fault.onset >= 0 and (col not in faulted or step < fault.onset):
+            continue
+        pairs.update((s, col) for s in range(step + 1, step + 1 + AFTER_DRIFT_STEPS))
+    return sorted(pairs)
+
+
+def _mae_by_horizon(
+    forecasts: dict[tuple[int, int], list[float]], truth: Float64Array
+) -> list[float | None]:
+    horizon = len(next(iter(forecasts.values()))) if forecasts else 0
+    sums, counts = np.zeros(horizon), np.zeros(horizon)
+    for (step, col), values in forecasts.items():
+        for h in range(1, horizon + 1):
+            if step + h < len(truth):
+                actual = truth[step + h, col]
+                if actual != 0 and np.isfinite(actual):
+                    sums[h - 1] += abs(values[h - 1] - actual)
+                    counts[h - 1] += 1
+    return [round(float(s / c), 4) if c else None for s, c in zip(sums, counts, strict=True)]
+
+
+def _mae_on(
+    forecasts: dict[tuple[int, int], list[float]],
+    truth: Float64Array,
+    pairs: list[tuple[int, int]],
+) -> float | None:
+    errors = []
+    for step, col in pairs:
+        values = forecasts.get((step, col))
+        if values is None:
+            continue
+        for h, value in enumerate(values, start=1):
+            if step + h < len(truth):
+                actual = truth[step + h, col]
+                if actual != 0 and np.isfinite(actual):
+                    errors.append(abs(value - actual))
+    return round(float(np.mean(errors)), 4) if errors else None
+
+
+def _detection(run: Run, stream: GridDataset, fault: Fault, warmup_steps: int) -> dict[str, Any]:
+    """Delays and detected share on faulted sensors; firings per sensor-week on the others,
+    counted over the monitored time (after the windows fill and the monitors warm up)."""
+    column = {sensor: i for i, sensor in enumerate(stream.sensors)}
+    start_s = int(stream.timestamps()[0])
+    step_of = {d: (int(d.detected_at) - start_s) // stream.step_s for d in run.detections}
+    faulted = set(fault.columns)
+    day = DAY_S // stream.step_s
+    first: dict[int, int] = {}
+    others = 0
+    for d, step in step_of.items():
+        col = column[d.sensor]
+        if col in faulted and fault.onset <= step < fault.onset + day:
+            first.setdefault(col, step - fault.onset)
+        elif col not in faulted:
+            others += 1
+    unfaulted = stream.n_sensors - len(faulted)
+    weeks = max(1, stream.n_steps - warmup_steps) * stream.step_s / WEEK_S
+    rate = others / (unfaulted * weeks) if unfaulted else None
+    if fault.onset < 0:
+        return {
+            "median_delay_steps": None,
+            "detected_fraction": None,
+            "false_alarms_per_sensor_week": None,
+            "detections_per_sensor_week": round(rate, 3) if rate is not None else None,
+        }
+    delays = list(first.values())
+    return {
+        "median_delay_steps": statistics.median(delays) if delays else None,
+        "detected_fraction": round(len(delays) / len(faulted), 3),
+        "false_alarms_per_sensor_week": round(rate, 3) if rate is not None else None,
+    }

@@ -1,0 +1,72 @@
+"""``stcast evaluate --online``: faults injected as described, and the report's shape and sense."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_app.datasets import GridDataset, bundled_dataset_path, load_dataset
+from stream_app.online_eval import POLICIES, evaluate_online, inject
+from stream_app.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def pems08() -> GridDataset:
+    return load_dataset(bundled_dataset_path())
+
+
+def test_a_shift_adds_three_standard_deviations_to_a_seeded_tenth_from_the_onset(
+    pems08: GridDataset,
+) -> None:
+    shifted, fault = inject(pems08, "shift", seed=3, warmup_steps=300)
+    again, same = inject(pems08, "shift", seed=3, warmup_steps=300)
+    assert fault == same and np.array_equal(shifted.values, again.values, equal_nan=True)
+    assert len(fault.columns) == 17 and 300 <= fault.onset < pems08.n_steps - 288
+    cols = list(fault.columns)
+    before = pems08.values[:, cols, 0]
+    delta = shifted.values[:, cols, 0] - before
+    np.testing.assert_allclose(delta[: fault.onset], 0)
+    want = np.broadcast_to(3 * before[: fault.onset].std(axis=0), delta[fault.onset :].shape)
+    np.testing.assert_allclose(delta[fault.onset :], want)
+    others = [c for c in range(pems08.n_sensors) if c not in cols]
+    assert np.array_equal(shifted.values[:, others], pems08.values[:, others])
+
+
+def test_stuck_repeats_the_onset_and_variance_doubles_the_noise(pems08: GridDataset) -> None:
+    stuck, fault = inject(pems08, "stuck", seed=1, warmup_steps=300)
+    cols = list(fault.columns)
+    assert (stuck.values[fault.onset :, cols, 0] == pems08.values[fault.onset, cols, 0]).all()
+    noisy, fault = inject(pems08, "variance", seed=1, warmup_steps=300)
+    added = (
+        noisy.values[fault.onset :, list(fault.columns), 0]
+        - pems08.values[fault.onset :, list(fault.columns), 0]
+    )
+    assert added.std() > 1.0 and abs(added.mean()) < 0.2 * added.std()  # zero-mean noise
+    assert inject(pems08, "holiday", seed=1, warmup_steps=300)[0] is pems08
+
+
+def test_online_report_on_a_short_stream(pems08: GridDataset, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    del torch
+    from models.presets import get_preset
+    from models.training import train
+
+    small = replace(pems08, values=pems08.values[:700, :40], sensors=pems08.sensors[:40])
+    brief = get_preset("seed").but(max_epochs=1, batch_size=512)
+    model = train(replace(small, values=small.values[:400]), "basicts", tmp_path / "m", brief,
+                  progress=False).out_dir  # fmt: skip
+    settings = Settings(drift_warmup=48, retrain_max_s=3.0, retrain_min_sensors=2)
+    report = evaluate_online(model, small, "shift", seed=0, settings=settings)
+    assert set(report) >= {"scenario", "policies", "detection"} and report["scenario"] == "shift"
+    assert set(report["policies"]) == set(POLICIES)
+    frozen, periodic = report["policies"]["frozen"], report["policies"]["periodic"]
+    assert frozen["retrains"] == 0 and frozen["retrain_attempts"] == []
+    assert [a["step"] for a in periodic["retrain_attempts"]] == [288, 576]  # once a day
+    for policy in report["policies"].values():
+        assert len(policy["mae"]) == 12 and all(v > 0 for v in policy["mae"])
+    detection = report["detection"]
+    assert report["faulted_sensors"] == 4
+    assert 0 < detection["detected_fraction"] <= 1 and detection["median_delay_steps"] <= 12
