@@ -45,6 +45,7 @@ REPORTED_HORIZONS = (1, 3, 6, 12)
 TRAIN_DAYS = 3  # Friday to Sunday; the holiday Monday is streamed
 ROLLING_STEPS = 12  # the live view's rolling MAE: forecasts of the last hour of data
 TRAIN_MINUTES = 1.5
+TRAIN_THREADS = 1  # two torch threads on two busy cores ran one epoch in 100 s, one ran seven
 RETRAIN_MAX_S = 40.0
 DRAIN_S = 30.0  # after the replay, give up on the last forecasts after this long without one
 
@@ -169,7 +170,12 @@ def _first_model(
         f"{_step_time(dataset, train_steps - 1)}), at most {TRAIN_MINUTES:g} min..."
     )
     result = train(
-        first_days, "basicts", tmp / "trained", max_minutes=TRAIN_MINUTES, progress=False
+        first_days,
+        "basicts",
+        tmp / "trained",
+        max_minutes=TRAIN_MINUTES,
+        threads=TRAIN_THREADS,
+        progress=False,
     )
     say(
         f"trained in {result.seconds:.0f} s ({result.epochs} epochs); validation MAE "

@@ -3,11 +3,18 @@
 Units are seconds, counters end in ``_total``, and no label carries a sensor id (sensor counts
 are unbounded). ``ticks_total`` counts every tick read, good or bad; ``rejected_ticks_total``
 is the part of it that went to the dead-letter topic.
+
+Beyond DESIGN.md's list, on purpose: ``model_swap_failures_total{reason}`` (why an update was
+refused), ``baseline_abs_error{horizon}`` (the persistence forecast's rolling MAE over the same
+scored forecasts as ``forecast_abs_error``) and ``consumer_lag_messages{partition}`` (per owned
+partition of the ticks topic: its high watermark minus this worker's position; a partition
+number is bounded by the topic's partition count).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from contextlib import suppress
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -83,6 +90,21 @@ class Metrics:
             namespace=PREFIX,
             registry=registry,
         )
+        self.baseline_abs_error = Gauge(
+            "baseline_abs_error",
+            "Rolling mean absolute error of the persistence forecast (the window's last value) "
+            "over the same scored forecasts as forecast_abs_error",
+            ["horizon"],
+            namespace=PREFIX,
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "consumer_lag_messages",
+            "Ticks-topic messages not yet read, per owned partition: high watermark minus position",
+            ["partition"],
+            namespace=PREFIX,
+            registry=registry,
+        )
         self.drift_detected = Counter(
             "drift_detected", "Drift detections", namespace=PREFIX, registry=registry
         )
@@ -121,10 +143,27 @@ class Metrics:
         self.model_info.clear()
         self.model_info.labels(model=name, version=version, provider=provider).set(1)
 
-    def set_rolling_mae(self, mae_by_horizon: Iterable[float]) -> None:
-        for horizon, mae in enumerate(mae_by_horizon, start=1):
-            if horizon in SCORED_HORIZONS and mae == mae:  # NaN until the horizon is scored
-                self.forecast_abs_error.labels(horizon=str(horizon)).set(mae)
+    def set_rolling_mae(
+        self, mae_by_horizon: Iterable[float], baseline_by_horizon: Iterable[float] = ()
+    ) -> None:
+        """The model's and the persistence baseline's rolling MAE (index 0 = one step ahead)."""
+        _set_scored(self.forecast_abs_error, mae_by_horizon)
+        _set_scored(self.baseline_abs_error, baseline_by_horizon)
+
+    def set_consumer_lag(self, partition: int, messages: int) -> None:
+        self.consumer_lag.labels(partition=str(partition)).set(messages)
+
+    def forget_partitions(self, partitions: Collection[int]) -> None:
+        """Stop exporting the lag of partitions this worker no longer owns."""
+        for partition in partitions:
+            with suppress(KeyError):  # never exported (prometheus-client < 0.21 raises)
+                self.consumer_lag.remove(str(partition))
+
+
+def _set_scored(gauge: Gauge, by_horizon: Iterable[float]) -> None:
+    for horizon, mae in enumerate(by_horizon, start=1):
+        if horizon in SCORED_HORIZONS and mae == mae:  # NaN until the horizon is scored
+            gauge.labels(horizon=str(horizon)).set(mae)
 
 
 SWAP_FAILURE_REASONS = ("malformed", "contract", "sha256", "identity", "non_finite", "shape")

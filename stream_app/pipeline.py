@@ -269,6 +269,7 @@ class Pipeline:
         made_by = np.array([state.index for state in chunk.states], dtype=np.int64)
         made_at = np.array(chunk.slots, dtype=np.int64)
         made_in = np.array(chunk.row_generations, dtype=np.int64)
+        last = np.array([row[-1] for row in chunk.rows])  # the persistence baseline's forecast
         scores = []
         for generation in range(max(chunk.generation.values(), default=0)):
             now = generations == generation
@@ -276,7 +277,7 @@ class Pipeline:
             scores.append(settled.at(np.flatnonzero(now)))
             new = (made_in == generation) & usable
             if new.any():
-                self.pending.add(made_by[new], made_at[new], values[new])
+                self.pending.add(made_by[new], made_at[new], values[new], last[new])
         self._publish(Scores.in_arrival_order(scores))
 
     def _encode(self, chunk: Chunk, values: FloatArray, finite: list[bool], output: Output) -> None:
@@ -321,7 +322,8 @@ class Pipeline:
         for sink in self.sinks:
             sink.update(scores)
         if self.metrics is not None:
-            self.metrics.set_rolling_mae(self.rolling_mae.mae.tolist())
+            mae = self.rolling_mae
+            self.metrics.set_rolling_mae(mae.mae.tolist(), mae.baseline_mae.tolist())
 
     def _observe_inference(self, seconds: float, windows: int) -> None:
         if self.metrics is not None:

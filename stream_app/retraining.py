@@ -28,6 +28,7 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -190,8 +191,6 @@ class RetrainWorker:
 
     async def _catch_up(self, event: RetrainEvent) -> None:
         """Wait (a little) until the history holds the readings up to the detection."""
-        from datetime import datetime
-
         wanted = datetime.fromisoformat(event.detected_at).timestamp()
         deadline = time.monotonic() + CATCH_UP_S
         while (self.history.newest_s or 0) < wanted and time.monotonic() < deadline:

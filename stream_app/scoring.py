@@ -6,6 +6,12 @@ reading arrives for grid slot ``u``, every pending forecast made at slot ``s`` w
 pipeline (index into its sensor list); the errors of a chunk are computed in one vectorised pass
 and handed, together, to every ``ScoreSink``: the rolling MAE here, and the drift monitors that
 will watch the same errors.
+
+Each pending forecast also keeps its window's last value, the persistence forecast for every
+horizon, so that the same actuals score the baseline beside the model: the rolling MAE of both
+covers exactly the same forecasts. That value is the reading that triggered the forecast (a
+forecast is only made when its sensor's newest slot receives a real reading), so it is never
+imputed.
 """
 
 from __future__ import annotations
@@ -31,14 +37,19 @@ class PendingForecasts:
     def __init__(self, horizon: int, capacity: int = 1024) -> None:
         self.horizon = horizon
         self._values = np.zeros((capacity, horizon, horizon))
+        self._last = np.zeros((capacity, horizon))  # the window's last value: persistence
         self._made_at = np.full((capacity, horizon), NEVER, dtype=np.int64)
         self._steps = np.arange(1, horizon + 1, dtype=np.int64)
 
-    def add(self, sensors: IntArray, slots: IntArray, values: FloatArray) -> None:
-        """Remember forecasts ``values`` (n, horizon) made at ``slots`` for sensor indices."""
+    def add(self, sensors: IntArray, slots: IntArray, values: FloatArray, last: FloatArray) -> None:
+        """Remember forecasts ``values`` (n, horizon) made at ``slots`` for sensor indices.
+
+        ``last`` (n,) is each window's last value, the persistence baseline's forecast.
+        """
         self._grow_to(int(sensors.max()) + 1)
         rows = slots % self.horizon
         self._values[sensors, rows] = values
+        self._last[sensors, rows] = last
         self._made_at[sensors, rows] = slots
 
     def clear(self, sensors: list[int]) -> None:
@@ -57,7 +68,8 @@ class PendingForecasts:
         picked = self._values[sensors[:, None], rows, self._steps[None, :] - 1]
         which, step = np.nonzero(live)
         errors = picked[which, step] - actuals[which]
-        return Scores(sensors[which], step + 1, errors, which)
+        baseline = self._last[sensors[which], rows[which, step]] - actuals[which]
+        return Scores(sensors[which], step + 1, errors, which, baseline)
 
     def _grow_to(self, size: int) -> None:
         capacity = len(self._made_at)
@@ -65,6 +77,7 @@ class PendingForecasts:
             return
         extra = max(size, 2 * capacity) - capacity
         self._values = np.concatenate([self._values, np.zeros((extra, *self._values.shape[1:]))])
+        self._last = np.concatenate([self._last, np.zeros((extra, self.horizon))])
         self._made_at = np.concatenate(
             [self._made_at, np.full((extra, self.horizon), NEVER, dtype=np.int64)]
         )
@@ -101,13 +114,15 @@ class Actuals:
 class Scores:
     """Signed errors (forecast minus actual) with their sensor index and 1-based horizon.
 
-    ``actuals`` says which of the scored actuals (by position) each error belongs to.
+    ``actuals`` says which of the scored actuals (by position) each error belongs to;
+    ``baseline`` holds the persistence forecast's errors against the same actuals (None: unknown).
     """
 
     sensors: IntArray
     horizons: IntArray
     errors: FloatArray
     actuals: IntArray
+    baseline: FloatArray | None = None
 
     def __len__(self) -> int:
         return len(self.errors)
@@ -115,11 +130,13 @@ class Scores:
     @classmethod
     def empty(cls) -> Scores:
         none = np.zeros(0, dtype=np.int64)
-        return cls(none, none, np.zeros(0), none)
+        return cls(none, none, np.zeros(0), none, np.zeros(0))
 
     def at(self, positions: IntArray) -> Scores:
         """The same errors, their actuals renumbered through ``positions``."""
-        return Scores(self.sensors, self.horizons, self.errors, positions[self.actuals])
+        return Scores(
+            self.sensors, self.horizons, self.errors, positions[self.actuals], self.baseline
+        )
 
     @classmethod
     def in_arrival_order(cls, parts: list[Scores]) -> Scores:
@@ -128,11 +145,13 @@ class Scores:
             return cls.empty()
         actuals = np.concatenate([p.actuals for p in parts])
         order = np.argsort(actuals, kind="stable")
+        baselines = [p.baseline for p in parts if p.baseline is not None]
         return cls(
             np.concatenate([p.sensors for p in parts])[order],
             np.concatenate([p.horizons for p in parts])[order],
             np.concatenate([p.errors for p in parts])[order],
             actuals[order],
+            np.concatenate(baselines)[order] if len(baselines) == len(parts) else None,
         )
 
 
@@ -153,46 +172,73 @@ class ScoreSink(Protocol):
 class RollingMAE:
     """Mean absolute error per horizon over the newest ``size`` errors at that horizon.
 
+    The persistence baseline's errors on the same scored forecasts are kept beside them
+    (``baseline_mae``), so both figures always cover the same forecasts.
+
     >>> mae = RollingMAE(horizon=2, size=2)
     >>> one = np.array([1, 1, 1])
-    >>> mae.update(Scores(np.array([0, 0, 0]), one, np.array([1.0, -3.0, 5.0]), np.arange(3)))
-    >>> mae.mae.tolist()[0], bool(np.isnan(mae.mae[1]))
-    (4.0, True)
+    >>> errors, baseline = np.array([1.0, -3.0, 5.0]), np.array([2.0, 2.0, -4.0])
+    >>> mae.update(Scores(np.array([0, 0, 0]), one, errors, np.arange(3), baseline))
+    >>> mae.mae.tolist()[0], mae.baseline_mae.tolist()[0], bool(np.isnan(mae.mae[1]))
+    (4.0, 3.0, True)
     """
 
     def __init__(self, horizon: int, size: int = 2000) -> None:
         self.horizon = horizon
         self.size = size
-        self._errors = np.zeros((horizon, size))
+        # [model, baseline] x horizon x size; slots past a horizon's count stay 0, so sums are
+        # taken over whole rows
+        self._errors = np.zeros((2, horizon, size))
         self._next = np.zeros(horizon, dtype=np.int64)
         self._count = np.zeros(horizon, dtype=np.int64)
+        self._means: FloatArray | None = None
 
     def update(self, scores: Scores) -> None:
-        absolute = np.abs(scores.errors)
-        for h in np.unique(scores.horizons):
-            self._push(int(h) - 1, absolute[scores.horizons == h][-self.size :])
+        """Append the scores' absolute errors, every horizon's in one vectorised write."""
+        if not len(scores):
+            return
+        baseline = np.nan if scores.baseline is None else scores.baseline  # unknown: NaN
+        absolute = np.abs(np.stack(np.broadcast_arrays(scores.errors, baseline)))
+        order = np.argsort(scores.horizons, kind="stable")  # by horizon, in arrival order
+        rows = scores.horizons[order] - 1
+        added = np.bincount(rows, minlength=self.horizon)
+        kept = np.minimum(added, self.size)  # an update longer than the window keeps its newest
+        rank = np.arange(len(rows)) - (np.cumsum(added) - added)[rows] - (added - kept)[rows]
+        new = rank >= 0
+        positions = (self._next[rows[new]] + rank[new]) % self.size
+        self._errors[:, rows[new], positions] = absolute[:, order[new]]
+        self._next = (self._next + kept) % self.size
+        self._count = np.minimum(self.size, self._count + kept)
+        self._means = None
 
     def forget(self, rows: list[int]) -> None:
         """Nothing to do: the rolling MAE pools every sensor's errors."""
 
     def reset(self) -> None:
         """Forget every error: the next figures are the new model's."""
+        self._errors[:] = 0.0
         self._next[:] = 0
         self._count[:] = 0
-
-    def _push(self, row: int, values: FloatArray) -> None:
-        positions = (self._next[row] + np.arange(len(values))) % self.size
-        self._errors[row, positions] = values
-        self._next[row] = (self._next[row] + len(values)) % self.size
-        self._count[row] = min(self.size, self._count[row] + len(values))
+        self._means = None
 
     @property
     def mae(self) -> FloatArray:
         """MAE per horizon (index 0 = one step ahead); NaN where nothing was scored yet."""
-        totals = np.array([self._errors[h, : self._count[h]].sum() for h in range(self.horizon)])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self._count > 0, totals / self._count, np.nan)
+        return self._mean(0)
+
+    @property
+    def baseline_mae(self) -> FloatArray:
+        """The persistence forecast's MAE per horizon, over the same scored forecasts as ``mae``."""
+        return self._mean(1)
 
     @property
     def counts(self) -> IntArray:
         return self._count.copy()
+
+    def _mean(self, which: int) -> FloatArray:
+        means = self._means
+        if means is None:  # both at once, once per update
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means = self._means = self._errors.sum(axis=2) / self._count
+        mean: FloatArray = means[which].copy()
+        return mean

@@ -12,6 +12,10 @@ micro-batches (``swapping``).
 When partitions change hands, the leaving owner commits what it has produced and the new one
 rebuilds its sensors' state from the input topic (``restoring``) before reading on.
 
+Consumer lag is exported per owned partition every ``LAG_INTERVAL_S``: the high watermark that
+the last fetch response carried minus the consumer's position. Both are known locally, so it
+costs no request (Tansu's answers to ListOffsets are unreliable anyway).
+
 Each micro-batch is at most ``batch_size`` records, waiting at most ``batch_wait_s`` for them.
 Delivery is at-least-once: a micro-batch's offsets are committed only once the broker has
 acknowledged every forecast and dead letter it caused, and in consumption order. Up to
@@ -25,11 +29,12 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from .chunks import Output
@@ -47,6 +52,7 @@ log = logging.getLogger(__name__)
 
 Offsets = dict[TopicPartition, int]
 COMMIT_INTERVAL_S = 0.5
+LAG_INTERVAL_S = 1.0
 
 
 async def serve(
@@ -56,10 +62,11 @@ async def serve(
     output = OutputWriter(settings, metrics)
     consumer = tick_consumer(settings)
     commits = Commits(consumer)
+    lag = ConsumerLag(consumer, metrics)
     core = asyncio.Lock()  # the pipeline is stepped, restored or trimmed by one task at a time
     consumer.subscribe(
         [settings.ticks_topic],
-        listener=_HandOver(settings, pipeline, consumer, output, commits, core),
+        listener=_HandOver(settings, pipeline, consumer, output, commits, core, lag),
     )
     await output.start()
     await consumer.start()
@@ -80,6 +87,7 @@ async def serve(
                     commits.add(await output.write(pipeline.step(messages)), offsets)
                 await output.throttle()
             await commits.commit_due()
+            await lag.update_due()
     finally:
         await _stop(models)
         try:
@@ -164,6 +172,50 @@ class Commits:
             await self.consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in ready.items()})
 
 
+class ConsumerLag:
+    """Exports, per owned partition, how many messages are still to be read.
+
+    The lag is the high watermark of the partition's last fetch response minus the consumer's
+    position (the next offset it will hand over). A partition not fetched since it was assigned
+    has no high watermark yet, so it is left out until it has one.
+    """
+
+    def __init__(
+        self, consumer: AIOKafkaConsumer, metrics: Metrics, interval_s: float = LAG_INTERVAL_S
+    ) -> None:
+        self.consumer = consumer
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self._shown: set[int] = set()
+        self._last_update = time.monotonic() - interval_s
+
+    async def update_due(self) -> None:
+        if time.monotonic() - self._last_update >= self.interval_s:
+            await self.update()
+
+    async def update(self) -> None:
+        self._last_update = time.monotonic()
+        owned = self.consumer.assignment()
+        self.forget(self._shown - {tp.partition for tp in owned})
+        for tp in sorted(owned):
+            if tp not in self.consumer.assignment():  # revoked while we awaited
+                continue
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:  # a partition with a high watermark has a position: this does not wait
+                position = await self.consumer.position(tp)
+            except IllegalStateError:  # revoked meanwhile
+                continue
+            self.metrics.set_consumer_lag(tp.partition, max(0, highwater - position))
+            self._shown.add(tp.partition)
+
+    def forget(self, partitions: Collection[int]) -> None:
+        """Stop exporting the lag of partitions this worker no longer owns."""
+        self.metrics.forget_partitions(partitions)
+        self._shown -= set(partitions)
+
+
 class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
     """Partitions change hands with their output committed and their sensors' state rebuilt.
 
@@ -180,6 +232,7 @@ class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
         output: OutputWriter,
         commits: Commits,
         core: asyncio.Lock,
+        lag: ConsumerLag,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -187,6 +240,7 @@ class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
         self.output = output
         self.commits = commits
         self.core = core
+        self.lag = lag
         self.owned: set[TopicPartition] = set()
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
@@ -196,9 +250,10 @@ class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
-        new = set(assigned) - self.owned
+        new, lost = set(assigned) - self.owned, self.owned - set(assigned)
+        self.lag.forget({tp.partition for tp in lost})
         async with self.core:
-            self.pipeline.forget({tp.partition for tp in new | (self.owned - set(assigned))})
+            self.pipeline.forget({tp.partition for tp in new | lost})
             for tp in sorted(new):
                 committed = await self.consumer.committed(tp)
                 if committed:

@@ -269,6 +269,12 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(
         missing = prom.value('sum(stcast_rejected_ticks_total{reason="missing_field"})')
         providers = {s["metric"]["provider"] for s in prom.query("stcast_model_info")}
         mae = prom.query("stcast_forecast_abs_error")
+        baseline = prom.query("stcast_baseline_abs_error")
+        # every tick was read: once Prometheus has a fresh lag figure, nothing is left to read
+        caught_up = wait_until(
+            lambda: prom.value("sum(stcast_consumer_lag_messages)") == 0, 20, 0.5
+        )
+        lag = prom.query("stcast_consumer_lag_messages")
         assert worker.poll() is None, _tail(tmp_path / "worker.log")
 
     empty = [f"{title}: {expr}" for (title, expr), result in results.items() if not result]
@@ -286,6 +292,11 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     assert (malformed, missing) == (3, 1)
     assert len(providers) == 1 and providers <= {"CPUExecutionProvider", "CUDAExecutionProvider"}
     assert {int(s["metric"]["horizon"]) for s in mae} == set(SCORED_HORIZONS)
+    assert {int(s["metric"]["horizon"]) for s in baseline} == set(SCORED_HORIZONS)
+    assert all(0 < v < math.inf for v in finite_values(baseline))
+    # one worker owns every partition of the 4-partition ticks topic
+    assert {s["metric"]["partition"] for s in lag} == {"0", "1", "2", "3"}
+    assert caught_up, lag
 
 
 def label_values(definition: str) -> tuple[str, str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream_app.metrics import PREFIX, Metrics, exported_names
+from stream_app.metrics import PREFIX, SCORED_HORIZONS, Metrics, exported_names
 
 DESIGN = Path(__file__).resolve().parents[2] / "shared" / "DESIGN.md"
 HISTOGRAM_LABELS = {"le"}
@@ -33,7 +33,8 @@ def metrics() -> Metrics:
     metrics = Metrics(CollectorRegistry())
     # labelled gauges expose nothing until a child exists
     metrics.set_model("seed-lstm@3", "CPUExecutionProvider")
-    metrics.set_rolling_mae([1.0])
+    metrics.set_rolling_mae([1.0], [2.0])
+    metrics.set_consumer_lag(0, 5)
     metrics.model_swap_failures.labels(reason="sha256").inc()
     return metrics
 
@@ -54,8 +55,22 @@ def test_the_section_was_parsed(documented: dict[str, frozenset[str]]) -> None:
     assert "stcast_" not in documented and "stcast__total" not in documented
 
 
-# Added on purpose, beyond DESIGN.md's list (README changelog): name -> labels.
-ADDED = {"stcast_model_swap_failures_total": frozenset({"reason"})}
+# Added on purpose, beyond DESIGN.md's list (README changelog): name -> (labels, reason).
+ADDED_WHY = {
+    "stcast_model_swap_failures_total": (
+        {"reason"},
+        "the hot-swap issue asks for the reason a model update was refused in a metric",
+    ),
+    "stcast_baseline_abs_error": (
+        {"horizon"},
+        "issue 7: the rolling MAE beside the persistence baseline's, on the same forecasts",
+    ),
+    "stcast_consumer_lag_messages": (
+        {"partition"},
+        "issue 7: consumer lag on the dashboard; a partition number is bounded, unlike sensors",
+    ),
+}
+ADDED = {name: frozenset(labels) for name, (labels, _) in ADDED_WHY.items()}
 
 
 def test_exported_names_are_exactly_the_documented_ones(
@@ -77,6 +92,13 @@ def test_labels_named_in_the_brief(metrics: Metrics) -> None:
     assert labels["stcast_forecast_abs_error"] == {"horizon"}
     assert labels["stcast_model_info"] == {"model", "version", "provider"}
     assert all("sensor" not in found for found in labels.values())
+
+
+def test_added_metrics(metrics: Metrics) -> None:
+    types = {family.name: family.type for family in metrics.registry.collect()}
+    assert types["stcast_baseline_abs_error"] == "gauge"
+    assert types["stcast_consumer_lag_messages"] == "gauge"
+    assert all(why for _, why in ADDED_WHY.values())
 
 
 def test_metric_types(metrics: Metrics) -> None:
@@ -122,3 +144,28 @@ def test_rolling_mae_only_at_scored_horizons() -> None:
         for h in range(1, 13)
     }
     assert {h: v for h, v in values.items() if v is not None} == {1: 1.0, 3: 3.0, 6: 6.0, 12: 12.0}
+
+
+def test_baseline_mae_at_the_same_horizons() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.set_rolling_mae([1.0] * 12, [float(h) * 10 for h in range(1, 13)])
+    metrics.set_rolling_mae([1.0], [float("nan")])  # not scored yet: the old value stays
+    values = {
+        h: registry.get_sample_value("stcast_baseline_abs_error", {"horizon": str(h)})
+        for h in range(1, 13)
+    }
+    scored = {h: v for h, v in values.items() if v is not None}
+    assert scored == {1: 10.0, 3: 30.0, 6: 60.0, 12: 120.0}
+    assert set(scored) == set(SCORED_HORIZONS)
+
+
+def test_consumer_lag_per_partition_and_forgotten_partitions() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.set_consumer_lag(0, 12)
+    metrics.set_consumer_lag(3, 0)
+    metrics.forget_partitions([3, 7])  # 7 was never exported
+    lag = "stcast_consumer_lag_messages"
+    assert registry.get_sample_value(lag, {"partition": "0"}) == 12.0
+    assert registry.get_sample_value(lag, {"partition": "3"}) is None

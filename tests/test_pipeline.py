@@ -332,6 +332,8 @@ def test_metrics_have_exact_values() -> None:
     # horizon 1: |13-13|, |14-15|; horizon 2: |14-15|
     assert pipeline.rolling_mae.mae.tolist() == [0.5, 1.0]
     assert pipeline.rolling_mae.counts.tolist() == [2, 1]
+    # persistence (last values 12, 13, 15): horizon 1 |12-13|, |13-15|; horizon 2 |12-15|
+    assert pipeline.rolling_mae.baseline_mae.tolist() == [1.5, 3.0]
 
     def value(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)
@@ -344,12 +346,44 @@ def test_metrics_have_exact_values() -> None:
     assert value("stcast_imputed_values_total") == 0.0
     assert value("stcast_forecast_abs_error", horizon="1") == 0.5
     assert value("stcast_forecast_abs_error", horizon="2") is None  # not a scored horizon
+    assert value("stcast_baseline_abs_error", horizon="1") == 1.5
+    assert value("stcast_baseline_abs_error", horizon="2") is None
     assert value("stcast_sensors_active") == 2.0
     assert value("stcast_model_info", model="fake", version="7", provider="python") == 1.0
     assert value("stcast_event_lag_seconds") == NOW_S - T0_S - 4 * STEP_S
     assert value("stcast_batch_size_count") == 1.0  # one inference for three windows
     assert value("stcast_batch_size_sum") == 3.0
     assert value("stcast_inference_seconds_count") == 1.0
+
+
+def test_persistence_baseline_mae_on_a_hand_made_series() -> None:
+    registry = CollectorRegistry()
+    pipeline = make_pipeline(registry=registry, max_gap_steps=1)  # window 3, last + 1, last + 2
+    # s misses step 2, imputed as 16 when step 3 arrives: the window's last value is always
+    # the reading that made the forecast, never an imputed one; t stays at 7
+    s = [10.0, 12.0, None, 20.0, 18.0, 25.0]
+    t = [7.0, 7.0, 7.0, 7.0, 7.0, None]
+    readings = [
+        (name, step, values[step]) for step in range(6) for name, values in [("s", s), ("t", t)]
+    ]
+    outputs = run(
+        pipeline, [single(tick(*r), i) for i, r in enumerate(readings) if r[2] is not None]
+    )
+    assert [(f["sensor"], f["ts"], f["imputed"]) for f in forecasts(outputs)] == [
+        ("t", ts(2), 0),
+        ("s", ts(3), 1),
+        ("t", ts(3), 0),
+        ("s", ts(4), 1),
+        ("t", ts(4), 0),
+        ("s", ts(5), 0),
+    ]
+    # scored, as (forecast, persistence) errors:
+    # s made at 3 (last 20): h1 vs 18 (3, 2), h2 vs 25 (3, 5); made at 4 (last 18): h1 vs 25 (6, 7)
+    # t made at 2 and 3 (last 7): h1 vs 7 (1, 0) twice; made at 2: h2 vs 7 (2, 0)
+    assert pipeline.rolling_mae.baseline_mae.tolist() == [(2 + 7 + 0 + 0) / 4, (5 + 0) / 2]
+    assert pipeline.rolling_mae.mae.tolist() == [(3 + 6 + 1 + 1) / 4, (3 + 2) / 2]
+    assert registry.get_sample_value("stcast_baseline_abs_error", {"horizon": "1"}) == 2.25
+    assert registry.get_sample_value("stcast_forecast_abs_error", {"horizon": "1"}) == 2.75
 
 
 def test_batch_size_splits_inference() -> None:
@@ -408,18 +442,19 @@ def replay(
     cuts: Sequence[int],
     make: Callable[[], Pipeline],
 ) -> tuple[list[bytes], list[bytes], list[float | None], list[int]]:
-    """Forecasts, dead letters, rolling MAE and counts with ``step`` called on each cut."""
+    """Forecasts, dead letters, rolling MAEs (model's, baseline's) and counts, cut at ``cuts``."""
     pipeline = make()
     outputs: list[Output] = []
     bounds = [0, *sorted(cuts), len(messages)]
     for start, end in itertools.pairwise(bounds):
         outputs += run(pipeline, messages[start:end])
-    mae = [None if np.isnan(m) else float(m) for m in pipeline.rolling_mae.mae]
+    rolling = pipeline.rolling_mae
+    mae = [None if np.isnan(m) else float(m) for m in [*rolling.mae, *rolling.baseline_mae]]
     return (
         [v for o in outputs for _, v in o.forecasts],
         [v for o in outputs for _, v in o.dead_letters],
         mae,
-        pipeline.rolling_mae.counts.tolist(),
+        rolling.counts.tolist(),
     )
 
 
@@ -463,7 +498,8 @@ def test_a_full_rolling_mae_window_does_not_depend_on_the_split() -> None:
         return make_pipeline(batch_size=1000, mae_window=1)
 
     one_by_one = replay(messages, range(len(messages)), make)
-    assert one_by_one[2] == [4.0, 8.0]  # h1: B forecast 0 + 1, actual 5; h2: A 0 + 2 vs 10
+    # h1: B forecast 0 + 1, actual 5; h2: A 0 + 2 vs 10; persistence: 0 vs 5 and 0 vs 10
+    assert one_by_one[2] == [4.0, 8.0, 5.0, 10.0]
     assert replay(messages, [len(history)], make) == one_by_one
 
 

@@ -10,17 +10,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
+from stream_app.broker import EmbeddedBroker
 from stream_app.chunks import Output
 from stream_app.forecasters import FloatArray, WindowBatch
 from stream_app.metrics import Metrics
 from stream_app.pipeline import Pipeline
 from stream_app.records import Incoming
-from stream_app.serving import Commits, OutputWriter, incoming
+from stream_app.serving import Commits, ConsumerLag, OutputWriter, incoming, tick_consumer
 from stream_app.settings import Settings
+from stream_app.topics import ensure_topics_sync
 
 SETTINGS = Settings(
     forecasts_topic="test.forecasts", dlq_topic="test.dlq", retrain_topic="test.retrain"
@@ -291,3 +293,101 @@ def test_pipeline_chunks_reach_their_topics() -> None:
     letters = [json.loads(v) for topic, rs in producer.sent if topic == "test.dlq" for _, v in rs]
     assert [(d["reason"], d["key"], d["offset"]) for d in letters] == [("malformed", "bad", 2)]
     assert registry.get_sample_value(LATENCY_COUNT) == 3.0
+
+
+# -- consumer lag ---------------------------------------------------------------------------------
+
+LAG = "stcast_consumer_lag_messages"
+
+
+class LagConsumer:
+    """What ``ConsumerLag`` reads: assignment, high watermarks (None: not fetched) and positions."""
+
+    def __init__(self, partitions: dict[TopicPartition, tuple[int | None, int]]) -> None:
+        self.partitions = partitions
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.partitions)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.partitions[tp][0]
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.partitions[tp][1]
+
+
+def lags(registry: CollectorRegistry) -> dict[str, float]:
+    return {
+        sample.labels["partition"]: sample.value
+        for family in registry.collect()
+        if family.name == LAG
+        for sample in family.samples
+    }
+
+
+def test_consumer_lag_is_high_watermark_minus_position_per_owned_partition() -> None:
+    registry = CollectorRegistry()
+    consumer = LagConsumer({P0: (100, 40), P1: (None, 0)})  # P1 not fetched yet
+    lag = ConsumerLag(consumer, Metrics(registry), interval_s=3600.0)  # type: ignore[arg-type]
+
+    async def scenario() -> list[dict[str, float]]:
+        seen = []
+        await lag.update_due()  # the first is due at once
+        seen.append(lags(registry))
+        consumer.partitions = {P0: (120, 120), P1: (7, 3)}
+        await lag.update_due()  # not due for an hour
+        seen.append(lags(registry))
+        await lag.update()
+        seen.append(lags(registry))
+        consumer.partitions = {P1: (9, 9)}  # P0 went to another worker
+        await lag.update()
+        seen.append(lags(registry))
+        lag.forget([1])  # revoked, as the rebalance listener says
+        seen.append(lags(registry))
+        return seen
+
+    assert asyncio.run(scenario()) == [
+        {"0": 60.0},
+        {"0": 60.0},
+        {"0": 0.0, "1": 4.0},
+        {"1": 0.0},
+        {},
+    ]
+
+
+@pytest.mark.integration
+def test_consumer_lag_against_the_embedded_broker(broker: EmbeddedBroker) -> None:
+    """Tansu's fetch responses carry the high watermark that the lag is computed from."""
+    topic = f"lag.{time.time_ns()}"
+    ensure_topics_sync(broker.bootstrap_servers, {topic: 2})
+    written = {0: 25, 1: 15}
+    settings = Settings(bootstrap_servers=broker.bootstrap_servers, group_id=f"{topic}.group")
+    registry = CollectorRegistry()
+
+    async def scenario() -> dict[int, int]:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+        await producer.start()
+        try:
+            for partition, count in written.items():
+                for i in range(count):
+                    await producer.send(topic, f"{i}".encode(), partition=partition)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        consumer = tick_consumer(settings)
+        consumer.subscribe([topic])
+        await consumer.start()
+        lag = ConsumerLag(consumer, Metrics(registry))
+        read = dict.fromkeys(written, 0)
+        try:
+            while sum(read.values()) < 12 or len(lags(registry)) < 2:
+                for tp, batch in (await consumer.getmany(timeout_ms=500, max_records=4)).items():
+                    read[tp.partition] += len(batch)
+                await lag.update()
+        finally:
+            await consumer.stop()
+        return read
+
+    read = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert lags(registry) == {str(p): float(written[p] - read[p]) for p in written}
+    assert sum(read.values()) < sum(written.values())  # some lag is left to see
