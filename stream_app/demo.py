@@ -454,7 +454,7 @@ def format_report(report: dict[str, Any]) -> str:
         "MAE (flow, zero readings ignored):",
     ]
     for name, by in report["mae"].items():
-        lines.append(f"  {name:<45} " + "  ".join(f"{k} {v:6.2f}" for k, v in by.items()))
+        lines.append(f"  {name:<50} " + "  ".join(f"{k} {v:6.2f}" for k, v in by.items()))
     return "\n".join(lines)
 
 
