@@ -235,6 +235,25 @@ class DriftSink:
         if self.policy is not None:
             self.policy.advance(self.now())
 
+    @property
+    def memory_steps(self) -> int:
+        """Grid steps of scored actuals a monitor needs before it may fire (its warm-up),
+        plus the horizon it waits for them: what a restore must replay to arm it again."""
+        return self.warmup + self.horizon
+
+    def replay(self, scores: Scores) -> None:
+        """Scores re-derived while a partition's state is rebuilt (``Pipeline.restore``).
+
+        The monitors learn from them as they did at the previous owner, so they come back
+        warmed up; detections among them were reported by that owner and are not again.
+        """
+        policy, metrics = self.policy, self.metrics
+        self.policy, self.metrics = None, None
+        try:
+            self.update(scores)
+        finally:
+            self.policy, self.metrics = policy, metrics
+
     def forget(self, rows: Iterable[int]) -> None:
         """Drop the monitors of rows the pipeline let go: they will name other sensors."""
         for row in rows:

@@ -149,6 +149,17 @@ class Pipeline:
         """Event time: the newest reading's time, epoch seconds."""
         return self._newest_ms / 1000
 
+    @property
+    def memory_steps(self) -> int:
+        """Grid steps of event time whose ticks determine a sensor's window, pending
+        forecasts and imputation (the drift monitors need more: ``sink_memory_steps``)."""
+        return self.forecaster.window + self.forecaster.horizon + self.max_gap_steps
+
+    @property
+    def sink_memory_steps(self) -> int:
+        """Grid steps of scores the sinks learn from before they are warm (drift monitors)."""
+        return max((getattr(sink, "memory_steps", 0) for sink in self.sinks), default=0)
+
     def forget(self, partitions: Collection[int]) -> int:
         """Drop the state of sensors last seen on ``partitions``; return how many."""
         rows = self._sensors.drop(lambda state: state.partition in partitions)
@@ -317,7 +328,13 @@ class Pipeline:
         return text
 
     def _publish(self, scores: Scores) -> None:
-        if not len(scores) or self._restoring:  # restored scores were published before
+        if not len(scores):
+            return
+        if self._restoring:  # published before; only state that learns from them rebuilds
+            for sink in self.sinks:
+                replay = getattr(sink, "replay", None)
+                if replay is not None:
+                    replay(scores)
             return
         for sink in self.sinks:
             sink.update(scores)

@@ -6,8 +6,11 @@ windows, imputation and the forecasts still waiting for their actuals come back 
 previous owner had them, without output and without being counted twice. Processing then goes
 on from the committed offset.
 
-How far back: the state at an offset depends on the last ``window + horizon + max_gap`` grid
-steps of event time; twice that is read, to allow for readings that arrive out of order. The
+How far back: windows, imputation and pending forecasts depend on the last ``window + horizon +
+max_gap`` grid steps of event time; twice that is read, to allow for readings that arrive out
+of order. The drift monitors learn from the scores of that time and of their warm-up before
+it (``DriftSink.memory_steps``, a day with the defaults), so that much more is read: they come
+back warm, not restarted. The
 topic is not indexed by event time (and the embedded broker answers offset-for-time lookups
 with 0), so the reader reads a block of offsets before the committed one and widens it four-fold
 until the block spans that much event time, or reaches the partition's start.
@@ -32,9 +35,10 @@ FIRST_BLOCK = 4096  # offsets read back at first, per partition
 
 
 def history_span_ms(pipeline: Pipeline) -> int:
-    """Event time whose ticks determine a partition's state, with a margin of as much again."""
-    window = pipeline.forecaster.window + pipeline.forecaster.horizon + pipeline.max_gap_steps
-    return 2 * window * pipeline.step_s * 1000
+    """Event time whose ticks determine a partition's state, with a margin of as much again
+    for the windows, plus the drift monitors' warm-up."""
+    steps = 2 * pipeline.memory_steps + pipeline.sink_memory_steps
+    return steps * pipeline.step_s * 1000
 
 
 async def restore_partition(

@@ -34,7 +34,9 @@ def test_live_mae_per_horizon_equals_the_offline_evaluation(
     pems08 = load_dataset(bundled_dataset_path())
     parts = split(pems08, "basicts")
     brief = get_preset("seed").but(max_epochs=2)
-    model_dir = train(pems08, "basicts", tmp_path / "model", brief, progress=False).out_dir
+    model_dir = train(
+        pems08, "basicts", tmp_path / "model", brief, threads=1, progress=False
+    ).out_dir
     offline = evaluate(model_dir, pems08, "basicts").metrics["model"]["mae"]
 
     first = parts.test.start - parts.window  # the first test sample's window, and one step more

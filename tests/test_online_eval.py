@@ -56,8 +56,8 @@ def test_online_report_on_a_short_stream(pems08: GridDataset, tmp_path: Path) ->
 
     small = replace(pems08, values=pems08.values[:700, :40], sensors=pems08.sensors[:40])
     brief = get_preset("seed").but(max_epochs=1, batch_size=512)
-    model = train(replace(small, values=small.values[:400]), "basicts", tmp_path / "m", brief,
-                  progress=False).out_dir  # fmt: skip
+    first = replace(small, values=small.values[:400])
+    model = train(first, "basicts", tmp_path / "m", brief, threads=1, progress=False).out_dir
     settings = Settings(drift_warmup=48, retrain_max_s=3.0, retrain_min_sensors=2)
     report = evaluate_online(model, small, "shift", seed=0, settings=settings)
     assert set(report) >= {"scenario", "policies", "detection"} and report["scenario"] == "shift"

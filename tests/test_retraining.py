@@ -53,7 +53,7 @@ def serving_dir(pems08: GridDataset, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("serving") / "model"
     first_days = replace(pems08, values=pems08.values[:400])
     brief = get_preset("seed").but(max_epochs=1, batch_size=512)
-    return train(first_days, "basicts", out, brief, progress=False).out_dir
+    return train(first_days, "basicts", out, brief, threads=1, progress=False).out_dir
 
 
 def recent_part(dataset: GridDataset, start: int, stop: int) -> GridDataset:

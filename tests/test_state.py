@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
-from test_pipeline import STEP_S, forecasts, make_pipeline, run, single, tick
+from test_pipeline import STEP_S, T0_S, forecasts, make_pipeline, run, single, tick
 
+from stream_app.drift import DriftSink, make_detector
+from stream_app.pipeline import Pipeline
 from stream_app.records import Incoming, TimestampParser
 from stream_app.restoring import event_time_ms, history_span_ms, spans
 from stream_app.sensors import Sensors
@@ -111,3 +114,68 @@ def test_a_partition_read_ahead_of_another_expires_nobody() -> None:
     run(pipeline, [single(tick("behind", t, 1.0), offset=t, partition=1) for t in range(3)])
     run(pipeline, [single(tick("ahead", t, 1.0), offset=t, partition=0) for t in range(60)])
     assert pipeline.sensor_ids == ["behind", "ahead"]
+
+
+class _Detections(list[tuple[str, float]]):
+    """A retrain policy stand-in that keeps (sensor, event time) of every detection."""
+
+    def update(self, detection: Any) -> None:
+        self.append((detection.sensor, detection.detected_at))
+
+    def advance(self, now: float) -> None:
+        pass
+
+    def model_swapped(self) -> None:
+        pass
+
+
+def _watched(warmup: int) -> tuple[Pipeline, _Detections]:
+    pipeline = make_pipeline()
+    found = _Detections()
+    pipeline.watch(
+        DriftSink(
+            make_detector("page-hinkley", threshold=18.0, delta=2.0),
+            sensor_of=pipeline.sensor_at,
+            now=lambda: pipeline.newest_ts_s,
+            policy=found,
+            horizon=2,
+            warmup=warmup,
+        )
+    )
+    return pipeline, found
+
+
+def _shifted(steps: range, onset: int) -> list[Incoming]:
+    rng = np.random.default_rng(11)
+    noise = {s: rng.normal(100, 5, 200) for s in ("a", "b", "c")}
+    return [
+        single(tick(s, t, float(v[t] + (300 if t >= onset else 0))), offset=t)
+        for t in steps
+        for s, v in noise.items()
+    ]
+
+
+def test_drift_monitors_come_back_warm_after_a_restore_and_catch_a_shift_at_once() -> None:
+    onset, handover, warmup = 150, 145, 40
+    whole, found_whole = _watched(warmup)
+    run(whole, _shifted(range(0, 160), onset))
+    restored, found_restored = _watched(warmup)
+    span_steps = history_span_ms(restored) // (STEP_S * 1000)
+    assert span_steps == 2 * (3 + 2 + 3) + warmup + 2  # the monitors' warm-up is read too
+    restored.restore(_shifted(range(handover - span_steps, handover), onset))
+    assert found_restored == []  # what the previous owner detected is not reported again
+    run(restored, _shifted(range(handover, 160), onset))
+    cold, found_cold = _watched(warmup)  # as before: only the windows restored
+    cold.restore(_shifted(range(handover - 16, handover), onset))
+    run(cold, _shifted(range(handover, 160), onset))
+
+    def first_steps(found: list[tuple[str, float]]) -> dict[str, int]:
+        steps: dict[str, int] = {}
+        for sensor, at in found:
+            steps.setdefault(sensor, int(at - T0_S) // STEP_S)
+        return steps
+
+    assert set(first_steps(found_whole)) == {"a", "b", "c"}
+    assert all(onset <= s <= onset + 12 for s in first_steps(found_whole).values())
+    assert first_steps(found_restored) == first_steps(found_whole)
+    assert found_cold == []  # still warming up: the shift goes unnoticed
