@@ -208,6 +208,7 @@ class DriftSink:
         self.cooldown = cooldown
         self.scale = scale
         self.metrics = metrics
+        self.on_detection: Callable[[int], None] | None = None  # e.g. ErrorFeedback.activate
         self._monitors: dict[int, DriftMonitor] = {}
         self._sums = np.zeros((0, horizon))  # per row and horizon: sum of |error|, then frozen
         self._counts = np.zeros((0, horizon))
@@ -247,12 +248,12 @@ class DriftSink:
         The monitors learn from them as they did at the previous owner, so they come back
         warmed up; detections among them were reported by that owner and are not again.
         """
-        policy, metrics = self.policy, self.metrics
-        self.policy, self.metrics = None, None
+        policy, metrics, on_detection = self.policy, self.metrics, self.on_detection
+        self.policy, self.metrics, self.on_detection = None, None, None
         try:
             self.update(scores)
         finally:
-            self.policy, self.metrics = policy, metrics
+            self.policy, self.metrics, self.on_detection = policy, metrics, on_detection
 
     def forget(self, rows: Iterable[int]) -> None:
         """Drop the monitors of rows the pipeline let go: they will name other sensors."""
@@ -314,6 +315,8 @@ class DriftSink:
     def _detected(self, row: int, monitor: DriftMonitor) -> None:
         if self.metrics is not None:
             self.metrics.drift_detected.inc()
+        if self.on_detection is not None:
+            self.on_detection(row)
         if self.policy is not None:
             sensor, now = self.sensor_of(row), self.now()
             self.policy.update(Detection(sensor, now, monitor.error_before, monitor.error_after))

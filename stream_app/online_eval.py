@@ -9,7 +9,8 @@ Policies, on the same (possibly faulted) stream:
 
 - ``frozen``: the given model throughout; its monitors' detections are the ones the detection
   figures and the after-drift windows are measured on.
-- ``stcast``: on each retrain event the pipeline emits, fine-tune the serving model on the
+- ``stcast``: error feedback on each drifting sensor (``STCAST_DRIFT_FEEDBACK_GAIN``, see
+  ``feedback``) and, on each retrain event the pipeline emits, fine-tune the serving model on the
   recent readings (``models.finetuning``, the retrain worker's settings) and swap the
   challenger in if it wins on the held-back newest steps, as the retrain worker does. The
   stream waits for the retrain (in stream time it is instant).
@@ -150,6 +151,8 @@ def stream_policy(
     """One policy's pass over the stream."""
     run = Run()
     serving = model_dir
+    if policy != "stcast":  # error feedback is part of stcast's reaction to drift
+        settings = settings.replace(drift_feedback_gain=0.0)
     pipeline = _pipeline(settings, serving, run)
     column = {sensor: i for i, sensor in enumerate(stream.sensors)}
     day = DAY_S // stream.step_s

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .chunks import Chunk, Output, ticks_of
+from .feedback import ErrorFeedback
 from .forecasters import FloatArray, Forecaster, WindowBatch
 from .metrics import Metrics
 from .records import (
@@ -89,6 +90,7 @@ class Pipeline:
         self._newest_slot: dict[int, int] = {}  # per partition: partitions are read unevenly
         self._restoring = False
         self._retrain_events: list[tuple[bytes, bytes]] = []
+        self.feedback: ErrorFeedback | None = None
         if metrics is not None:
             metrics.set_model(forecaster.model_id, forecaster.provider)
 
@@ -131,6 +133,12 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.set_model(forecaster.model_id, forecaster.provider)
             self.metrics.model_swaps.inc()
+
+    def correct_with(self, feedback: ErrorFeedback) -> None:
+        """Add ``feedback``'s offsets to the forecasts of the sensors it corrects; it learns
+        them from the scores like any sink."""
+        self.feedback = feedback
+        self.watch(feedback)
 
     def watch(self, sink: ScoreSink) -> None:
         """Hand every later score to ``sink`` as well (a drift monitor)."""
@@ -257,6 +265,9 @@ class Pipeline:
     def _flush(self, chunk: Chunk) -> Output:
         output = Output(dead_letters=chunk.dead_letters)
         values = self._infer(chunk)
+        if self.feedback is not None and chunk.rows:
+            rows = np.array([state.index for state in chunk.states], dtype=np.int64)
+            values = self.feedback.correct(rows, values)
         finite: BoolArray = np.all(np.isfinite(values), axis=1)
         self._settle(chunk, values, finite)
         if chunk.rows:

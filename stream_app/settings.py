@@ -102,6 +102,11 @@ class Settings:
         288, "scored actuals per sensor before its monitor may fire (its usual error is learned)"
     )
     drift_cooldown: int = _setting(36, "scored actuals after a firing before it may fire again")
+    drift_feedback_gain: float = _setting(
+        0.0,
+        "after a sensor's monitor fires, correct its forecasts by this share of each scored "
+        "error until the next model swap (0: off)",
+    )
     retrain_cooldown_s: float = _setting(
         21600.0, "at most one retrain event per network in this much event time"
     )
@@ -185,11 +190,14 @@ class Settings:
             "retrain_history_s",
             "retrain_max_s",
             "retrain_min_gain",
+            "drift_feedback_gain",
         )
         for name in non_negative:
             value = getattr(self, name)
             if not 0 <= value < float("inf"):  # also refuses NaN
                 raise ValueError(f"{env_name(name)}={value!r} must be a finite number >= 0")
+        if not 0 <= self.drift_feedback_gain < 1:
+            raise ValueError(f"{env_name('drift_feedback_gain')} must be in [0, 1)")
         if self.security_protocol.startswith("SASL") and not self.sasl_username:
             raise ValueError(
                 f"{env_name('security_protocol')}={self.security_protocol} needs "

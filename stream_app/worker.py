@@ -10,6 +10,7 @@ import signal
 from prometheus_client import CollectorRegistry, start_http_server
 
 from .drift import DriftSink, card_scale, describe, make_detector
+from .feedback import ErrorFeedback
 from .forecasters import DAY_S, WEEK_S, Forecaster, Persistence, SeasonalNaive
 from .kafka_client import client_options
 from .metrics import Metrics
@@ -67,7 +68,12 @@ def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics)
         sensor_ttl_s=settings.sensor_ttl_s,
         metrics=metrics,
     )
-    pipeline.watch(drift_sink(settings, pipeline, metrics))
+    sink = drift_sink(settings, pipeline, metrics)
+    pipeline.watch(sink)
+    if settings.drift_feedback_gain > 0:
+        feedback = ErrorFeedback(forecaster.horizon, settings.drift_feedback_gain)
+        pipeline.correct_with(feedback)
+        sink.on_detection = feedback.activate
     return pipeline
 
 
