@@ -185,14 +185,8 @@ def _first_model(
 
 
 def _create_topics(settings: Settings) -> None:
-    topics = (
-        settings.ticks_topic,
-        settings.forecasts_topic,
-        settings.dlq_topic,
-        settings.retrain_topic,
-        settings.models_topic,
-    )
-    ensure_topics_sync(settings.bootstrap_servers, dict.fromkeys(topics, settings.partitions))
+    topics = dict.fromkeys(settings.stcast_topics, settings.partitions)
+    ensure_topics_sync(settings.bootstrap_servers, topics)
 
 
 @dataclass(frozen=True)

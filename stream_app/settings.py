@@ -209,6 +209,17 @@ class Settings:
         return dataclasses.replace(self, **changes).validated()
 
     @property
+    def stcast_topics(self) -> tuple[str, ...]:
+        """Every topic of the loop: ticks, forecasts, dead letters, retrain events, models."""
+        return (
+            self.ticks_topic,
+            self.forecasts_topic,
+            self.dlq_topic,
+            self.retrain_topic,
+            self.models_topic,
+        )
+
+    @property
     def model_path(self) -> Path | None:
         return Path(self.model_dir) if self.model_dir else None
 

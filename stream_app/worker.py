@@ -118,16 +118,9 @@ def run_worker(settings: Settings) -> int:
     forecaster = load_forecaster(settings)
     metrics = Metrics(CollectorRegistry())
     pipeline = build_pipeline(settings, forecaster, metrics)
-    topics = (
-        settings.ticks_topic,
-        settings.forecasts_topic,
-        settings.dlq_topic,
-        settings.retrain_topic,
-        settings.models_topic,
-    )
     ensure_topics_sync(
         settings.bootstrap_servers,
-        dict.fromkeys(topics, settings.partitions),
+        dict.fromkeys(settings.stcast_topics, settings.partitions),
         client_options=client_options(settings),
     )
     if settings.metrics_port:
