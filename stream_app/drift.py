@@ -246,14 +246,15 @@ class DriftSink:
         """Scores re-derived while a partition's state is rebuilt (``Pipeline.restore``).
 
         The monitors learn from them as they did at the previous owner, so they come back
-        warmed up; detections among them were reported by that owner and are not again.
+        warmed up; detections among them were reported by that owner and are not again, but
+        still reach ``on_detection``: the error feedback they started comes back with them.
         """
-        policy, metrics, on_detection = self.policy, self.metrics, self.on_detection
-        self.policy, self.metrics, self.on_detection = None, None, None
+        policy, metrics = self.policy, self.metrics
+        self.policy, self.metrics = None, None
         try:
             self.update(scores)
         finally:
-            self.policy, self.metrics, self.on_detection = policy, metrics, on_detection
+            self.policy, self.metrics = policy, metrics
 
     def forget(self, rows: Iterable[int]) -> None:
         """Drop the monitors of rows the pipeline let go: they will name other sensors."""

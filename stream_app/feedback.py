@@ -9,7 +9,8 @@ fed that late oscillates and diverges unless its gain shrinks with the delay (``
 x[t] - g x[t-h]`` is stable only for ``g`` below about ``pi / (2h + 1)``); with ``gain / h`` a
 steady bias is cancelled within a few multiples of ``h / gain`` scored actuals. Sensors whose
 monitor never fired are served the model's forecasts unchanged. Offsets and activations end
-at the next model swap (the new model answers the drift) and with the sensor's row.
+at the next model swap (the new model answers the drift) and with the sensor's row; a restored
+partition rebuilds them from the replayed scores.
 """
 
 from __future__ import annotations

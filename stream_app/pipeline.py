@@ -130,15 +130,16 @@ class Pipeline:
         self.forecaster = forecaster
         for sink in self.sinks:
             sink.reset()
+        if self.feedback is not None:
+            self.feedback.reset()
         if self.metrics is not None:
             self.metrics.set_model(forecaster.model_id, forecaster.provider)
             self.metrics.model_swaps.inc()
 
     def correct_with(self, feedback: ErrorFeedback) -> None:
         """Add ``feedback``'s offsets to the forecasts of the sensors it corrects; it learns
-        them from the scores like any sink."""
+        them from each generation's scores (``_settle``), in restores too."""
         self.feedback = feedback
-        self.watch(feedback)
 
     def watch(self, sink: ScoreSink) -> None:
         """Hand every later score to ``sink`` as well (a drift monitor)."""
@@ -194,6 +195,8 @@ class Pipeline:
         self.pending.clear(rows)
         for sink in self.sinks:
             sink.forget(rows)
+        if self.feedback is not None:
+            self.feedback.forget(rows)
 
     def step(self, messages: Sequence[Incoming]) -> Iterator[Output]:
         """Process one micro-batch; yield an Output per inference chunk (and one for the rest)."""
@@ -265,9 +268,6 @@ class Pipeline:
     def _flush(self, chunk: Chunk) -> Output:
         output = Output(dead_letters=chunk.dead_letters)
         values = self._infer(chunk)
-        if self.feedback is not None and chunk.rows:
-            rows = np.array([state.index for state in chunk.states], dtype=np.int64)
-            values = self.feedback.correct(rows, values)
         finite: BoolArray = np.all(np.isfinite(values), axis=1)
         self._settle(chunk, values, finite)
         if chunk.rows:
@@ -286,7 +286,10 @@ class Pipeline:
         return values
 
     def _settle(self, chunk: Chunk, values: FloatArray, usable: BoolArray) -> None:
-        """Score and remember, generation by generation (see the module docstring)."""
+        """Score and remember, generation by generation (see the module docstring). The error
+        feedback learns from each generation's scores before it corrects (``values``, in
+        place) that generation's forecasts, as if the ticks had come one by one; the sinks get
+        the chunk's scores in arrival order at the end."""
         sensors, slots, actuals, generations = chunk.actuals.arrays()
         made_by = np.array([state.index for state in chunk.states], dtype=np.int64)
         made_at = np.array(chunk.slots, dtype=np.int64)
@@ -298,6 +301,10 @@ class Pipeline:
             settled = self.pending.score(sensors[now], slots[now], actuals[now])
             scores.append(settled.at(np.flatnonzero(now)))
             new = (made_in == generation) & usable
+            if self.feedback is not None:
+                self.feedback.update(settled)
+                if new.any():
+                    values[new] = self.feedback.correct(made_by[new], values[new])
             if new.any():
                 self.pending.add(made_by[new], made_at[new], values[new], last[new])
         self._publish(Scores.in_arrival_order(scores))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -10,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from test_pipeline import STEP_S, T0_S, forecasts, make_pipeline, run, single, tick
 
 from stream_app.drift import DriftSink, make_detector
+from stream_app.feedback import ErrorFeedback
 from stream_app.pipeline import Pipeline
 from stream_app.records import Incoming, TimestampParser
 from stream_app.restoring import event_time_ms, history_span_ms, spans
@@ -129,19 +131,22 @@ class _Detections(list[tuple[str, float]]):
         pass
 
 
-def _watched(warmup: int) -> tuple[Pipeline, _Detections]:
+def _watched(warmup: int, feedback_gain: float = 0.0) -> tuple[Pipeline, _Detections]:
     pipeline = make_pipeline()
     found = _Detections()
-    pipeline.watch(
-        DriftSink(
-            make_detector("page-hinkley", threshold=18.0, delta=2.0),
-            sensor_of=pipeline.sensor_at,
-            now=lambda: pipeline.newest_ts_s,
-            policy=found,
-            horizon=2,
-            warmup=warmup,
-        )
+    sink = DriftSink(
+        make_detector("page-hinkley", threshold=18.0, delta=2.0),
+        sensor_of=pipeline.sensor_at,
+        now=lambda: pipeline.newest_ts_s,
+        policy=found,
+        horizon=2,
+        warmup=warmup,
     )
+    pipeline.watch(sink)
+    if feedback_gain:
+        feedback = ErrorFeedback(horizon=2, gain=feedback_gain)
+        pipeline.correct_with(feedback)
+        sink.on_detection = feedback.activate
     return pipeline, found
 
 
@@ -179,3 +184,30 @@ def test_drift_monitors_come_back_warm_after_a_restore_and_catch_a_shift_at_once
     assert all(onset <= s <= onset + 12 for s in first_steps(found_whole).values())
     assert first_steps(found_restored) == first_steps(found_whole)
     assert found_cold == []  # still warming up: the shift goes unnoticed
+
+
+def test_error_feedback_comes_back_with_the_monitors_after_a_restore() -> None:
+    onset, handover, warmup, end = 150, 158, 40, 190
+    whole, found = _watched(warmup, feedback_gain=0.5)
+    live(whole, _shifted(range(0, end), onset))
+    assert {sensor for sensor, _ in found} == {"a", "b", "c"}
+    assert all(at < T0_S + handover * STEP_S for _, at in found)  # before the handover
+    restored, _ = _watched(warmup, feedback_gain=0.5)
+    span_steps = history_span_ms(restored) // (STEP_S * 1000)
+    restored.restore(_shifted(range(handover - span_steps, handover), onset))
+    assert restored.feedback is not None and whole.feedback is not None
+    assert restored.feedback.active == 3  # the replayed detections started it again
+    live(restored, _shifted(range(handover, end), onset))
+    rows = [restored.sensor_ids.index(s) for s in "abc"]
+    offsets = restored.feedback.correct(np.array(rows), np.zeros((3, 2)))
+    expected = whole.feedback.correct(
+        np.array([whole.sensor_ids.index(s) for s in "abc"]), np.zeros((3, 2))
+    )
+    assert np.abs(expected).max() > 0.1
+    assert np.allclose(offsets, expected, atol=0.01)
+
+
+def live(pipeline: Pipeline, messages: list[Incoming]) -> None:
+    """One micro-batch per step, as a worker keeping up with the stream gets them."""
+    for _, batch in itertools.groupby(messages, key=lambda message: message.offset):
+        run(pipeline, list(batch))
