@@ -103,7 +103,7 @@ class Settings:
     )
     drift_cooldown: int = _setting(36, "scored actuals after a firing before it may fire again")
     drift_feedback_gain: float = _setting(
-        0.1,
+        0.0,
         "after a sensor's monitor fires, correct its forecasts by this share of each scored "
         "error until the next model swap (0: off)",
     )
