@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer
 
 from .broker import EmbeddedBroker
 from .datasets import GridDataset, load_dataset
+from .kafka_client import topic_reader
 from .registry import Registry, Version
 from .replay import replay
 from .services import WorkerProcess, scrape
@@ -257,12 +257,7 @@ def _cancel_on_signals(task: asyncio.Task[Any] | None) -> None:
 
 
 async def _read_forecasts(settings: Settings, dataset: GridDataset, into: Observed) -> None:
-    consumer = AIOKafkaConsumer(
-        settings.forecasts_topic,
-        bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer = topic_reader(settings, settings.forecasts_topic)
     await consumer.start()
     start_s = int(dataset.start.timestamp())
     serving = ""
@@ -288,13 +283,7 @@ async def _read_forecasts(settings: Settings, dataset: GridDataset, into: Observ
 async def _read_loop_topics(
     settings: Settings, dataset: GridDataset, into: Observed, say: _Say
 ) -> None:
-    consumer = AIOKafkaConsumer(
-        settings.retrain_topic,
-        settings.models_topic,
-        bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer = topic_reader(settings, settings.retrain_topic, settings.models_topic)
     await consumer.start()
     try:
         while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.helpers import create_ssl_context
 
 from .settings import Settings
@@ -25,3 +26,16 @@ def client_options(settings: Settings) -> dict[str, Any]:
             sasl_plain_password=settings.sasl_password,
         )
     return options
+
+
+def topic_reader(settings: Settings, *topics: str) -> AIOKafkaConsumer:
+    """A consumer of ``topics`` from the start of their retention, in no group: it commits
+    nothing and every instance reads everything (models, ticks history, the demo's view)."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **client_options(settings),
+    )

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from .datasets import GridDataset
 from .history import History
-from .kafka_client import client_options
+from .kafka_client import client_options, topic_reader
 from .onnx_forecaster import OnnxForecaster
 from .records import Incoming
 from .registry import Registry, RegistryError, Version, parse_model_id
@@ -134,14 +134,7 @@ class RetrainWorker:
             raise RuntimeError("the ticks tail failed") from tail.exception()
 
     async def _tail(self, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer(
-            self.settings.ticks_topic,
-            bootstrap_servers=self.settings.bootstrap_servers,
-            group_id=None,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            **client_options(self.settings),
-        )
+        consumer = topic_reader(self.settings, self.settings.ticks_topic)
         await consumer.start()
         try:
             while not stop.is_set():

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer
 
 from .card import ModelContractError
 from .forecasters import WindowBatch
-from .kafka_client import client_options
+from .kafka_client import topic_reader
 from .metrics import Metrics
 from .onnx_forecaster import OnnxForecaster
 from .settings import Settings
@@ -95,14 +94,7 @@ async def follow_models(
     stop: asyncio.Event,
 ) -> None:
     """Swap in each model announced on ``settings.models_topic`` until ``stop`` is set."""
-    consumer = AIOKafkaConsumer(
-        settings.models_topic,
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        **client_options(settings),
-    )
+    consumer = topic_reader(settings, settings.models_topic)
     await consumer.start()
     try:
         while not stop.is_set():
