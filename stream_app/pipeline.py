@@ -75,7 +75,7 @@ class Pipeline:
         self.future_tolerance_s = future_tolerance_s
         self.batch_size = batch_size
         self.rolling_mae = RollingMAE(forecaster.horizon, mae_window)
-        self.sinks: tuple[ScoreSink, ...] = (self.rolling_mae, *sinks)
+        self.sinks: tuple[ScoreSink, ...] = tuple(sinks)  # the watchers: drift monitors
         self.metrics = metrics
         self.clock = clock
         self.stopwatch = stopwatch
@@ -128,6 +128,7 @@ class Pipeline:
                 f"{old.window}, {old.horizon}: restart the workers to change them"
             )
         self.forecaster = forecaster
+        self.rolling_mae.reset()
         for sink in self.sinks:
             sink.reset()
         if self.feedback is not None:
@@ -286,10 +287,11 @@ class Pipeline:
         return values
 
     def _settle(self, chunk: Chunk, values: FloatArray, usable: BoolArray) -> None:
-        """Score and remember, generation by generation (see the module docstring). The error
-        feedback learns from each generation's scores before it corrects (``values``, in
-        place) that generation's forecasts, as if the ticks had come one by one; the sinks get
-        the chunk's scores in arrival order at the end."""
+        """Score and remember, generation by generation (see the module docstring), as if the
+        ticks had come one by one: the error feedback learns from a generation's scores before
+        it corrects (``values``, in place) that generation's forecasts, and the sinks see them
+        after, so a sensor's detection corrects its next forecast wherever the micro-batches
+        split the stream. The rolling MAE gets the chunk's scores in arrival order."""
         sensors, slots, actuals, generations = chunk.actuals.arrays()
         made_by = np.array([state.index for state in chunk.states], dtype=np.int64)
         made_at = np.array(chunk.slots, dtype=np.int64)
@@ -307,7 +309,8 @@ class Pipeline:
                     values[new] = self.feedback.correct(made_by[new], values[new])
             if new.any():
                 self.pending.add(made_by[new], made_at[new], values[new], last[new])
-        self._publish(Scores.in_arrival_order(scores))
+            self._watch(settled)
+        self._score(Scores.in_arrival_order(scores))
 
     def _encode(self, chunk: Chunk, values: FloatArray, finite: list[bool], output: Output) -> None:
         step_ms = self._step_ms
@@ -345,7 +348,7 @@ class Pipeline:
         text = self._ts_text[slot] = format_ts(ts_ms)
         return text
 
-    def _publish(self, scores: Scores) -> None:
+    def _watch(self, scores: Scores) -> None:
         if not len(scores):
             return
         if self._restoring:  # published before; only state that learns from them rebuilds
@@ -356,6 +359,11 @@ class Pipeline:
             return
         for sink in self.sinks:
             sink.update(scores)
+
+    def _score(self, scores: Scores) -> None:
+        if not len(scores) or self._restoring:
+            return
+        self.rolling_mae.update(scores)
         if self.metrics is not None:
             mae = self.rolling_mae
             self.metrics.set_rolling_mae(mae.mae.tolist(), mae.baseline_mae.tolist())

@@ -156,7 +156,7 @@ class Scores:
 
 
 class ScoreSink(Protocol):
-    """Receives the scores of each micro-batch (rolling MAE, drift monitors)."""
+    """Receives the scores of each micro-batch, every sensor's in order (drift monitors)."""
 
     def update(self, scores: Scores) -> None: ...
 

@@ -207,6 +207,19 @@ def test_error_feedback_comes_back_with_the_monitors_after_a_restore() -> None:
     assert np.allclose(offsets, expected, atol=0.01)
 
 
+def test_a_detection_corrects_the_same_forecasts_however_the_stream_is_batched() -> None:
+    messages = _shifted(range(0, 190), onset=150)
+    one_by_one, found = _watched(warmup=40, feedback_gain=0.5)
+    served = [forecasts(run(one_by_one, [m])) for m in messages]
+    assert {sensor for sensor, _ in found} == {"a", "b", "c"}
+    in_sevens, _ = _watched(warmup=40, feedback_gain=0.5)  # 7 steps, 21 ticks a micro-batch
+    batched = [forecasts(run(in_sevens, messages[i : i + 21])) for i in range(0, 570, 21)]
+    values = [f["values"] for f in itertools.chain(*served)]
+    assert [f["values"] for f in itertools.chain(*batched)] == values
+    corrected = one_by_one.feedback
+    assert corrected is not None and corrected.active == 3
+
+
 def live(pipeline: Pipeline, messages: list[Incoming]) -> None:
     """One micro-batch per step, as a worker keeping up with the stream gets them."""
     for _, batch in itertools.groupby(messages, key=lambda message: message.offset):
