@@ -3,11 +3,13 @@
 The bundled slice runs through the real ``Pipeline`` with the persistence forecaster (or the
 model in ``--model DIR``) and one ``DriftSink`` per candidate as its sinks.
 
-- False alarms per sensor-week: every firing on the undisturbed slice after the warm-up. A
-  monitor's warm-up starts whenever the worker starts or a model is swapped in, and the error
-  scale it learns depends on the hours it saw, so each candidate also runs with its monitors
-  starting 8 and 16 hours into the slice; the mean over the three starts is what is held to the
-  budget (``--max-false-alarms``).
+- False alarms per sensor-week: every firing on the undisturbed slice after the warm-up, with
+  the monitors starting with the stream (as ``stcast evaluate --online`` counts them); that
+  is what is held to the budget (``--max-false-alarms``). A monitor's warm-up starts whenever
+  the worker starts or a model is swapped in, so each candidate also runs with its monitors
+  starting 8 and 16 hours into the slice, shown beside it. Those rates run higher: the slice
+  is 4.5 days and most firings fall on the holiday, so a later start divides about as many
+  firings by fewer monitored days.
 - Detection rate and median delay in steps: a firing within a day of a fault injected at a
   known step on a seeded random 10 % of the sensors. ``shift``: + 3 standard deviations of the
   sensor's readings; ``stuck``: the reading at the onset, repeated; ``variance``: Gaussian noise
@@ -15,7 +17,9 @@ model in ``--model DIR``) and one ``DriftSink`` per candidate as its sinks.
   variance doubles. Monitors are per sensor and independent, so a fault run streams only the
   faulted sensors and the others' firings are those of the undisturbed run.
 
-The choice: the most shifts detected within the false-alarm budget, then the shortest delay.
+The choice: the most shifts detected within the false-alarm budget, then the shortest delay,
+then the most stuck and noisy sensors detected, then the fewest false alarms. With a trained
+model the monitors learn their scale from its card (``sensor_mae``), as the worker's do.
 The detections of stcast's defaults are then replayed through a ``RetrainPolicy`` for the
 network's events. The slice runs from Friday 1 July 2016 to the morning of Tuesday 5 July: a
 weekend, the 4 July holiday and the first weekday after them.
@@ -45,6 +49,7 @@ from stream_app.drift import (
     DEFAULT_WARMUP,
     DriftDetector,
     DriftSink,
+    card_scale,
     make_detector,
 )
 from stream_app.forecasters import Forecaster, Persistence
@@ -104,11 +109,18 @@ class Starting:
         if self.sink.now() >= self.at:
             self.sink.update(scores)
 
+    def forget(self, rows: list[int]) -> None:
+        self.sink.forget(rows)
+
+    def reset(self) -> None:
+        self.sink.reset()
+
 
 def candidates() -> list[Candidate]:
     """stcast's defaults first, then a grid around them and two variants of them."""
     found = [Candidate(DEFAULTS, make_detector())]
-    ph = [(15, 2.0), (18, 2.0), (20, 2.0), (25, 2.0), (20, 1.5), (30, 1.5)]
+    ph = [(t, 2.0) for t in (18, 25, 35, 45, 60)] + [(t, d) for d in (3.0, 4.0) for t in (25, 35)]
+    ph.append((45, 3.0))
     found += [Candidate(f"ph t{t} d{d}", make_detector("page-hinkley", threshold=t, delta=d))
               for t, d in ph]  # fmt: skip
     found += [Candidate(f"adwin d{d:g}", make_detector("adwin", delta=d))
@@ -129,10 +141,12 @@ def stream(
     now = [0.0]
     rows: list[str] = []  # no sensor ever leaves here, so rows are the order of arrival
     first = float(data.times[0])
+    card = getattr(data.forecaster, "card", None)
+    scale = card_scale(card.metrics) if card is not None else None  # as the worker's
     sinks = [
         Starting(DriftSink(c.detector.clone(), sensor_of=rows.__getitem__, now=lambda: now[0],
-                           policy=found[c.name, s], cooldown=c.cooldown, horizons=c.horizons),
-                 first + s)
+                           policy=found[c.name, s], cooldown=c.cooldown, horizons=c.horizons,
+                           scale=scale), first + s)
         for c in chosen for s in starts_s
     ]  # fmt: skip
     future = float(data.times[-1]) + 86_400
@@ -228,7 +242,7 @@ def table_row(
     rates = [false_alarms(clean[c.name, s], data, s) for s in starts_s]
     row: dict[str, Any] = {
         "candidate": c.name,
-        "false_alarms_per_sensor_week": round(statistics.mean(rates), 3),
+        "false_alarms_per_sensor_week": round(rates[0], 3),
         "false_alarms_by_start": [round(r, 3) for r in rates],
         "false_alarms_by_day": by_day(clean[c.name, 0]),
     }
@@ -245,13 +259,15 @@ def table_row(
 
 
 def choose(rows: list[dict[str, Any]], prefix: str, budget: float) -> str | None:
-    """Most shifts detected within the false-alarm budget, then the shortest delay."""
+    """Most shifts detected within the false-alarm budget, then the shortest delay, then the
+    most of the subtler faults (stuck, doubled variance), then the fewest false alarms."""
     fit = [r for r in rows if r["candidate"].startswith(prefix)
            and r["false_alarms_per_sensor_week"] <= budget]  # fmt: skip
 
-    def rank(r: dict[str, Any]) -> tuple[float, float, float]:
+    def rank(r: dict[str, Any]) -> tuple[float, float, float, float]:
         delay = r["shift"]["median_delay_steps"]
-        return (-r["shift"]["detected"], 1e9 if delay is None else delay,
+        subtle = r["stuck"]["detected"] + r["variance"]["detected"]
+        return (-r["shift"]["detected"], 1e9 if delay is None else delay, -subtle,
                 r["false_alarms_per_sensor_week"])  # fmt: skip
 
     return str(min(fit, key=rank)["candidate"]) if fit else None
@@ -318,9 +334,10 @@ def _delay(value: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="fault runs (a 10%% subset each)")
-    parser.add_argument("--max-false-alarms", type=float, default=0.75,
-                        help="per sensor-week, for the choice (the issue's bar: 1)")  # fmt: skip
-    parser.add_argument("--model", type=Path, help="a model directory (default: persistence)")
+    parser.add_argument("--max-false-alarms", type=float, default=1.0,
+                        help="per sensor-week, for the choice")  # fmt: skip
+    parser.add_argument("--model", type=Path, help="a model directory (default: persistence); "
+                        "calibrate with the kind of model you will serve")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     started = time.perf_counter()

@@ -94,16 +94,16 @@ class Settings:
         choices=("page-hinkley", "adwin"),
     )
     drift_threshold: float = _setting(
-        18.0, "Page-Hinkley threshold, in multiples of the sensor's usual error"
+        25.0, "Page-Hinkley threshold, in multiples of the sensor's usual error"
     )
-    drift_delta: float = _setting(2.0, "Page-Hinkley tolerance: rises below this are ignored")
+    drift_delta: float = _setting(3.0, "Page-Hinkley tolerance: rises below this are ignored")
     drift_adwin_delta: float = _setting(1e-16, "ADWIN significance (smaller: fewer, surer)")
     drift_warmup: int = _setting(
         288, "scored actuals per sensor before its monitor may fire (its usual error is learned)"
     )
     drift_cooldown: int = _setting(36, "scored actuals after a firing before it may fire again")
     drift_feedback_gain: float = _setting(
-        0.0,
+        0.1,
         "after a sensor's monitor fires, correct its forecasts by this share of each scored "
         "error until the next model swap (0: off)",
     )

@@ -80,7 +80,7 @@ class AlwaysDrifting:
         return AlwaysDrifting()
 
 
-def shifted_errors(n: int, sensors: int = 1, seed: int = 7, shift: float = 3.0) -> np.ndarray:
+def shifted_errors(n: int, sensors: int = 1, seed: int = 7, shift: float = 5.0) -> np.ndarray:
     """(n, sensors, horizon) signed errors whose bias jumps by ``shift`` sd at ``SHIFT_AT``."""
     rng = np.random.default_rng(seed)
     sd = 10.0 * (1 + 0.2 * np.arange(HORIZON))  # errors grow with the horizon, as they do
@@ -118,7 +118,7 @@ def first_index(detections: list[Detection]) -> int:
 # --- golden: these numbers must not move ------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "index"), [("page-hinkley", 420), ("adwin", 423)])
+@pytest.mark.parametrize(("name", "index"), [("page-hinkley", 409), ("adwin", 414)])
 def test_the_index_at_which_a_seeded_level_shift_is_detected(name: str, index: int) -> None:
     sink, found, now = make_sink(make_detector(name))
     feed(sink, now, shifted_errors(600))
@@ -129,7 +129,7 @@ def test_the_index_at_which_a_seeded_level_shift_is_detected(name: str, index: i
 
 def test_the_defaults_are_the_calibrated_ones() -> None:
     assert describe(make_detector()) == {
-        "name": "page-hinkley", "min_instances": 30, "delta": 2.0, "threshold": 18.0,
+        "name": "page-hinkley", "min_instances": 30, "delta": 3.0, "threshold": 25.0,
         "alpha": 0.9999, "mode": "up",
     }  # fmt: skip
     assert describe(make_detector("adwin"))["delta"] == 1e-16
@@ -207,12 +207,21 @@ def test_reset_on_a_model_swap_starts_every_monitor_afresh() -> None:
     assert len(found) == 4
 
 
+def test_the_default_page_hinkley_tolerates_errors_that_grow_fourfold_adwin_does_not() -> None:
+    """The price of at most one false alarm per sensor-week on PEMS08 (whose holiday raises
+    errors about that much for hours): a bias of 3 sd, |error| about 3.75 times the usual."""
+    for name, fires in (("page-hinkley", False), ("adwin", True)):
+        sink, found, now = make_sink(make_detector(name))
+        feed(sink, now, shifted_errors(600, shift=3.0))
+        assert bool(found) is fires, name
+
+
 def test_the_scale_is_learned_in_the_warmup_then_frozen() -> None:
     sink, found, now = make_sink(make_detector(), warmup=50)
     feed(sink, now, shifted_errors(50))
     feed(sink, now, 10 * shifted_errors(100))
     feed(sink, now, 50 * shifted_errors(40))
-    assert [first_index([d]) for d in found] == [52, 150]
+    assert [first_index([d]) for d in found] == [55, 151]
     assert found[1].error_before == pytest.approx(10.0, rel=0.15)  # still in warm-up units
 
 
@@ -403,8 +412,8 @@ def test_an_unknown_error_is_null_not_nan() -> None:
 def readings(steps: int = 700, sensors: int = 3, seed: int = 11) -> np.ndarray:
     """A daily cycle plus noise per sensor; +3 sd on sensor 0 from step ``SHIFT_AT + 100``.
 
-    Persistence absorbs the shift within its window: Page-Hinkley catches the transient the
-    step after; ADWIN, a detector of lasting changes, does not (as on PEMS08).
+    Persistence absorbs the shift within its window: Page-Hinkley catches the transient two
+    steps after; ADWIN, a detector of lasting changes, does not (as on PEMS08).
     """
     rng = np.random.default_rng(seed)
     day = 200 + 150 * np.sin(2 * np.pi * np.arange(steps) / 288)
@@ -413,7 +422,7 @@ def readings(steps: int = 700, sensors: int = 3, seed: int = 11) -> np.ndarray:
     return values
 
 
-@pytest.mark.parametrize(("name", "step"), [("page-hinkley", 501), ("adwin", None)])
+@pytest.mark.parametrize(("name", "step"), [("page-hinkley", 502), ("adwin", None)])
 def test_the_step_at_which_the_pipeline_detects_a_seeded_level_shift(
     name: str, step: int | None
 ) -> None:
