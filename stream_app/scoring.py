@@ -156,7 +156,8 @@ class Scores:
 
 
 class ScoreSink(Protocol):
-    """Receives the scores of each micro-batch, every sensor's in order (drift monitors)."""
+    """Receives the scores as they settle, a micro-batch's generation by generation, so every
+    sensor's in order (drift monitors)."""
 
     def update(self, scores: Scores) -> None: ...
 

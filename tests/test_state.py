@@ -213,7 +213,7 @@ def test_a_detection_corrects_the_same_forecasts_however_the_stream_is_batched()
     served = [forecasts(run(one_by_one, [m])) for m in messages]
     assert {sensor for sensor, _ in found} == {"a", "b", "c"}
     in_sevens, _ = _watched(warmup=40, feedback_gain=0.5)  # 7 steps, 21 ticks a micro-batch
-    batched = [forecasts(run(in_sevens, messages[i : i + 21])) for i in range(0, 570, 21)]
+    batched = [forecasts(run(in_sevens, messages[i : i + 21])) for i in range(0, len(messages), 21)]
     values = [f["values"] for f in itertools.chain(*served)]
     assert [f["values"] for f in itertools.chain(*batched)] == values
     corrected = one_by_one.feedback
