@@ -39,8 +39,11 @@ def main() -> None:
     args = parser.parse_args()
 
     seed_everything(args.seed, args.threads)
-    dataset = load_dataset(args.dataset)
-    parts = split(dataset, "tgcn")
+    try:
+        dataset = load_dataset(args.dataset)
+        parts = split(dataset, "tgcn")
+    except ValueError as exc:  # a DatasetError, or a step the protocol cannot report
+        parser.error(str(exc))
     # The reference's constant learning rate and no early stop: every epoch is scored.
     preset = (
         get_preset(DEFAULT_PRESET)
@@ -53,7 +56,16 @@ def main() -> None:
     test = make_samples(dataset, parts, parts.test, norm, preset.features)
     model = GlobalLstm(preset.lstm_config(parts.window, parts.horizon, len(dataset.sensors)))
     start = time.monotonic()
-    fitted = fit(model, preset, train, test, norm, deadline=float("inf"), seed=args.seed)
+    fitted = fit(
+        model,
+        preset,
+        train,
+        test,
+        norm,
+        deadline=float("inf"),
+        seed=args.seed,
+        progress=not args.json,
+    )
     model.load_state_dict(fitted.state)
     pred = denormalise(predict(model, test), norm)
     metrics = report(parts, dataset.step_s, pred, test.target, test.mask)
