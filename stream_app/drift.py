@@ -106,11 +106,11 @@ class DriftMonitor:
     It may fire from update ``warmup + 1`` on, and not again within ``cooldown`` updates.
 
     >>> monitor = DriftMonitor(make_detector(), warmup=50, cooldown=10)
-    >>> for i in range(60):
+    >>> for i in range(70):
     ...     monitor.update(1.0 if i < 55 else 9.0)
     ...     if monitor.drift_detected:
     ...         print(i, monitor.error_before, round(monitor.error_after, 2))
-    58 1.0 3.67
+    60 1.0 5.0
     """
 
     def __init__(
