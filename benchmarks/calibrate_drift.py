@@ -49,7 +49,7 @@ from stream_app.drift import (
     DEFAULT_WARMUP,
     DriftDetector,
     DriftSink,
-    card_scale,
+    forecaster_scale,
     make_detector,
 )
 from stream_app.forecasters import Forecaster, Persistence
@@ -141,8 +141,7 @@ def stream(
     now = [0.0]
     rows: list[str] = []  # no sensor ever leaves here, so rows are the order of arrival
     first = float(data.times[0])
-    card = getattr(data.forecaster, "card", None)
-    scale = card_scale(card.metrics) if card is not None else None  # as the worker's
+    scale = forecaster_scale(data.forecaster)  # as the worker's
     sinks = [
         Starting(DriftSink(c.detector.clone(), sensor_of=rows.__getitem__, now=lambda: now[0],
                            policy=found[c.name, s], cooldown=c.cooldown, horizons=c.horizons,

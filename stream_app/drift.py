@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 from river.drift import ADWIN, PageHinkley
 
-from .forecasters import FloatArray, IntArray
+from .forecasters import FloatArray, Forecaster, IntArray
 from .metrics import Metrics
 from .retrain_events import Detection, DetectionListener
 from .scoring import Scores
@@ -98,6 +98,12 @@ def card_scale(metrics: Mapping[str, Any]) -> ScaleLookup | None:
         return [float(v) for v in found] if isinstance(found, list) and found else None
 
     return lookup
+
+
+def forecaster_scale(forecaster: Forecaster) -> ScaleLookup | None:
+    """``card_scale`` of the forecaster's model card; None for one without a card (persistence)."""
+    card = getattr(forecaster, "card", None)
+    return card_scale(card.metrics) if card is not None else None
 
 
 class DriftMonitor:

@@ -9,7 +9,7 @@ import signal
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from .drift import DriftSink, card_scale, describe, make_detector
+from .drift import DriftSink, describe, forecaster_scale, make_detector
 from .feedback import ErrorFeedback
 from .forecasters import DAY_S, WEEK_S, Forecaster, Persistence, SeasonalNaive
 from .kafka_client import client_options
@@ -98,7 +98,6 @@ def drift_sink(settings: Settings, pipeline: Pipeline, metrics: Metrics) -> Drif
         quarantine_s=settings.quarantine_s,
         metrics=metrics,
     )
-    card = getattr(pipeline.forecaster, "card", None)
     sink = DriftSink(
         detector,
         sensor_of=pipeline.sensor_at,
@@ -107,7 +106,7 @@ def drift_sink(settings: Settings, pipeline: Pipeline, metrics: Metrics) -> Drif
         horizon=pipeline.forecaster.horizon,
         warmup=settings.drift_warmup,
         cooldown=settings.drift_cooldown,
-        scale=card_scale(card.metrics) if card is not None else None,
+        scale=forecaster_scale(pipeline.forecaster),
         metrics=metrics,
     )
     return sink
