@@ -42,8 +42,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stream_app.datasets import bundled_dataset_path, load_dataset
-from stream_app.drift import (
+from stream_app.core.drift import (
     DEFAULT_COOLDOWN,
     DEFAULT_PARAMS,
     DEFAULT_WARMUP,
@@ -52,12 +51,13 @@ from stream_app.drift import (
     forecaster_scale,
     make_detector,
 )
-from stream_app.forecasters import Forecaster, Persistence
-from stream_app.onnx_forecaster import OnnxForecaster
-from stream_app.pipeline import Pipeline
-from stream_app.records import Incoming, format_ts
-from stream_app.retrain_events import Detection, RetrainPolicy
-from stream_app.scoring import Scores
+from stream_app.core.forecasters import Forecaster, Persistence
+from stream_app.core.onnx_forecaster import OnnxForecaster
+from stream_app.core.pipeline import Pipeline
+from stream_app.core.records import Incoming, format_ts
+from stream_app.core.retrain_events import Detection, RetrainPolicy
+from stream_app.core.scoring import Scores
+from stream_app.offline.datasets import bundled_dataset_path, load_dataset
 
 FAULTS = ("shift", "stuck", "variance")
 STARTS_H = (0, 8, 16)  # hours into the slice at which the monitors start

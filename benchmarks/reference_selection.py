@@ -25,8 +25,8 @@ from models.lstm import GlobalLstm
 from models.presets import DEFAULT_PRESET, get_preset
 from models.samples import fit_normalization, make_samples
 from models.training import seed_everything
-from stream_app.datasets import load_dataset
-from stream_app.protocols import split
+from stream_app.offline.datasets import load_dataset
+from stream_app.offline.protocols import split
 
 
 def main() -> None:

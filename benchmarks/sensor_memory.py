@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 from export.onnx_graphs import build_seed_lstm
-from stream_app.onnx_forecaster import OnnxForecaster
-from stream_app.pipeline import Pipeline
-from stream_app.records import Incoming, format_ts
+from stream_app.core.onnx_forecaster import OnnxForecaster
+from stream_app.core.pipeline import Pipeline
+from stream_app.core.records import Incoming, format_ts
 
 T0_MS = 1_467_331_200_000
 STEP_S = 300

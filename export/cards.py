@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from stream_app.card import (
+from stream_app.core.card import (
     BATCH_AXIS,
     CARD_FILE,
     Dim,

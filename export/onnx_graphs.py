@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.cards import write_card
-from stream_app.card import BATCH_AXIS, MODEL_FILE
+from stream_app.core.card import BATCH_AXIS, MODEL_FILE
 
 OPSET = 17
 IR_VERSION = 8  # the oldest IR that opset 17 allows, so older onnxruntime builds load it

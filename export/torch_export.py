@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from export.cards import write_card
-from stream_app.card import BATCH_AXIS, CARD_FILE, MODEL_FILE, ModelCard
+from stream_app.core.card import BATCH_AXIS, CARD_FILE, MODEL_FILE, ModelCard
 
 OPSET = 17
 TOLERANCE = 1e-4  # normalised units

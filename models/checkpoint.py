@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from stream_app.card import Normalization
+from stream_app.core.card import Normalization
 
 from .lstm import GlobalLstm, LstmConfig
 

@@ -3,7 +3,7 @@
 The recent readings come as a ``GridDataset`` of the serving model's sensors, in its card's
 order (the retrain worker's history, or the online evaluation's stream so far). Only windows
 whose targets all lie before ``holdout_from`` are trained on: the steps from there on are the
-holdout that :mod:`stream_app.challenger` scores both models on, so the challenger never sees a
+holdout that :mod:`stream_app.loop.challenger` scores both models on, so the challenger never sees a
 reading the comparison asks it to forecast. The last ``TUNE_SHARE`` of the training steps is
 kept aside to pick the best epoch, as in ``stcast train``.
 
@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from export.torch_export import ExportSpec, export_model
-from stream_app.card import CARD_FILE, ModelCard
-from stream_app.datasets import GridDataset
-from stream_app.protocols import Split
+from stream_app.core.card import CARD_FILE, ModelCard
+from stream_app.offline.datasets import GridDataset
+from stream_app.offline.protocols import Split
 
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from .fitting import fit

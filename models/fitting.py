@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from stream_app.card import Normalization
+from stream_app.core.card import Normalization
 
 from .losses import as_tensor, masked_loss, masked_mae
 from .lstm import GlobalLstm

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
-from stream_app.protocols import Split
+from stream_app.offline.protocols import Split
 
 LOSSES = ("mse", "mae", "huber")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from stream_app.card import FEATURES
+from stream_app.core.card import FEATURES
 
 N_STATS = 5  # mean, variance, std, max, min of the window's values
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from stream_app.card import FEATURES
+from stream_app.core.card import FEATURES
 
 from .losses import LOSSES
 from .lstm import LstmConfig

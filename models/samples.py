@@ -1,7 +1,7 @@
 """Training samples: a dataset's windows turned into the exact tensors the runtime will feed.
 
 The features are built here with the same arithmetic as
-:class:`stream_app.onnx_forecaster.OnnxForecaster`, so a model never sees at serving time
+:class:`stream_app.core.onnx_forecaster.OnnxForecaster`, so a model never sees at serving time
 inputs it was not trained on. Normalisation statistics come from the training part only.
 """
 
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from stream_app.card import FEATURES, Normalization
-from stream_app.datasets import GridDataset
-from stream_app.forecasters import DAY_S
-from stream_app.protocols import Split
+from stream_app.core.card import FEATURES, Normalization
+from stream_app.core.forecasters import DAY_S
+from stream_app.offline.datasets import GridDataset
+from stream_app.offline.protocols import Split
 
 Float32Array = npt.NDArray[np.float32]
 Float64Array = npt.NDArray[np.float64]

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from export.torch_export import ExportSpec, export_model
-from stream_app.card import CARD_FILE, MODEL_FILE, Normalization
-from stream_app.datasets import GridDataset
-from stream_app.protocols import Split, split
+from stream_app.core.card import CARD_FILE, MODEL_FILE, Normalization
+from stream_app.offline.datasets import GridDataset
+from stream_app.offline.protocols import Split, split
 
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
 from .fitting import Fitted, denormalise, fit, predict

@@ -1,12 +1,16 @@
-"""stcast runtime: sensor ticks from Kafka in, multi-step forecasts out.
+"""stcast runtime: sensor ticks from Kafka in, multi-step forecasts out. Never imports torch.
 
-The data's path through the package: ``records`` (parse and validate) -> ``sensors`` /
-``windows`` (per-sensor state, rolling windows on a grid) -> ``forecasters`` /
-``onnx_forecaster`` (inference) -> ``scoring`` (errors against later actuals) -> ``drift`` /
-``retrain_events`` (drift monitors on those errors, debounced retrain events) -> ``pipeline``
-and ``chunks`` (the synchronous core that ties them together) -> ``serving`` / ``restoring``
-(the thin asyncio shell: consume, produce, commit; state rebuilt on reassignment) ->
-``metrics``. Offline: ``datasets``, ``protocols`` and ``evaluation``. Never imports torch.
+The layers, each a folder; imports run one way, from the top of this list to the bottom:
+
+- ``cli``, ``cli_offline``: the ``stcast`` command. ``settings``: every ``STCAST_*`` variable,
+  read once. ``assembly``: from the settings to a forecaster and a pipeline.
+- ``tools/``: the demo, the benchmark, the embedded broker, replay, processes for both.
+- ``loop/``: the adaptation loop: retrain worker, history, challenger, registry, online evaluation.
+- ``offline/``: datasets and their files, evaluation protocols, baselines and metrics.
+- ``kafka/``: the thin asyncio shell: consume, produce, commit, restore, swap; the worker.
+- ``core/``: the synchronous core: records, windows, forecasters, scoring, drift, the pipeline.
+
+``tests/test_layers.py`` checks the direction.
 """
 
 __version__ = "0.1.0"

@@ -100,19 +100,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from .worker import run_worker
+    from .kafka.worker import run_worker
 
     return run_worker(settings)
 
 
 def _retrain_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from .retraining import run_retrain_worker
+    from .loop.retraining import run_retrain_worker
 
     return run_retrain_worker(settings)
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
-    from .registry import Registry, parse_model_id
+    from .loop.registry import Registry, parse_model_id
 
     if not settings.model_registry:
         raise ValueError("give the registry: --model-registry DIR or STCAST_MODEL_REGISTRY")
@@ -133,7 +133,7 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
         chosen = registry.set_current(*parse_model_id(args.target))
     print(f"{chosen.model_id} is current in {registry.root}")
     if args.announce:
-        from .retraining import announce_now
+        from .loop.retraining import announce_now
 
         announce_now(settings, chosen, {"by": f"stcast models {args.action}"})
         print(f"announced {chosen.model_id} on {settings.models_topic}")
@@ -160,7 +160,7 @@ def _models_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _broker(args: argparse.Namespace, settings: Settings) -> int:
-    from .broker import serve_forever
+    from .tools.broker import serve_forever
 
     return serve_forever(args.port, args.host)
 
@@ -171,10 +171,10 @@ def _broker_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    from .datasets import load_dataset
-    from .kafka_client import client_options
-    from .replay import replay
-    from .topics import ensure_topics_sync
+    from .kafka.clients import client_options
+    from .kafka.topics import ensure_topics_sync
+    from .offline.datasets import load_dataset
+    from .tools.replay import replay
 
     dataset = load_dataset(args.dataset, start=args.start, step_s=args.dataset_step_s)
     options = client_options(settings)
@@ -204,7 +204,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _replay_args(parser: argparse.ArgumentParser) -> None:
-    from .datasets import bundled_dataset_path
+    from .offline.datasets import bundled_dataset_path
 
     parser.add_argument(
         "dataset",
@@ -227,7 +227,7 @@ def _replay_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from .demo import run_demo
+    from .tools.demo import run_demo
 
     return run_demo(
         settings,
@@ -240,7 +240,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo_args(parser: argparse.ArgumentParser) -> None:
-    from .datasets import bundled_dataset_path
+    from .offline.datasets import bundled_dataset_path
 
     parser.add_argument(
         "--dataset",
@@ -260,7 +260,7 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from .bench import run_bench
+    from .tools.bench import run_bench
 
     return run_bench(settings, as_json=args.json, steps=args.steps, repeat=args.repeat)
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .datasets import GridDataset
+from .offline.datasets import GridDataset
 from .settings import Settings
 
 
@@ -16,7 +16,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
         from models.training import train
     except ImportError as exc:  # the runtime install has no torch
         raise RuntimeError(f"training needs torch ({exc}): pip install 'stcast[train]'") from None
-    from .datasets import load_dataset
+    from .offline.datasets import load_dataset
 
     dataset = load_dataset(args.dataset, start=args.start, step_s=args.dataset_step_s)
     out = Path(args.out or f"models-out/{dataset.name}-{args.protocol}")
@@ -57,8 +57,8 @@ def train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _protocol_and_dataset_args(parser: argparse.ArgumentParser) -> None:
-    from .datasets import bundled_dataset_path
-    from .protocols import PROTOCOLS
+    from .offline.datasets import bundled_dataset_path
+    from .offline.protocols import PROTOCOLS
 
     parser.add_argument(
         "--dataset",
@@ -76,8 +76,8 @@ def _protocol_and_dataset_args(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_command(args: argparse.Namespace, settings: Settings) -> int:
-    from .datasets import load_dataset
-    from .evaluation import evaluate, format_table
+    from .offline.datasets import load_dataset
+    from .offline.evaluation import evaluate, format_table
 
     dataset = load_dataset(args.dataset, start=args.start, step_s=args.dataset_step_s)
     model = Path(args.model) if args.model else None
@@ -104,7 +104,7 @@ def _evaluate_online(
 ) -> int:
     import sys
 
-    from .online_eval import evaluate_online
+    from .loop.online_eval import evaluate_online
 
     if model is None:
         raise ValueError("--online needs --model DIR: a model made by stcast train")
@@ -147,7 +147,7 @@ def format_online(report: dict[str, Any]) -> str:
 
 
 def evaluate_args(parser: argparse.ArgumentParser) -> None:
-    from .online_eval import SCENARIOS
+    from .loop.online_eval import SCENARIOS
 
     parser.add_argument("--model", default="", help="model directory (default: baselines only)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -9,8 +9,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from stream_app.broker import EmbeddedBroker
-from stream_app.topics import ensure_topics_sync
+from stream_app.kafka.topics import ensure_topics_sync
+from stream_app.tools.broker import EmbeddedBroker
 
 
 def topics(broker: EmbeddedBroker) -> dict[str, str]:

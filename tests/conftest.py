@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from export.onnx_graphs import build_seed_lstm
-from stream_app.broker import EmbeddedBroker
+from stream_app.tools.broker import EmbeddedBroker
 
 PEMS08_SENSORS = tuple(f"pems08/{i}" for i in range(170))
 

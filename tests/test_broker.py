@@ -14,10 +14,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from stream_app.broker import BrokerError, EmbeddedBroker, free_port
-from stream_app.datasets import GridDataset, bundled_dataset_path, load_dataset
-from stream_app.replay import encode_step, replay
-from stream_app.topics import ensure_topics, ensure_topics_sync
+from stream_app.kafka.topics import ensure_topics, ensure_topics_sync
+from stream_app.offline.datasets import GridDataset, bundled_dataset_path, load_dataset
+from stream_app.tools.broker import BrokerError, EmbeddedBroker, free_port
+from stream_app.tools.replay import encode_step, replay
 
 pytestmark = pytest.mark.integration
 
@@ -106,9 +106,8 @@ def test_taken_port_is_refused(broker: EmbeddedBroker) -> None:
 
 def test_serve_forever_stops_on_sigterm() -> None:
     port = free_port()
-    code = (
-        "from stream_app.broker import serve_forever; import sys; sys.exit(serve_forever(%d, %r))"
-    )
+    code = "from stream_app.tools.broker import serve_forever; import sys; "
+    code += "sys.exit(serve_forever(%d, %r))"
     code %= (port, "127.0.0.1")
     server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream_app.card import CARD_FILE, ModelCard, ModelContractError
+from stream_app.core.card import CARD_FILE, ModelCard, ModelContractError
 
 REQUIRED_KEYS = (
     "name",

@@ -24,11 +24,11 @@ import pytest
 from brokered import publish, topics, worker_settings
 from prometheus_client import CollectorRegistry
 
-from stream_app.broker import EmbeddedBroker, free_port
-from stream_app.datasets import bundled_dataset_path, load_dataset
-from stream_app.metrics import PREFIX, SCORED_HORIZONS, Metrics, exported_names
-from stream_app.replay import replay
-from stream_app.services import WorkerProcess, scrape, wait_until
+from stream_app.core.metrics import PREFIX, SCORED_HORIZONS, Metrics, exported_names
+from stream_app.offline.datasets import bundled_dataset_path, load_dataset
+from stream_app.tools.broker import EmbeddedBroker, free_port
+from stream_app.tools.replay import replay
+from stream_app.tools.services import WorkerProcess, scrape, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "stcast.json"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_app.datasets import (
+from stream_app.offline.datasets import (
     DatasetError,
     GridDataset,
     bundled_dataset_path,

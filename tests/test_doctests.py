@@ -10,15 +10,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(
-    f"{package}.{source.stem}"
+    ".".join(source.relative_to(ROOT).with_suffix("").parts)
     for package in ("stream_app", "models", "export")
-    for source in (ROOT / package).glob("*.py")
+    for source in (ROOT / package).rglob("*.py")
     if ">>>" in source.read_text(encoding="utf-8")
 )
 
 
 def test_the_packages_hold_examples() -> None:
-    assert "stream_app.drift" in MODULES
+    assert "stream_app.core.drift" in MODULES
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream_app.drift import (
+from stream_app.core.drift import (
     DEFAULT_COOLDOWN,
     DEFAULT_WARMUP,
     DETECTORS,
@@ -25,12 +25,12 @@ from stream_app.drift import (
     describe,
     make_detector,
 )
-from stream_app.forecasters import Persistence
-from stream_app.metrics import Metrics
-from stream_app.pipeline import Pipeline
-from stream_app.records import Incoming, format_ts
-from stream_app.retrain_events import FIELDS, Detection, RetrainEvent, RetrainPolicy
-from stream_app.scoring import Scores
+from stream_app.core.forecasters import Persistence
+from stream_app.core.metrics import Metrics
+from stream_app.core.pipeline import Pipeline
+from stream_app.core.records import Incoming, format_ts
+from stream_app.core.retrain_events import FIELDS, Detection, RetrainEvent, RetrainPolicy
+from stream_app.core.scoring import Scores
 
 DESIGN = Path(__file__).resolve().parents[2] / "shared" / "DESIGN.md"
 T0 = 1_467_331_200.0  # 2016-07-01T00:00:00Z

@@ -12,13 +12,17 @@ import numpy as np
 import pytest
 
 from export.onnx_graphs import build_seed_lstm
-from stream_app.datasets import GridDataset, bundled_dataset_path, load_dataset
-from stream_app.eval_baselines import baseline_forecasts, evaluation_samples, historical_average
-from stream_app.eval_metrics import basicts_metrics, score, tgcn_metrics
-from stream_app.evaluation import evaluate, format_table, mae_from_forecasts
-from stream_app.forecasters import WindowBatch
-from stream_app.onnx_forecaster import OnnxForecaster
-from stream_app.protocols import Split, split
+from stream_app.core.forecasters import WindowBatch
+from stream_app.core.onnx_forecaster import OnnxForecaster
+from stream_app.offline.datasets import GridDataset, bundled_dataset_path, load_dataset
+from stream_app.offline.eval_baselines import (
+    baseline_forecasts,
+    evaluation_samples,
+    historical_average,
+)
+from stream_app.offline.eval_metrics import basicts_metrics, score, tgcn_metrics
+from stream_app.offline.evaluation import evaluate, format_table, mae_from_forecasts
+from stream_app.offline.protocols import Split, split
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # a Thursday: time-of-week slot 0 is step 0
 Forecasts = list[tuple[str, int, list[float]]]

@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 from export import torch_export  # noqa: E402
 from export.torch_export import ExportSpec, ParityError, export_model, parity_batch  # noqa: E402
 from models.lstm import GlobalLstm, LstmConfig  # noqa: E402
-from stream_app.card import CARD_FILE, MODEL_FILE, ModelCard  # noqa: E402
-from stream_app.forecasters import WindowBatch  # noqa: E402
-from stream_app.onnx_forecaster import OnnxForecaster  # noqa: E402
+from stream_app.core.card import CARD_FILE, MODEL_FILE, ModelCard  # noqa: E402
+from stream_app.core.forecasters import WindowBatch  # noqa: E402
+from stream_app.core.onnx_forecaster import OnnxForecaster  # noqa: E402
 
 SENSORS = tuple(f"toy/{i}" for i in range(5))
 FEATURES = ("value", "time_of_day", "day_of_week")

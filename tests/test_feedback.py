@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream_app.feedback import ErrorFeedback
-from stream_app.scoring import Scores
+from stream_app.core.feedback import ErrorFeedback
+from stream_app.core.scoring import Scores
 
 
 def scores(rows: list[int], horizons: list[int], errors: list[float]) -> Scores:
@@ -50,11 +50,11 @@ def test_the_gain_must_be_a_share() -> None:
 def test_the_worker_wires_feedback_to_the_drift_monitors_only_when_asked() -> None:
     from prometheus_client import CollectorRegistry
 
-    from stream_app.drift import DriftSink
-    from stream_app.forecasters import Persistence
-    from stream_app.metrics import Metrics
+    from stream_app.assembly import build_pipeline
+    from stream_app.core.drift import DriftSink
+    from stream_app.core.forecasters import Persistence
+    from stream_app.core.metrics import Metrics
     from stream_app.settings import Settings
-    from stream_app.worker import build_pipeline
 
     def built(gain: float) -> tuple[ErrorFeedback | None, DriftSink]:
         pipeline = build_pipeline(

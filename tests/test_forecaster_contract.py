@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_app.forecasters import Forecaster, Persistence, SeasonalNaive, WindowBatch
-from stream_app.onnx_forecaster import OnnxForecaster
+from stream_app.core.forecasters import Forecaster, Persistence, SeasonalNaive, WindowBatch
+from stream_app.core.onnx_forecaster import OnnxForecaster
 
 START = 1_467_331_200  # 2016-07-01T00:00:00Z
 STEP_S = 300

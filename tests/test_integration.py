@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from brokered import epoch_s, publish, read_all, topics, worker_settings
 
-from stream_app.broker import EmbeddedBroker
-from stream_app.datasets import GridDataset, bundled_dataset_path, load_dataset
-from stream_app.forecasters import WindowBatch
-from stream_app.onnx_forecaster import OnnxForecaster
-from stream_app.replay import encode_step, replay
-from stream_app.services import WorkerProcess, scrape, wait_until
+from stream_app.core.forecasters import WindowBatch
+from stream_app.core.onnx_forecaster import OnnxForecaster
+from stream_app.offline.datasets import GridDataset, bundled_dataset_path, load_dataset
+from stream_app.tools.broker import EmbeddedBroker
+from stream_app.tools.replay import encode_step, replay
+from stream_app.tools.services import WorkerProcess, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 

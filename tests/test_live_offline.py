@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from brokered import epoch_s, read_all, topics, worker_settings
 
-from stream_app.broker import EmbeddedBroker
-from stream_app.datasets import bundled_dataset_path, load_dataset
-from stream_app.evaluation import evaluate, mae_from_forecasts
-from stream_app.protocols import split
-from stream_app.replay import replay
-from stream_app.services import WorkerProcess
+from stream_app.offline.datasets import bundled_dataset_path, load_dataset
+from stream_app.offline.evaluation import evaluate, mae_from_forecasts
+from stream_app.offline.protocols import split
+from stream_app.tools.broker import EmbeddedBroker
+from stream_app.tools.replay import replay
+from stream_app.tools.services import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -7,11 +7,11 @@ import json
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from stream_app.forecasters import Persistence
-from stream_app.metrics import Metrics
-from stream_app.records import Incoming, format_ts
+from stream_app.assembly import build_pipeline
+from stream_app.core.forecasters import Persistence
+from stream_app.core.metrics import Metrics
+from stream_app.core.records import Incoming, format_ts
 from stream_app.settings import Settings
-from stream_app.worker import build_pipeline
 
 T0_MS = 1_467_331_200_000
 SENSORS = 20

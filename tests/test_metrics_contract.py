@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream_app.metrics import PREFIX, SCORED_HORIZONS, Metrics, exported_names
+from stream_app.core.metrics import PREFIX, SCORED_HORIZONS, Metrics, exported_names
 
 DESIGN = Path(__file__).resolve().parents[2] / "shared" / "DESIGN.md"
 HISTOGRAM_LABELS = {"le"}

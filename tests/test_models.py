@@ -19,11 +19,11 @@ from models.lstm import GlobalLstm, LstmConfig, window_stats  # noqa: E402
 from models.presets import DEFAULT_PRESET, PRESETS, get_preset  # noqa: E402
 from models.samples import fit_normalization, make_samples, window_features  # noqa: E402
 from models.training import train  # noqa: E402
-from stream_app.card import FEATURES, ModelCard  # noqa: E402
-from stream_app.datasets import GridDataset  # noqa: E402
-from stream_app.forecasters import WindowBatch  # noqa: E402
-from stream_app.onnx_forecaster import OnnxForecaster  # noqa: E402
-from stream_app.protocols import split  # noqa: E402
+from stream_app.core.card import FEATURES, ModelCard  # noqa: E402
+from stream_app.core.forecasters import WindowBatch  # noqa: E402
+from stream_app.core.onnx_forecaster import OnnxForecaster  # noqa: E402
+from stream_app.offline.datasets import GridDataset  # noqa: E402
+from stream_app.offline.protocols import split  # noqa: E402
 
 
 def toy_dataset(n_steps: int = 400, n_sensors: int = 4, name: str = "toy") -> GridDataset:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_app.datasets import GridDataset, bundled_dataset_path, load_dataset
-from stream_app.online_eval import POLICIES, evaluate_online, inject
+from stream_app.loop.online_eval import POLICIES, evaluate_online, inject
+from stream_app.offline.datasets import GridDataset, bundled_dataset_path, load_dataset
 from stream_app.settings import Settings
 
 

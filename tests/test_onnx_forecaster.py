@@ -12,10 +12,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from stream_app import onnx_forecaster
-from stream_app.card import CARD_FILE, MODEL_FILE, ModelContractError
-from stream_app.forecasters import WindowBatch
-from stream_app.onnx_forecaster import (
+from stream_app.core import onnx_forecaster
+from stream_app.core.card import CARD_FILE, MODEL_FILE, ModelContractError
+from stream_app.core.forecasters import WindowBatch
+from stream_app.core.onnx_forecaster import (
     OnnxForecaster,
     ProviderUnavailableError,
     choose_providers,

@@ -16,11 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from stream_app.chunks import Output
-from stream_app.forecasters import FloatArray, Forecaster, WindowBatch
-from stream_app.metrics import Metrics
-from stream_app.pipeline import Pipeline
-from stream_app.records import Incoming, format_ts
+from stream_app.core.chunks import Output
+from stream_app.core.forecasters import FloatArray, Forecaster, WindowBatch
+from stream_app.core.metrics import Metrics
+from stream_app.core.pipeline import Pipeline
+from stream_app.core.records import Incoming, format_ts
 
 T0_S = 1_467_331_200  # 2016-07-01T00:00:00Z, the first PEMS08 step
 STEP_S = 300

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stream_app.records import (
+from stream_app.core.records import (
     Incoming,
     Reason,
     Rejected,

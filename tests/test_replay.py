@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from stream_app.datasets import GridDataset, bundled_dataset_path, load_dataset
-from stream_app.replay import encode_step, rfc3339
+from stream_app.offline.datasets import GridDataset, bundled_dataset_path, load_dataset
+from stream_app.tools.replay import encode_step, rfc3339
 
 
 @pytest.fixture(scope="module")

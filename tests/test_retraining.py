@@ -19,20 +19,20 @@ import numpy as np
 import pytest
 from brokered import epoch_s, read_all, topics, worker_settings
 
-from stream_app.broker import EmbeddedBroker
-from stream_app.card import CARD_FILE, MODEL_FILE, ModelContractError
-from stream_app.datasets import GridDataset, bundled_dataset_path, load_dataset
-from stream_app.forecasters import WindowBatch
-from stream_app.history import History
-from stream_app.onnx_forecaster import OnnxForecaster
-from stream_app.records import Incoming
-from stream_app.registry import Registry, RegistryError
-from stream_app.replay import replay
-from stream_app.retrain_events import RetrainEvent
-from stream_app.retraining import RetrainWorker
-from stream_app.services import WorkerProcess, scrape, wait_until
+from stream_app.core.card import CARD_FILE, MODEL_FILE, ModelContractError
+from stream_app.core.forecasters import WindowBatch
+from stream_app.core.onnx_forecaster import OnnxForecaster
+from stream_app.core.records import Incoming
+from stream_app.core.retrain_events import RetrainEvent
+from stream_app.kafka.topics import ensure_topics_sync
+from stream_app.loop.history import History
+from stream_app.loop.registry import Registry, RegistryError
+from stream_app.loop.retraining import RetrainWorker
+from stream_app.offline.datasets import GridDataset, bundled_dataset_path, load_dataset
 from stream_app.settings import Settings
-from stream_app.topics import ensure_topics_sync
+from stream_app.tools.broker import EmbeddedBroker
+from stream_app.tools.replay import replay
+from stream_app.tools.services import WorkerProcess, scrape, wait_until
 
 torch = pytest.importorskip("torch")
 

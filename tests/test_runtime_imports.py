@@ -13,10 +13,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME = [
     "stream_app",
-    "stream_app.pipeline",
-    "stream_app.onnx_forecaster",
-    "stream_app.serving",
-    "stream_app.worker",
+    "stream_app.core.pipeline",
+    "stream_app.core.onnx_forecaster",
+    "stream_app.kafka.serving",
+    "stream_app.kafka.worker",
     "stream_app.cli",
 ]
 

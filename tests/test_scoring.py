@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stream_app.scoring import PendingForecasts, RollingMAE, Scores
+from stream_app.core.scoring import PendingForecasts, RollingMAE, Scores
 
 
 def ints(*values: int) -> np.ndarray:

@@ -14,15 +14,15 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from stream_app.broker import EmbeddedBroker
-from stream_app.chunks import Output
-from stream_app.forecasters import FloatArray, WindowBatch
-from stream_app.metrics import Metrics
-from stream_app.pipeline import Pipeline
-from stream_app.records import Incoming
-from stream_app.serving import Commits, ConsumerLag, OutputWriter, incoming, tick_consumer
+from stream_app.core.chunks import Output
+from stream_app.core.forecasters import FloatArray, WindowBatch
+from stream_app.core.metrics import Metrics
+from stream_app.core.pipeline import Pipeline
+from stream_app.core.records import Incoming
+from stream_app.kafka.serving import Commits, ConsumerLag, OutputWriter, incoming, tick_consumer
+from stream_app.kafka.topics import ensure_topics_sync
 from stream_app.settings import Settings
-from stream_app.topics import ensure_topics_sync
+from stream_app.tools.broker import EmbeddedBroker
 
 SETTINGS = Settings(
     forecasts_topic="test.forecasts", dlq_topic="test.dlq", retrain_topic="test.retrain"

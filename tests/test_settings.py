@@ -110,7 +110,7 @@ def test_worker_help_lists_every_setting() -> None:
 
 
 def test_the_sasl_password_never_appears_in_the_settings_repr() -> None:
-    from stream_app.kafka_client import client_options
+    from stream_app.kafka.clients import client_options
 
     settings = Settings.from_env(
         {
@@ -130,7 +130,7 @@ def test_the_sasl_password_never_appears_in_the_settings_repr() -> None:
 
 
 def test_sasl_without_a_user_is_refused_and_plaintext_needs_no_options() -> None:
-    from stream_app.kafka_client import client_options
+    from stream_app.kafka.clients import client_options
 
     with pytest.raises(ValueError, match="STCAST_SASL_USERNAME"):
         Settings.from_env({"STCAST_SECURITY_PROTOCOL": "SASL_SSL"})
@@ -140,7 +140,7 @@ def test_sasl_without_a_user_is_refused_and_plaintext_needs_no_options() -> None
 def test_ssl_builds_a_context_from_the_ca_file() -> None:
     import ssl
 
-    from stream_app.kafka_client import client_options
+    from stream_app.kafka.clients import client_options
 
     bundle = Path(ssl.get_default_verify_paths().openssl_cafile)
     if not bundle.is_file():

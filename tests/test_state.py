@@ -10,13 +10,13 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from test_pipeline import STEP_S, T0_S, forecasts, make_pipeline, run, single, tick
 
-from stream_app.drift import DriftSink, make_detector
-from stream_app.feedback import ErrorFeedback
-from stream_app.pipeline import Pipeline
-from stream_app.records import Incoming, TimestampParser
-from stream_app.restoring import event_time_ms, history_span_ms, spans
-from stream_app.sensors import Sensors
-from stream_app.windows import RollingWindow
+from stream_app.core.drift import DriftSink, make_detector
+from stream_app.core.feedback import ErrorFeedback
+from stream_app.core.pipeline import Pipeline
+from stream_app.core.records import Incoming, TimestampParser
+from stream_app.core.sensors import Sensors
+from stream_app.core.windows import RollingWindow
+from stream_app.kafka.restoring import event_time_ms, history_span_ms, spans
 
 RNG = np.random.default_rng(5)
 SERIES = {f"s{i}": RNG.uniform(0, 100, 40).round(2).tolist() for i in range(6)}

@@ -23,10 +23,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from brokered import topics, worker_settings
 
-from stream_app.broker import EmbeddedBroker
-from stream_app.datasets import GridDataset, bundled_dataset_path, load_dataset
-from stream_app.replay import replay
-from stream_app.services import WorkerProcess, wait_until
+from stream_app.offline.datasets import GridDataset, bundled_dataset_path, load_dataset
+from stream_app.tools.broker import EmbeddedBroker
+from stream_app.tools.replay import replay
+from stream_app.tools.services import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -17,17 +17,17 @@ from conftest import PEMS08_SENSORS
 from prometheus_client import CollectorRegistry
 
 from export.onnx_graphs import build_seed_lstm
-from stream_app.broker import EmbeddedBroker
-from stream_app.datasets import bundled_dataset_path, load_dataset
-from stream_app.forecasters import Persistence, WindowBatch
-from stream_app.metrics import Metrics
-from stream_app.onnx_forecaster import OnnxForecaster
-from stream_app.pipeline import Pipeline
-from stream_app.replay import replay
-from stream_app.services import WorkerProcess, scrape, wait_until
+from stream_app.core.forecasters import Persistence, WindowBatch
+from stream_app.core.metrics import Metrics
+from stream_app.core.onnx_forecaster import OnnxForecaster
+from stream_app.core.pipeline import Pipeline
+from stream_app.kafka.swapping import ModelUpdate, ModelUpdateError, _apply, open_update
+from stream_app.kafka.topics import ensure_topics_sync
+from stream_app.offline.datasets import bundled_dataset_path, load_dataset
 from stream_app.settings import Settings
-from stream_app.swapping import ModelUpdate, ModelUpdateError, _apply, open_update
-from stream_app.topics import ensure_topics_sync
+from stream_app.tools.broker import EmbeddedBroker
+from stream_app.tools.replay import replay
+from stream_app.tools.services import WorkerProcess, scrape, wait_until
 
 SETTINGS = Settings(provider="cpu")
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_app.records import Reason, Rejected
-from stream_app.windows import Impute, RollingWindow
+from stream_app.core.records import Reason, Rejected
+from stream_app.core.windows import Impute, RollingWindow
 
 
 def nan_list(values: list[float]) -> list[float | None]:

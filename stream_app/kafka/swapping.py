@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from .card import ModelContractError
-from .forecasters import WindowBatch
-from .kafka_client import topic_reader
-from .metrics import Metrics
-from .onnx_forecaster import OnnxForecaster
-from .settings import Settings
+from ..core.card import ModelContractError
+from ..core.forecasters import WindowBatch
+from ..core.metrics import Metrics
+from ..core.onnx_forecaster import OnnxForecaster
+from ..settings import Settings
+from .clients import topic_reader
 
 log = logging.getLogger(__name__)
 

@@ -234,7 +234,7 @@ def _check_features(features: tuple[str, ...]) -> None:
         raise ModelContractError(
             f"card.json key 'features'={list(features)!r} must list distinct features from "
             f"{list(FEATURES)} (unknown: {unknown}); the runtime can build no others: "
-            "retrain with supported features or extend stream_app.onnx_forecaster"
+            "retrain with supported features or extend stream_app.core.onnx_forecaster"
         )
 
 

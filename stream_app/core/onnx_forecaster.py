@@ -20,8 +20,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from stream_app.card import BATCH_AXIS, MODEL_FILE, ModelCard, ModelContractError, TensorSpec
-from stream_app.forecasters import DAY_S, FloatArray, IntArray, WindowBatch
+from stream_app.core.card import BATCH_AXIS, MODEL_FILE, ModelCard, ModelContractError, TensorSpec
+from stream_app.core.forecasters import DAY_S, FloatArray, IntArray, WindowBatch
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -115,11 +115,11 @@ def _options(threads: int) -> ort.SessionOptions:
 
 
 class OnnxForecaster:
-    """A :class:`~stream_app.forecasters.Forecaster` backed by an onnxruntime session.
+    """A :class:`~stream_app.core.forecasters.Forecaster` backed by an onnxruntime session.
 
     ``model_dir`` holds ``model.onnx`` and ``card.json``; ``provider`` is ``auto``, ``cuda`` or
     ``cpu``; ``step_s`` is the configured grid step (0 accepts the card's). Any disagreement
-    raises :class:`~stream_app.card.ModelContractError` here, never at forecast time.
+    raises :class:`~stream_app.core.card.ModelContractError` here, never at forecast time.
     """
 
     def __init__(

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import GridDataset
-from .eval_baselines import evaluation_samples
-from .evaluation import model_forecasts
-from .forecasters import FloatArray, Forecaster
-from .protocols import Split
+from ..core.forecasters import FloatArray, Forecaster
+from ..offline.datasets import GridDataset
+from ..offline.eval_baselines import evaluation_samples
+from ..offline.evaluation import model_forecasts
+from ..offline.protocols import Split
 
 
 @dataclass(frozen=True)

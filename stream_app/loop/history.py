@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from .chunks import ticks_of
-from .datasets import GridDataset
-from .records import Incoming, Rejected, TimestampParser, tick_from_json
+from ..core.chunks import ticks_of
+from ..core.records import Incoming, Rejected, TimestampParser, tick_from_json
+from ..offline.datasets import GridDataset
 
 PRUNE_EVERY = 100_000  # readings added between two prunings of what fell out of the span
 

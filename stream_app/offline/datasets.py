@@ -1,8 +1,8 @@
 """Datasets as regular grids: T steps by N sensors by F channels, with a start time and a step.
 
 Reads PEMS-style ``.npz`` arrays, wide CSV (a row per time, a column per sensor), and long CSV
-or Parquet (``sensor,ts,value``; Parquet needs pyarrow): see ``stream_app.dataset_files``. Start
-and step come from the arguments, else from the data's own times, else from ``stcast.json``
+or Parquet (``sensor,ts,value``; Parquet needs pyarrow): see ``dataset_files``. Start and step
+come from the arguments, else from the data's own times, else from ``stcast.json``
 beside the data, else from a table of the shared reference datasets.
 """
 
@@ -20,6 +20,7 @@ import numpy.typing as npt
 from .dataset_files import DATA_SUFFIXES, DatasetError, is_data_file, read_grid
 
 METADATA_FILE = "stcast.json"
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"  # stream_app/data
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,12 +124,12 @@ def load_dataset(
 
 def bundled_dataset_path() -> Path:
     """The PEMS08 slice shipped inside the package."""
-    return Path(__file__).parent / "data" / "PEMS08" / "PEMS08.npz"
+    return PACKAGE_DATA / "PEMS08" / "PEMS08.npz"
 
 
 def shared_data_dir() -> Path | None:
     """The shared reference data (``shared/data`` beside or inside the repository), if present."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = PACKAGE_DATA.parents[1]
     for candidate in (repo.parent / "shared" / "data", repo / "shared" / "data"):
         if candidate.is_dir():
             return candidate

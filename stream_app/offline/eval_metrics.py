@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .forecasters import FloatArray
+from ..core.forecasters import FloatArray
 from .protocols import Split
 
 BASICTS_METRICS = ("mae", "rmse", "mape")
@@ -36,7 +36,7 @@ def metric_names(split: Split) -> tuple[str, ...]:
 def score(pred: FloatArray, target: FloatArray, split: Split) -> dict[str, list[float]]:
     """Every metric of ``split``'s protocol, one value per reported horizon step.
 
-    >>> from stream_app.protocols import Split
+    >>> from stream_app.offline.protocols import Split
     >>> s = Split("basicts", 1, 2, range(0), range(0), range(0), (1, 2), False, True, 0)
     >>> score(np.array([[1.0, 2.0]]), np.array([[2.0, 0.0]]), s)["mae"]
     [1.0, nan]

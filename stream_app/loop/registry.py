@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .card import CARD_FILE, ModelCard
+from ..core.card import CARD_FILE, ModelCard
 
 CURRENT_FILE = "CURRENT"
 
@@ -99,7 +99,7 @@ class Registry:
         ``source`` is opened as a worker would open it first (card, hash, inputs, outputs), so
         the registry only ever holds models a worker accepts.
         """
-        from .onnx_forecaster import OnnxForecaster  # onnxruntime: only when publishing
+        from ..core.onnx_forecaster import OnnxForecaster  # onnxruntime: only when publishing
 
         card = OnnxForecaster(source, provider="cpu").card
         name, version = card.name, card.version

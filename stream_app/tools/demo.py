@@ -32,14 +32,14 @@ from typing import Any
 
 import numpy as np
 
+from ..kafka.clients import topic_reader
+from ..kafka.topics import ensure_topics_sync
+from ..loop.registry import Registry, Version
+from ..offline.datasets import GridDataset, load_dataset
+from ..settings import Settings
 from .broker import EmbeddedBroker
-from .datasets import GridDataset, load_dataset
-from .kafka_client import topic_reader
-from .registry import Registry, Version
 from .replay import replay
 from .services import WorkerProcess, scrape
-from .settings import Settings
-from .topics import ensure_topics_sync
 
 REPORTED_HORIZONS = (1, 3, 6, 12)
 TRAIN_DAYS = 3  # Friday to Sunday; the holiday Monday is streamed
@@ -402,8 +402,8 @@ def _what_the_first_would_have_done(
     errors: dict[str, dict[int, list[float]]],
 ) -> None:
     """Version 1's errors on the targets later versions served: was the swap worth it?"""
-    from .forecasters import WindowBatch
-    from .onnx_forecaster import OnnxForecaster
+    from ..core.forecasters import WindowBatch
+    from ..core.onnx_forecaster import OnnxForecaster
 
     forecaster = OnnxForecaster(first.path, provider="cpu")
     truth = dataset.values[:, :, 0]

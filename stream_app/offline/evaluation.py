@@ -4,8 +4,8 @@
 ``Report.to_json()``. The model runs through :class:`OnnxForecaster`, the code the live worker
 uses, and :func:`mae_from_forecasts` scores live forecasts with the same masking and horizons,
 so live and offline figures are computed identically. Which pairs are scored, and how each
-baseline forecasts, is in :mod:`stream_app.eval_baselines`; the metrics are in
-:mod:`stream_app.eval_metrics`.
+baseline forecasts, is in :mod:`stream_app.offline.eval_baselines`; the metrics are in
+:mod:`stream_app.offline.eval_metrics`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from .card import ModelCard
+from ..core.card import ModelCard
+from ..core.forecasters import FloatArray, Forecaster, IntArray, WindowBatch
+from ..core.onnx_forecaster import OnnxForecaster
 from .datasets import GridDataset
 from .eval_baselines import Samples, baseline_forecasts, evaluation_samples, target_series
 from .eval_metrics import HIGHER_IS_BETTER, score
-from .forecasters import FloatArray, Forecaster, IntArray, WindowBatch
-from .onnx_forecaster import OnnxForecaster
 from .protocols import Split, split
 
 METHODS = ("model", "persistence", "seasonal_naive", "historical_average", "window_mean")

@@ -20,8 +20,8 @@ from typing import IO, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..settings import env_name
 from .broker import free_port
-from .settings import env_name
 
 
 class WorkerProcess:

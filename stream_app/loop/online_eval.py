@@ -43,15 +43,15 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
-from .datasets import GridDataset
-from .drift import DriftSink
-from .metrics import Metrics
-from .onnx_forecaster import OnnxForecaster
-from .pipeline import Pipeline
-from .records import Incoming, format_ts
-from .retrain_events import Detection, RetrainEvent
-from .settings import Settings
-from .worker import build_pipeline
+from ..assembly import build_pipeline
+from ..core.drift import DriftSink
+from ..core.metrics import Metrics
+from ..core.onnx_forecaster import OnnxForecaster
+from ..core.pipeline import Pipeline
+from ..core.records import Incoming, format_ts
+from ..core.retrain_events import Detection, RetrainEvent
+from ..offline.datasets import GridDataset
+from ..settings import Settings
 
 SCENARIOS = ("holiday", "shift", "stuck", "variance")
 POLICIES = ("frozen", "stcast", "periodic")

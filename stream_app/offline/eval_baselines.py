@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..core.forecasters import DAY_S, WEEK_S, FloatArray, IntArray
 from .datasets import GridDataset
-from .forecasters import DAY_S, WEEK_S, FloatArray, IntArray
 from .protocols import Split
 
 

@@ -37,15 +37,15 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from .chunks import Output
-from .forecasters import Forecaster
-from .kafka_client import client_options
-from .metrics import Metrics
-from .pipeline import Pipeline
+from ..core.chunks import Output
+from ..core.forecasters import Forecaster
+from ..core.metrics import Metrics
+from ..core.pipeline import Pipeline
+from ..core.records import Incoming
+from ..settings import Settings
+from .clients import client_options
 from .producing import BatchProducer
-from .records import Incoming
 from .restoring import restore_partition
-from .settings import Settings
 from .swapping import follow_models
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ The reference the worker's single-tick throughput is compared with (``stcast ben
 the same topic, group settings, micro-batch size and wait as the worker, faust's fastest
 iteration (``take_events`` over raw bytes), and no work per event.
 
-Run by ``stcast bench`` as ``python -m stream_app.faust_ceiling N OUT`` with the worker's
+Run by ``stcast bench`` as ``python -m stream_app.tools.faust_ceiling N OUT`` with the worker's
 ``STCAST_*`` settings in the environment; once N messages have been read it writes
 ``{"ticks_per_s": ...}`` to the file OUT (faust takes over stdout), timed from the first
 micro-batch to the N-th message, and exits.
@@ -23,7 +23,7 @@ from typing import Any
 
 import faust
 
-from .settings import Settings
+from ..settings import Settings
 
 
 def faust_app(settings: Settings) -> tuple[faust.App, Any]:

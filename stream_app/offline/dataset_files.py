@@ -1,7 +1,7 @@
 """Reading data files into grids: ``.npz`` arrays, wide CSV, long CSV or Parquet.
 
 Each reader returns the (T, N, F) values, the file's own sensor ids, and the start and step when
-the file's times say them; ``stream_app.datasets`` fills in the rest and names the sensors.
+the file's times say them; ``stream_app.offline.datasets`` fills in the rest and names the sensors.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
-from stream_app.datasets import GridDataset
+from stream_app.offline.datasets import GridDataset
 
 # awaiting acks in chunks, not one by one, is what lets the producer batch
 _ACK_CHUNK = 5000

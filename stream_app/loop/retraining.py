@@ -10,7 +10,7 @@ the event was handled, so a crash handles it again):
    lookups). The newest ``retrain_holdout_steps`` steps are held back.
 3. ``models.finetuning.fine_tune`` warm-starts from the serving version's checkpoint on the
    steps before the holdout, within ``retrain_max_s``, in a thread (the tail keeps reading).
-4. :func:`stream_app.challenger.compare` forecasts the holdout with both models through the
+4. :func:`stream_app.loop.challenger.compare` forecasts the holdout with both models through the
    worker's ONNX code. Only a challenger whose MAE is ``retrain_min_gain`` below the serving
    model's is published: as the next version in the registry, made current, and announced on
    ``stcast.models`` with the comparison as its ``validation``.
@@ -34,15 +34,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from .datasets import GridDataset
+from ..core.onnx_forecaster import OnnxForecaster
+from ..core.records import Incoming
+from ..core.retrain_events import RetrainEvent
+from ..kafka.clients import client_options, topic_reader
+from ..kafka.topics import ensure_topics_sync
+from ..offline.datasets import GridDataset
+from ..settings import Settings
 from .history import History
-from .kafka_client import client_options, topic_reader
-from .onnx_forecaster import OnnxForecaster
-from .records import Incoming
 from .registry import Registry, RegistryError, Version, parse_model_id
-from .retrain_events import RetrainEvent
-from .settings import Settings
-from .topics import ensure_topics_sync
 
 log = logging.getLogger(__name__)
 

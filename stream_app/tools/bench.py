@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from ..core.forecasters import WindowBatch
+from ..core.onnx_forecaster import OnnxForecaster
+from ..kafka.topics import ensure_topics_sync
+from ..offline.datasets import GridDataset, bundled_dataset_path, load_dataset
+from ..settings import Settings
 from .broker import EmbeddedBroker
-from .datasets import GridDataset, bundled_dataset_path, load_dataset
-from .forecasters import WindowBatch
-from .onnx_forecaster import OnnxForecaster
 from .replay import replay
 from .services import WorkerProcess, child_env, histogram_quantile, scrape, wait_until
-from .settings import Settings
-from .topics import ensure_topics_sync
 
 LATENCY = "stcast_tick_to_forecast_seconds"
 POLL_S = 0.2
@@ -109,7 +109,13 @@ def faust_ceiling(
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ceiling.json"
         done = subprocess.run(
-            [sys.executable, "-m", "stream_app.faust_ceiling", str(steps * dataset.n_sensors), out],
+            [
+                sys.executable,
+                "-m",
+                "stream_app.tools.faust_ceiling",
+                str(steps * dataset.n_sensors),
+                out,
+            ],
             env=env,
             capture_output=True,
             text=True,

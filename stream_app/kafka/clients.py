@@ -7,7 +7,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.helpers import create_ssl_context
 
-from .settings import Settings
+from ..settings import Settings
 
 
 def client_options(settings: Settings) -> dict[str, Any]:

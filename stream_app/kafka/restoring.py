@@ -24,10 +24,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from .kafka_client import client_options
-from .pipeline import Pipeline
-from .records import Incoming, Rejected, TimestampParser, decode_json
-from .settings import Settings
+from ..core.pipeline import Pipeline
+from ..core.records import Incoming, Rejected, TimestampParser, decode_json
+from ..settings import Settings
+from .clients import client_options
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,67 @@
+"""Running a worker: the core ``assembly`` builds, metrics over HTTP, serving until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from ..assembly import build_pipeline, load_forecaster
+from ..core.metrics import Metrics
+from ..core.pipeline import Pipeline
+from ..settings import Settings
+from .clients import client_options
+from .serving import serve
+from .topics import ensure_topics_sync
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings) -> int:
+    """Run a worker until SIGTERM or Ctrl-C; return the exit status."""
+    forecaster = load_forecaster(settings)
+    metrics = Metrics(CollectorRegistry())
+    pipeline = build_pipeline(settings, forecaster, metrics)
+    ensure_topics_sync(
+        settings.bootstrap_servers,
+        dict.fromkeys(settings.stcast_topics, settings.partitions),
+        client_options=client_options(settings),
+    )
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, settings.metrics_host, metrics.registry)
+    log.info(
+        "serving %s on %s, grid step %d s, metrics on %s:%d",
+        forecaster.model_id,
+        forecaster.provider,
+        pipeline.step_s,
+        settings.metrics_host,
+        settings.metrics_port,
+    )
+    asyncio.run(_serve_until_signalled(settings, pipeline, metrics))
+    log.info("stopped cleanly")
+    return 0
+
+
+async def _serve_until_signalled(settings: Settings, pipeline: Pipeline, metrics: Metrics) -> None:
+    """Serve; on SIGTERM or SIGINT stop within ``shutdown_timeout_s``, cleanly or not at all."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def begin_shutdown(sig: signal.Signals) -> None:
+        log.info("%s: finishing the batch in hand, flushing, committing", sig.name)
+        stop.set()
+        loop.call_later(settings.shutdown_timeout_s, _give_up, settings.shutdown_timeout_s)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, begin_shutdown, sig)
+    await serve(settings, pipeline, metrics, stop)
+
+
+def _give_up(timeout_s: float) -> None:
+    # Nothing unacknowledged was committed, so whatever is cut short here is read again.
+    log.error("clean shutdown took longer than %.0f s: exiting without it", timeout_s)
+    logging.shutdown()
+    os._exit(1)
