@@ -37,6 +37,7 @@ CLUSTER = (
     "forecasts_topic",
     "dlq_topic",
     "partitions",
+    "compression",
 )
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -171,7 +172,7 @@ def _broker_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    from .kafka.clients import client_options
+    from .kafka.clients import client_options, producer_options
     from .kafka.topics import ensure_topics_sync
     from .offline.datasets import load_dataset
     from .tools.replay import replay
@@ -193,7 +194,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
             start_step=args.start_step,
             steps=args.steps,
             network=args.network or None,
-            client_options=options,
+            client_options=producer_options(settings),
         )
     )
     print(

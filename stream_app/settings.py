@@ -48,6 +48,18 @@ class Settings:
     retrain_topic: str = _setting("stcast.retrain", "topic retrain events are written to")
     models_topic: str = _setting("stcast.models", "topic model updates are announced on")
     partitions: int = _setting(4, "partitions of the stcast topics when stcast creates them")
+    compression: str = _setting(
+        "none",
+        "codec of the record batches stcast writes (forecasts, dead letters, events, replay); "
+        "every codec is read whatever this says",
+        choices=("none", "gzip", "snappy", "lz4", "zstd"),
+    )
+    on_unreadable: str = _setting(
+        "stop",
+        "a fetched record batch that cannot be decoded (corrupt, a codec of a future Kafka): "
+        "stop reading its partition there, or skip it to the dead-letter topic with its bytes",
+        choices=("stop", "skip"),
+    )
     group_id: str = _setting("stcast-worker", "consumer group id of the workers")
     network: str = _setting(
         "", "network served; ticks naming another network are dead-lettered (empty: any)"

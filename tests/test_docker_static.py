@@ -377,6 +377,12 @@ def test_edge_image_has_no_torch_and_no_cuda() -> None:
     assert not [r for r in requirements if r.startswith("nvidia")]
 
 
+def test_every_image_reads_every_codec_kafka_defines() -> None:
+    # aiokafka decodes snappy, lz4 and zstd record batches with cramjam; gzip needs nothing
+    for build in ("cpu", "gpu"):
+        assert "cramjam" in image_requirements("--onnxruntime", build), build
+
+
 def test_cloud_image_has_the_cuda_provider_and_retrain_image_has_torch() -> None:
     cloud = DOCKERFILES["cloud"].read_text()
     assert re.search(r"nvidia/cuda:\S+-cudnn-runtime-", cloud)

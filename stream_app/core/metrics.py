@@ -8,7 +8,8 @@ Beyond DESIGN.md's list, on purpose: ``model_swap_failures_total{reason}`` (why 
 refused), ``baseline_abs_error{horizon}`` (the persistence forecast's rolling MAE over the same
 scored forecasts as ``forecast_abs_error``) and ``consumer_lag_messages{partition}`` (per owned
 partition of the ticks topic: its high watermark minus this worker's position; a partition
-number is bounded by the topic's partition count).
+number is bounded by the topic's partition count), ``unreadable_batches_total{action}``
+(record batches of the ticks topic the worker could not decode, stopped at or skipped).
 """
 
 from __future__ import annotations
@@ -130,6 +131,15 @@ class Metrics:
             namespace=PREFIX,
             registry=registry,
         )
+        self.unreadable_batches = Counter(
+            "unreadable_batches",
+            "Fetched record batches that could not be decoded, by what was done (stop, skip)",
+            ["action"],
+            namespace=PREFIX,
+            registry=registry,
+        )
+        for action in ("stop", "skip"):
+            self.unreadable_batches.labels(action=action)
         self.sensors_active = Gauge(
             "sensors_active",
             "Sensors with a window in this worker",

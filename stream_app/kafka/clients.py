@@ -28,6 +28,12 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def producer_options(settings: Settings) -> dict[str, Any]:
+    """``client_options`` plus the codec of the record batches a producer writes."""
+    codec = None if settings.compression == "none" else settings.compression
+    return {**client_options(settings), "compression_type": codec}
+
+
 def topic_reader(settings: Settings, *topics: str) -> AIOKafkaConsumer:
     """A consumer of ``topics`` from the start of their retention, in no group: it commits
     nothing and every instance reads everything (models, ticks history, the demo's view)."""

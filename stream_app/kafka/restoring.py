@@ -28,6 +28,7 @@ from ..core.pipeline import Pipeline
 from ..core.records import Incoming, Rejected, TimestampParser, decode_json
 from ..settings import Settings
 from .clients import client_options
+from .unreadable import TolerantReader
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ async def restore_partition(
     await reader.start()
     try:
         reader.assign([tp])
-        messages = await read_history(reader, tp, committed, history_span_ms(pipeline))
+        tolerant = TolerantReader(reader, settings)
+        messages = await read_history(tolerant, tp, committed, history_span_ms(pipeline))
     finally:
         await reader.stop()
     pipeline.restore(messages)
@@ -70,7 +72,7 @@ async def restore_partition(
 
 
 async def read_history(
-    reader: AIOKafkaConsumer, tp: TopicPartition, end: int, span_ms: int
+    reader: TolerantReader, tp: TopicPartition, end: int, span_ms: int
 ) -> list[Incoming]:
     """The messages before offset ``end`` that span ``span_ms`` of event time (or all of them)."""
     count = FIRST_BLOCK
@@ -83,15 +85,17 @@ async def read_history(
 
 
 async def read_range(
-    reader: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int
+    reader: TolerantReader, tp: TopicPartition, start: int, end: int
 ) -> list[Incoming]:
-    """Every message of ``tp`` with ``start <= offset < end``."""
-    reader.seek(tp, start)
+    """Every readable message of ``tp`` with ``start <= offset < end``."""
+    consumer = reader.consumer
+    consumer.seek(tp, start)
+    reader.forget([tp])
     messages: list[Incoming] = []
-    while await reader.position(tp) < end:
-        batch = (await reader.getmany(tp, timeout_ms=1000)).get(tp, [])
-        messages.extend(_incoming(tp, r) for r in batch if r.offset < end)
-        if not batch and await reader.position(tp) < end:
+    while await consumer.position(tp) < end:
+        batch = (await reader.getmany_past_unreadable(tp, timeout_ms=1000)).get(tp, [])
+        messages.extend(m for m in batch if m.offset < end)
+        if not batch and await consumer.position(tp) < end:
             log.warning("partition %d: no record before offset %d yet", tp.partition, end)
     return messages
 
@@ -112,7 +116,3 @@ def event_time_ms(value: bytes, parse: TimestampParser) -> int | None:
         return parse.parse(obj["ts"]) if isinstance(obj, dict) and "ts" in obj else None
     except Rejected:
         return None
-
-
-def _incoming(tp: TopicPartition, record: Any) -> Incoming:
-    return Incoming(tp.topic, tp.partition, record.offset, record.key, record.value)

@@ -29,13 +29,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from functools import partial
+from itertools import chain
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError
-from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from aiokafka.structs import OffsetAndMetadata
 
 from ..core.chunks import Output
 from ..core.forecasters import Forecaster
@@ -43,10 +44,11 @@ from ..core.metrics import Metrics
 from ..core.pipeline import Pipeline
 from ..core.records import Incoming
 from ..settings import Settings
-from .clients import client_options
+from .clients import client_options, producer_options
 from .producing import BatchProducer
 from .restoring import restore_partition
 from .swapping import follow_models
+from .unreadable import TolerantReader, UnreadablePolicy
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +63,14 @@ async def serve(
     """Turn ``settings.ticks_topic`` into forecasts until ``stop`` is set; then drain and commit."""
     output = OutputWriter(settings, metrics)
     consumer = tick_consumer(settings)
+    reader = TolerantReader(consumer, settings)
+    policy = UnreadablePolicy(settings, reader, metrics)
     commits = Commits(consumer)
     lag = ConsumerLag(consumer, metrics)
     core = asyncio.Lock()  # the pipeline is stepped, restored or trimmed by one task at a time
     consumer.subscribe(
         [settings.ticks_topic],
-        listener=_HandOver(settings, pipeline, consumer, output, commits, core, lag),
+        listener=_HandOver(settings, pipeline, consumer, reader, output, commits, core, lag),
     )
     await output.start()
     await consumer.start()
@@ -78,13 +82,15 @@ async def serve(
     models = asyncio.create_task(follow_models(settings, metrics, swap, stop))
     try:
         while not stop.is_set():
-            records = await consumer.getmany(
+            records, unreadable = await reader.getmany(
                 timeout_ms=int(settings.batch_wait_s * 1000), max_records=settings.batch_size
             )
-            if records:
+            if records or unreadable:
                 messages, offsets = incoming(records)
+                letters = policy.apply(unreadable, offsets)
                 async with core:
-                    commits.add(await output.write(pipeline.step(messages)), offsets)
+                    outputs = chain(pipeline.step(messages), letters)
+                    commits.add(await output.write(outputs), offsets)
                 await output.throttle()
             await commits.commit_due()
             await lag.update_due()
@@ -125,15 +131,9 @@ def tick_consumer(settings: Settings) -> AIOKafkaConsumer:
     )
 
 
-def incoming(
-    records: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]],
-) -> tuple[list[Incoming], Offsets]:
+def incoming(records: Mapping[TopicPartition, list[Incoming]]) -> tuple[list[Incoming], Offsets]:
     """The micro-batch's messages, and the offsets to commit once its output is acked."""
-    messages = [
-        Incoming(tp.topic, tp.partition, r.offset, r.key, r.value)
-        for tp, batch in records.items()
-        for r in batch
-    ]
+    messages = [message for batch in records.values() for message in batch]
     return messages, {tp: batch[-1].offset + 1 for tp, batch in records.items() if batch}
 
 
@@ -229,6 +229,7 @@ class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
         settings: Settings,
         pipeline: Pipeline,
         consumer: AIOKafkaConsumer,
+        reader: TolerantReader,
         output: OutputWriter,
         commits: Commits,
         core: asyncio.Lock,
@@ -237,6 +238,7 @@ class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
         self.settings = settings
         self.pipeline = pipeline
         self.consumer = consumer
+        self.reader = reader
         self.output = output
         self.commits = commits
         self.core = core
@@ -252,6 +254,7 @@ class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
         new, lost = set(assigned) - self.owned, self.owned - set(assigned)
         self.lag.forget({tp.partition for tp in lost})
+        self.reader.forget(self.owned | set(assigned))  # positions are the group's again
         async with self.core:
             self.pipeline.forget({tp.partition for tp in new | lost})
             for tp in sorted(new):
@@ -268,7 +271,7 @@ class OutputWriter:
         self.settings = settings
         self.metrics = metrics
         self.max_in_flight = max_in_flight
-        self._producer = BatchProducer(settings.bootstrap_servers, **client_options(settings))
+        self._producer = BatchProducer(settings.bootstrap_servers, **producer_options(settings))
         self._in_flight: deque[asyncio.Future[Any]] = deque()
         self._started = False
 

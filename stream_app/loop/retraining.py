@@ -35,10 +35,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ..core.onnx_forecaster import OnnxForecaster
-from ..core.records import Incoming
 from ..core.retrain_events import RetrainEvent
-from ..kafka.clients import client_options, topic_reader
+from ..kafka.clients import client_options, producer_options, topic_reader
 from ..kafka.topics import ensure_topics_sync
+from ..kafka.unreadable import TolerantReader
 from ..offline.datasets import GridDataset
 from ..settings import Settings
 from .history import History
@@ -102,7 +102,7 @@ class RetrainWorker:
         producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap_servers,
             acks="all",
-            **client_options(self.settings),
+            **producer_options(self.settings),
         )
         events = AIOKafkaConsumer(
             self.settings.retrain_topic,
@@ -135,13 +135,13 @@ class RetrainWorker:
 
     async def _tail(self, stop: asyncio.Event) -> None:
         consumer = topic_reader(self.settings, self.settings.ticks_topic)
+        reader = TolerantReader(consumer, self.settings)
         await consumer.start()
         try:
             while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=500, max_records=20_000)
-                for tp, records in batches.items():
-                    for r in records:
-                        message = Incoming(tp.topic, tp.partition, r.offset, r.key, r.value)
+                batches = await reader.getmany_past_unreadable(timeout_ms=500, max_records=20_000)
+                for messages in batches.values():
+                    for message in messages:
                         self.history.add_message(message)
                 await asyncio.sleep(0)
         finally:
@@ -254,7 +254,7 @@ def announce_now(settings: Settings, version: Version, validation: dict[str, Any
 
     async def once() -> None:
         producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers, acks="all", **client_options(settings)
+            bootstrap_servers=settings.bootstrap_servers, acks="all", **producer_options(settings)
         )
         await producer.start()
         try:
