@@ -20,6 +20,8 @@ TOLERANCE = {"rtol": 1e-5, "atol": 1e-4}
 FACTORIES: dict[str, Callable[[Path], Forecaster]] = {
     "persistence": lambda _: Persistence(horizon=12, window=12),
     "seasonal-naive": lambda _: SeasonalNaive(season_steps=24, horizon=12),
+    # a horizon longer than the season repeats it (daily data: a week of 7 steps, horizon 12)
+    "seasonal-naive-weekly-daily": lambda _: SeasonalNaive.for_step(86_400, horizon=12),
     "onnx-seed-lstm": lambda model_dir: OnnxForecaster(model_dir, provider="cpu"),
 }
 

@@ -6,6 +6,7 @@ A forecaster turns a batch of full windows into forecasts for the next ``horizon
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -17,6 +18,27 @@ IntArray = npt.NDArray[np.int64]
 
 DAY_S = 86_400
 WEEK_S = 7 * DAY_S
+YEAR_S = 365 * DAY_S
+
+
+def season_steps(step_s: int) -> int:
+    """The seasonal period that fits a grid step, in grid steps (the nearest whole number).
+
+    A day for steps under a day, a week for steps of a day up to a week, a year (52 weeks for
+    weekly data, 365 days otherwise) for longer steps; at least one step.
+
+    >>> season_steps(300), season_steps(3_600), season_steps(86_400), season_steps(WEEK_S)
+    (288, 24, 7, 52)
+    """
+    if step_s <= 0:
+        raise ValueError(f"a grid step must be positive, got {step_s}")
+    if step_s < DAY_S:
+        period = DAY_S
+    elif step_s < WEEK_S:
+        period = WEEK_S
+    else:
+        period = 52 * WEEK_S if step_s == WEEK_S else YEAR_S
+    return max(1, math.floor(period / step_s + 0.5))
 
 
 @dataclass(frozen=True)
@@ -24,12 +46,17 @@ class WindowBatch:
     """Full windows of several sensors, oldest value first.
 
     ``values`` is (batch, window) in the readings' units; ``last_ts`` holds the epoch seconds of
-    each window's newest value; ``sensors`` the sensor ids, in the same order.
+    each window's newest value; ``sensors`` the sensor ids, in the same order. A model that
+    reads a long context (the universal model) takes NaN where a reading is missing or precedes
+    the sensor's first, ``neighbours`` (batch, window) from ``core.contexts.neighbour_context``
+    (None: no graph), and ``calendar_known`` False for data whose timestamps are nominal.
     """
 
     values: FloatArray
     last_ts: IntArray
     sensors: tuple[str, ...]
+    neighbours: npt.NDArray[np.float32] | None = None
+    calendar_known: bool = True
 
     def __len__(self) -> int:
         return len(self.sensors)
@@ -82,21 +109,24 @@ class Persistence:
 
 
 class SeasonalNaive:
-    """Forecast each step with the value one season (a day or a week) earlier.
+    """Forecast each step with the latest value of the same phase of the season.
 
-    The window is exactly one season long, so the value a season before every horizon step is
-    inside it as long as the horizon is no longer than the season.
+    Target ``t + h`` gets the value at ``t + h - k * season`` with ``k = ceil(h / season)``:
+    one season earlier while the horizon fits in a season, whole seasons earlier beyond, never
+    a value after the forecast origin ``t``. The window is exactly one season long, so that value
+    is ``window[:, (h - 1) % season]``. ``stream_app.offline.eval_baselines.seasonal_naive``
+    applies the same rule offline.
 
-    >>> f = SeasonalNaive(season_steps=4, horizon=2)
+    >>> f = SeasonalNaive(season_steps=4, horizon=6)
     >>> f.forecast(WindowBatch(np.array([[1.0, 2.0, 3.0, 4.0]]), np.array([0]), ("s",))).tolist()
-    [[1.0, 2.0]]
+    [[1.0, 2.0, 3.0, 4.0, 1.0, 2.0]]
     """
 
     provider = "python"
 
     def __init__(self, season_steps: int, horizon: int = 12) -> None:
-        if horizon > season_steps:
-            raise ValueError(f"horizon {horizon} is longer than the season ({season_steps} steps)")
+        if season_steps < 1 or horizon < 1:
+            raise ValueError(f"season {season_steps} and horizon {horizon} must be positive")
         self.season_steps = season_steps
         self.horizon = horizon
 
@@ -105,6 +135,11 @@ class SeasonalNaive:
         if period_s % step_s:
             raise ValueError(f"a grid step of {step_s} s does not divide the season {period_s} s")
         return cls(season_steps=period_s // step_s, horizon=horizon)
+
+    @classmethod
+    def for_step(cls, step_s: int, horizon: int = 12) -> SeasonalNaive:
+        """The season that fits the grid step (``season_steps``)."""
+        return cls(season_steps=season_steps(step_s), horizon=horizon)
 
     @property
     def window(self) -> int:
@@ -116,4 +151,5 @@ class SeasonalNaive:
 
     def forecast(self, windows: WindowBatch) -> FloatArray:
         # values[:, 0] is season_steps - 1 steps before the newest, i.e. one season before step 1
-        return np.array(windows.values[:, : self.horizon], dtype=np.float64)
+        phase = np.arange(self.horizon) % self.season_steps
+        return np.array(windows.values[:, phase], dtype=np.float64)

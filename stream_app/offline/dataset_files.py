@@ -36,7 +36,8 @@ class FileGrid:
 
 
 def is_data_file(path: Path) -> bool:
-    """False for sensor graphs, adjacency matrices and sensor location tables."""
+    """False for sensor graphs, adjacency matrices and sensor location tables (such as
+    Melbourne's ``stations.csv``)."""
     if "adj" in path.stem.lower():
         return False
     if path.suffix == ".npz":
@@ -45,7 +46,8 @@ def is_data_file(path: Path) -> bool:
     if path.suffix == ".parquet":
         return True
     header = {h.strip().lower() for h in _header(path)}
-    return not ({"from", "to"} <= header or {"latitude", "longitude"} <= header)
+    locations = {"latitude", "longitude"} <= header or {"lat", "lon"} <= header
+    return not ({"from", "to"} <= header or locations)
 
 
 def _header(path: Path) -> list[str]:

@@ -20,6 +20,8 @@ import numpy.typing as npt
 from .dataset_files import DATA_SUFFIXES, DatasetError, is_data_file, read_grid
 
 METADATA_FILE = "stcast.json"
+# File names that say nothing of the network (the corpus's ``wide.csv``): its folder names it.
+GENERIC_STEMS = ("wide", "long", "data")
 PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"  # stream_app/data
 
 
@@ -116,7 +118,7 @@ def load_dataset(
         )
     n_channels = values.shape[2]
     channels = meta.channels or (("value",) if n_channels == 1 else _numbered(n_channels))
-    net = meta.name or file.stem.lower()
+    net = meta.name or _default_name(file)
     return GridDataset(
         net, values, meta.start, meta.step_s, tuple(f"{net}/{s}" for s in sensor_ids), channels
     )
@@ -134,6 +136,12 @@ def shared_data_dir() -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+def _default_name(file: Path) -> str:
+    """``PEMS08.npz`` -> ``pems08``; ``BEIJING_AIR/wide.csv`` -> ``beijing_air``."""
+    stem = file.stem.lower()
+    return file.parent.name.lower() if stem in GENERIC_STEMS and file.parent.name else stem
 
 
 def _numbered(n: int) -> tuple[str, ...]:

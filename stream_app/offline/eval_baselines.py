@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..core.forecasters import DAY_S, WEEK_S, FloatArray, IntArray
+from ..core.forecasters import DAY_S, WEEK_S, FloatArray, IntArray, season_steps
 from .datasets import GridDataset
 from .protocols import Split
 
@@ -63,27 +63,31 @@ def baseline_forecasts(
 ) -> dict[str, FloatArray]:
     """The (pairs, horizon) forecasts of every baseline, by method name.
 
-    ``seasonal_naive`` and ``historical_average`` need a step that divides a day; on any other
-    grid they are left out.
+    ``historical_average`` needs a step that divides a day; on any other grid it is left out.
     """
     repeat = np.ones((1, split.horizon))
     out = {
         "persistence": samples.inputs[:, -1:] * repeat,
+        "seasonal_naive": seasonal_naive(dataset, split, samples),
         "window_mean": samples.inputs.mean(axis=1, keepdims=True) * repeat,
     }
     if DAY_S % dataset.step_s == 0:
-        out["seasonal_naive"] = seasonal_naive(dataset, split, samples)
         out["historical_average"] = historical_average(dataset, split, samples)
     return out
 
 
 def seasonal_naive(dataset: GridDataset, split: Split, samples: Samples) -> FloatArray:
-    """The reading one day before each target, read from the series.
+    """The latest reading of each target's phase of the season, never after the origin.
 
-    NaN, so that the pair leaves this method's score at that step only, where that reading is
-    missing or falls before the data starts.
+    The season fits the step (``season_steps``: a day below a day's step, a week for daily
+    data, a year beyond); target ``t + h`` gets the reading at ``t + h - k * season`` with
+    ``k = ceil(h / season)``, as the live ``SeasonalNaive`` forecaster has it. NaN, so that the
+    pair leaves this method's score at that step only, where that reading is missing or falls
+    before the data starts.
     """
-    back = samples.target_steps() - DAY_S // dataset.step_s
+    season = season_steps(dataset.step_s)
+    ahead = np.arange(1, split.horizon + 1, dtype=np.int64)
+    back = samples.ends[:, None] + ahead - season * -(-ahead // season)  # ceil(h / season)
     sensors = np.broadcast_to(samples.sensors[:, None], back.shape)
     out = np.full(back.shape, np.nan)
     known = back >= 0
