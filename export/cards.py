@@ -15,6 +15,8 @@ import onnxruntime as ort
 from stream_app.core.card import (
     BATCH_AXIS,
     CARD_FILE,
+    UNIVERSAL,
+    UNIVERSAL_INPUTS,
     Dim,
     ModelCard,
     Normalization,
@@ -66,6 +68,49 @@ def write_card(
             "unknown_sensor_index": len(sensors)
             if unknown_sensor_index is None
             else unknown_sensor_index,
+            "training": dict(training or {}),
+            "metrics": dict(metrics or {}),
+            "libraries": {**library_versions(), **(libraries or {})},
+        }
+    )
+    card.save(model_path.parent / CARD_FILE)
+    return card
+
+
+def write_universal_card(
+    model_path: Path,
+    *,
+    name: str,
+    version: str,
+    context: int,
+    horizon: int,
+    quantiles: Sequence[float],
+    min_context: int,
+    neighbours: Mapping[str, Any],
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    libraries: Mapping[str, str] | None = None,
+) -> ModelCard:
+    """The card of a universal model: any step, self-normalised, quantiles, no sensor list."""
+    card = ModelCard.from_dict(
+        {
+            **_describe(model_path),
+            "kind": UNIVERSAL,
+            "name": name,
+            "version": version,
+            "window": context,
+            "horizon": horizon,
+            "step_s": "any",
+            "features": list(UNIVERSAL_INPUTS),
+            "value_input": UNIVERSAL_INPUTS[0],
+            "sensor_input": None,
+            "output": "quantiles",
+            "normalization": {"method": "context"},
+            "sensors": [],
+            "unknown_sensor_index": 0,
+            "quantiles": list(quantiles),
+            "min_context": min_context,
+            "neighbours": dict(neighbours),
             "training": dict(training or {}),
             "metrics": dict(metrics or {}),
             "libraries": {**library_versions(), **(libraries or {})},

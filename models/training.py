@@ -66,7 +66,7 @@ def train(
     *,
     seed: int = 0,
     max_minutes: float = 10.0,
-    threads: int = 2,
+    threads: int = 1,
     progress: bool = True,
     version: str = MODEL_VERSION,
 ) -> TrainResult:

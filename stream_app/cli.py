@@ -19,6 +19,8 @@ from .cli_offline import (
     dataset_grid_args,
     evaluate_args,
     evaluate_command,
+    pretrain_args,
+    pretrain_command,
     train_args,
     train_command,
 )
@@ -305,6 +307,12 @@ _VERBS: dict[str, tuple[Command, str, Sequence[str] | None, Callable[..., None]]
         "train a global LSTM on a dataset and export model.onnx + card.json",
         ("log_level",),
         train_args,
+    ),
+    "pretrain": (
+        pretrain_command,
+        "pre-train the universal forecaster on the shared datasets and export it",
+        ("log_level",),
+        pretrain_args,
     ),
     "evaluate": (
         evaluate_command,

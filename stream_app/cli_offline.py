@@ -20,15 +20,18 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
 
     dataset = load_dataset(args.dataset, start=args.start, step_s=args.dataset_step_s)
     out = Path(args.out or f"models-out/{dataset.name}-{args.protocol}")
-    result = train(
-        dataset,
-        args.protocol,
-        out,
-        args.preset,
-        seed=args.seed,
-        max_minutes=args.max_minutes,
-        threads=args.threads,
-    )
+    if args.init:
+        result = _fine_tune(args, dataset, out)
+    else:
+        result = train(
+            dataset,
+            args.protocol,
+            out,
+            args.preset,
+            seed=args.seed,
+            max_minutes=args.max_minutes,
+            threads=args.threads,
+        )
     print(
         f"trained {dataset.name} ({args.protocol}, preset {result.preset}) in "
         f"{result.seconds:.0f} s, {result.epochs} epochs (best {result.best_epoch}, "
@@ -41,6 +44,81 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _fine_tune(args: argparse.Namespace, dataset: GridDataset, out: Path) -> Any:
+    from models.finetune_universal import fine_tune_universal
+
+    from .bundled import model_path
+    from .offline.network_context import network_context
+
+    init = model_path(args.init)
+    if not (init / "checkpoint.pt").is_file():
+        raise ValueError(
+            f"--init {args.init}: {init} holds no checkpoint.pt of a universal model (name "
+            "'universal', or a directory stcast pretrain wrote)"
+        )
+    neighbours, calendar, _ = network_context(dataset, args.dataset, args.graph or None)
+    return fine_tune_universal(
+        dataset,
+        args.protocol,
+        out,
+        init,
+        seed=args.seed,
+        max_minutes=args.max_minutes,
+        threads=args.threads,
+        neighbours=neighbours,
+        calendar_known=calendar,
+    )
+
+
+def pretrain_command(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        from models.pretraining import PretrainConfig, run_pretraining
+    except ImportError as exc:  # the runtime install has no torch
+        raise RuntimeError(
+            f"pre-training needs torch ({exc}): pip install 'stcast[train]'"
+        ) from None
+
+    config = PretrainConfig(budget_s=args.budget_s, seed=args.seed)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    result = run_pretraining(
+        Path(args.out), exclude=args.exclude, config=config, threads=args.threads, data_dir=data_dir
+    )
+    run = result.run
+    print(
+        f"pre-trained {result.card.model_id} on {len(result.sets)} sets "
+        f"({', '.join(result.sets)}) in {run.seconds:.0f} s: {run.steps} steps, "
+        f"{run.windows:,} windows, final loss {run.final_loss:.4f}\n"
+        f"wrote {result.out}/model.onnx, card.json and checkpoint.pt\n"
+        f"score it zero-shot: stcast evaluate --model {result.out} --dataset PATH"
+    )
+    return 0
+
+
+def pretrain_args(parser: argparse.ArgumentParser) -> None:
+    from .offline.corpus import PRETRAINING_SETS
+
+    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument(
+        "--exclude",
+        nargs="*",
+        default=[],
+        metavar="DATASET",
+        help=f"sets to leave out (of {', '.join(PRETRAINING_SETS)})",
+    )
+    parser.add_argument("--budget-s", type=float, default=3000.0, help="wall-clock seconds")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (2 only pays on an otherwise idle machine: a busy core makes "
+        "the second thread spin)",
+    )
+    parser.add_argument(
+        "--data-dir", default="", help="the shared data folder (default: ../shared/data)"
+    )
+
+
 def train_args(parser: argparse.ArgumentParser) -> None:
     _protocol_and_dataset_args(parser)
     parser.add_argument("--out", default="", help="model directory to write (default: "
@@ -51,9 +129,27 @@ def train_args(parser: argparse.ArgumentParser) -> None:
         help="network and optimiser preset (seed: the 2x50 LSTM of the literature; tuned: the "
         "measured best)",
     )
+    parser.add_argument(
+        "--init",
+        default="",
+        help="adapt a pre-trained model instead of training from scratch: 'universal' (the "
+        "bundled one) or a directory stcast pretrain wrote",
+    )
+    parser.add_argument(
+        "--graph",
+        default="",
+        help="--init: the network's graph file (edge list or matrix; default: the shared "
+        "dataset's own, else learned from its history)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (runs repeat exactly)")
     parser.add_argument("--max-minutes", type=float, default=10.0, help="wall-clock budget")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (2 only pays on an otherwise idle machine: a busy core makes "
+        "the second thread spin)",
+    )
 
 
 def _protocol_and_dataset_args(parser: argparse.ArgumentParser) -> None:
@@ -76,21 +172,32 @@ def _protocol_and_dataset_args(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_command(args: argparse.Namespace, settings: Settings) -> int:
+    from .bundled import model_path
+    from .core.card import UNIVERSAL, ModelCard
     from .offline.datasets import load_dataset
     from .offline.evaluation import evaluate, format_table
+    from .offline.network_context import network_context
 
     dataset = load_dataset(args.dataset, start=args.start, step_s=args.dataset_step_s)
-    model = Path(args.model) if args.model else None
+    model = model_path(args.model) if args.model else None
     if model is not None and not model.is_dir():
-        raise ValueError(f"--model {model}: no such directory (train one with stcast train)")
+        raise ValueError(
+            f"--model {model}: no such directory (train one with stcast train, or name a "
+            "bundled model: universal)"
+        )
     if args.online:
         return _evaluate_online(args, settings, dataset, model)
+    neighbours, calendar = None, True
+    if model is not None and ModelCard.load(model).kind == UNIVERSAL:
+        neighbours, calendar, _ = network_context(dataset, args.dataset, args.graph or None)
     report = evaluate(
         model,
         dataset,
         args.protocol,
         provider=settings.provider,
         threads=settings.inference_threads,
+        neighbours=neighbours,
+        calendar_known=calendar,
     )
     if args.json:
         print(json.dumps(report.to_json(), allow_nan=False))
@@ -149,8 +256,19 @@ def format_online(report: dict[str, Any]) -> str:
 def evaluate_args(parser: argparse.ArgumentParser) -> None:
     from .loop.online_eval import SCENARIOS
 
-    parser.add_argument("--model", default="", help="model directory (default: baselines only)")
+    parser.add_argument(
+        "--model",
+        default="",
+        help="model directory, or 'universal' (the bundled pre-trained model); default: "
+        "baselines only",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--graph",
+        default="",
+        help="a universal model's neighbours: the network's graph file (default: the shared "
+        "dataset's own, else learned from the first 80 %% of its history)",
+    )
     parser.add_argument(
         "--online",
         action="store_true",

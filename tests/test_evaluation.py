@@ -205,7 +205,11 @@ def test_json_shape_for_tgcn_with_a_model(tmp_path: Path, sz_like: GridDataset) 
         tmp_path, sensors=sz_like.sensors, window=4, horizon=4, step_s=900, mean=20.0, std=10.0
     )
     out = evaluate(model, sz_like, "tgcn").to_json()
-    assert list(out) == ["dataset", "protocol", "horizons", "metrics"]
+    assert list(out) == ["dataset", "protocol", "horizons", "metrics", "pairs", "relative_mae"]
+    model_mae = sum(out["metrics"]["model"]["mae"])
+    assert out["relative_mae"]["persistence"] == model_mae / sum(
+        out["metrics"]["persistence"]["mae"]
+    )
     assert (out["dataset"], out["protocol"]) == ("sz_taxi", "tgcn")
     assert out["horizons"] == ["15min", "30min", "45min", "60min"]
     assert list(out["metrics"]) == [

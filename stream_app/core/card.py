@@ -13,23 +13,25 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from .card_json import FIX, mapping, required, type_error, typed
+from .card_json import ModelContractError as ModelContractError  # part of this module's API
 
 CARD_FILE = "card.json"
 MODEL_FILE = "model.onnx"
 FEATURES = ("value", "time_of_day", "day_of_week")
 BATCH_AXIS = "batch"
+WINDOW, UNIVERSAL = "window", "universal"  # the two kinds of model the runtime can feed
+ANY_STEP = 0  # a universal model's step_s: it serves any grid (``"any"`` in the JSON)
+# A universal model's inputs, in this order (``stream_app.core.contexts`` builds them).
+UNIVERSAL_INPUTS = ("context", "step_s", "calendar", "neighbours")
+_UNIVERSAL_WIDTHS = {"step_s": 1, "calendar": 3}
 
 Dim = int | str
-_T = TypeVar("_T")
-_FIX = "fix the card or re-export it with export.cards.write_card"
-
-
-class ModelContractError(ValueError):
-    """A model card that is unreadable, or that disagrees with its model or the configuration."""
 
 
 @dataclass(frozen=True)
@@ -43,14 +45,14 @@ class TensorSpec:
     @classmethod
     def from_dict(cls, raw: Any, where: str) -> TensorSpec:
         """Parse one ``{"name", "shape", "dtype"}`` entry; ``where`` names it in errors."""
-        obj = _mapping(raw, where)
-        shape = _typed(obj, "shape", list, where)
+        obj = mapping(raw, where)
+        shape = typed(obj, "shape", list, where)
         if not all(_is_dim(d) for d in shape):
             raise ModelContractError(
                 f"{where}.shape={shape!r} holds entries that are neither ints nor "
-                f"{BATCH_AXIS!r}: {_FIX}"
+                f"{BATCH_AXIS!r}: {FIX}"
             )
-        return cls(_typed(obj, "name", str, where), tuple(shape), _typed(obj, "dtype", str, where))
+        return cls(typed(obj, "name", str, where), tuple(shape), typed(obj, "dtype", str, where))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
@@ -62,9 +64,11 @@ class Normalization:
 
     mean: float
     std: float
-    method: str = "zscore"
+    method: str = "zscore"  # or "context": each window by its own statistics (universal)
 
     def to_dict(self) -> dict[str, Any]:
+        if self.method == "context":
+            return {"method": self.method}
         return {"method": self.method, "mean": self.mean, "std": self.std}
 
 
@@ -92,11 +96,20 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     libraries: dict[str, str] = field(default_factory=dict)
+    kind: str = WINDOW
+    quantiles: tuple[float, ...] = ()  # levels of the output's quantile axis (universal)
+    min_context: int = 0  # readings before a sensor is forecast (0: the whole window)
+    neighbours: dict[str, Any] = field(default_factory=dict)  # the neighbour rule (universal)
 
     @property
     def model_id(self) -> str:
         """``name@version``, stamped on every forecast."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def warmup(self) -> int:
+        """Readings a sensor needs before it is forecast."""
+        return self.min_context or self.window
 
     @cached_property
     def _sensor_index(self) -> dict[str, int]:
@@ -119,13 +132,13 @@ class ModelCard:
                 f"{MODEL_FILE} and {CARD_FILE}, or write the card with export.cards.write_card"
             ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelContractError(f"{path} is not valid JSON ({exc}): {_FIX}") from exc
+            raise ModelContractError(f"{path} is not valid JSON ({exc}): {FIX}") from exc
         return cls.from_dict(raw)
 
     @classmethod
     def from_dict(cls, raw: Any) -> ModelCard:
         """Build a card from parsed JSON, checking every key's presence, type and meaning."""
-        obj = _mapping(raw, "card.json")
+        obj = mapping(raw, "card.json")
         card = cls(**_scalars(obj), **_structures(obj))
         _check(card)
         return card
@@ -139,6 +152,8 @@ class ModelCard:
             outputs=[spec.to_dict() for spec in self.outputs],
             normalization=self.normalization.to_dict(),
             sensors=list(self.sensors),
+            quantiles=list(self.quantiles),
+            step_s="any" if self.step_s == ANY_STEP else self.step_s,
         )
         return out
 
@@ -156,7 +171,6 @@ _SCALAR_KEYS: dict[str, type] = {
     "opset": int,
     "window": int,
     "horizon": int,
-    "step_s": int,
     "value_input": str,
     "output": str,
     "unknown_sensor_index": int,
@@ -164,11 +178,19 @@ _SCALAR_KEYS: dict[str, type] = {
 
 
 def _scalars(obj: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: _typed(obj, k, kind, "card.json") for k, kind in _SCALAR_KEYS.items()}
-    sensor_input = _required(obj, "sensor_input", "card.json")
+    out: dict[str, Any] = {k: typed(obj, k, kind, "card.json") for k, kind in _SCALAR_KEYS.items()}
+    sensor_input = required(obj, "sensor_input", "card.json")
     if sensor_input is not None and not isinstance(sensor_input, str):
-        raise _type_error("card.json", "sensor_input", "a string or null", sensor_input)
+        raise type_error("card.json", "sensor_input", "a string or null", sensor_input)
     out["sensor_input"] = sensor_input
+    kind = obj.get("kind", WINDOW)
+    if kind not in (WINDOW, UNIVERSAL):
+        raise type_error("card.json", "kind", f"{WINDOW!r} or {UNIVERSAL!r}", kind)
+    out["kind"] = kind
+    out["step_s"] = ANY_STEP if kind == UNIVERSAL and obj.get("step_s") == "any" else None
+    if out["step_s"] is None:
+        out["step_s"] = typed(obj, "step_s", int, "card.json")
+    out["min_context"] = typed(obj, "min_context", int, "card.json") if "min_context" in obj else 0
     return out
 
 
@@ -177,55 +199,71 @@ def _structures(obj: Mapping[str, Any]) -> dict[str, Any]:
         "features": tuple(_str_list(obj, "features")),
         "inputs": _specs(obj, "inputs"),
         "outputs": _specs(obj, "outputs"),
-        "normalization": _normalization(_typed(obj, "normalization", dict, "card.json")),
+        "normalization": _normalization(typed(obj, "normalization", dict, "card.json")),
         "sensors": tuple(_str_list(obj, "sensors")),
-        "training": _typed(obj, "training", dict, "card.json"),
-        "metrics": _typed(obj, "metrics", dict, "card.json"),
-        "libraries": _typed(obj, "libraries", dict, "card.json"),
+        "training": typed(obj, "training", dict, "card.json"),
+        "metrics": typed(obj, "metrics", dict, "card.json"),
+        "libraries": typed(obj, "libraries", dict, "card.json"),
+        "quantiles": tuple(_levels(obj)),
+        "neighbours": typed(obj, "neighbours", dict, "card.json") if "neighbours" in obj else {},
     }
 
 
+def _levels(obj: Mapping[str, Any]) -> list[float]:
+    items = typed(obj, "quantiles", list, "card.json") if "quantiles" in obj else []
+    if not all(isinstance(q, int | float) and 0 < q < 1 for q in items) or items != sorted(items):
+        raise type_error("card.json", "quantiles", "ascending levels between 0 and 1", items)
+    return [float(q) for q in items]
+
+
 def _specs(obj: Mapping[str, Any], key: str) -> tuple[TensorSpec, ...]:
-    items = _typed(obj, key, list, "card.json")
+    items = typed(obj, key, list, "card.json")
     return tuple(TensorSpec.from_dict(item, f"{key}[{i}]") for i, item in enumerate(items))
 
 
 def _normalization(obj: dict[str, Any]) -> Normalization:
     where = "normalization"
-    method = _typed(obj, "method", str, where)
+    method = typed(obj, "method", str, where)
+    if method == "context":
+        return Normalization(0.0, 1.0, "context")
     if method != "zscore":
         raise ModelContractError(
             f"normalization.method={method!r} is not supported: the runtime de-normalises "
-            "'zscore' only; re-export the model with z-score normalisation"
+            "'zscore' and 'context' only; re-export the model"
         )
-    mean, std = _typed(obj, "mean", float, where), _typed(obj, "std", float, where)
+    mean, std = typed(obj, "mean", float, where), typed(obj, "std", float, where)
     if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
         raise ModelContractError(
-            f"normalization has mean={mean}, std={std}: both must be finite and std > 0; {_FIX}"
+            f"normalization has mean={mean}, std={std}: both must be finite and std > 0; {FIX}"
         )
     return Normalization(float(mean), float(std))
 
 
 def _str_list(obj: Mapping[str, Any], key: str) -> list[str]:
-    items = _typed(obj, key, list, "card.json")
+    items = typed(obj, key, list, "card.json")
     if not all(isinstance(item, str) for item in items):
-        raise _type_error("card.json", key, "a list of strings", items)
+        raise type_error("card.json", key, "a list of strings", items)
     return items
 
 
 def _check(card: ModelCard) -> None:
     """Checks of meaning, once every key has the right type."""
     _check_positive(card)
-    _check_features(card.features)
     _check_sensors(card)
     _check_hash_and_time(card)
+    if card.kind == UNIVERSAL:
+        check_universal(card)
+        return
+    _check_features(card.features)
     _check_io(card)
 
 
 def _check_positive(card: ModelCard) -> None:
     for key in ("opset", "window", "horizon", "step_s"):
+        if key == "step_s" and card.kind == UNIVERSAL and card.step_s == ANY_STEP:
+            continue
         if getattr(card, key) < 1:
-            raise ModelContractError(f"card.json key {key!r} must be at least 1: {_FIX}")
+            raise ModelContractError(f"card.json key {key!r} must be at least 1: {FIX}")
 
 
 def _check_features(features: tuple[str, ...]) -> None:
@@ -240,11 +278,11 @@ def _check_features(features: tuple[str, ...]) -> None:
 
 def _check_sensors(card: ModelCard) -> None:
     if len(set(card.sensors)) != len(card.sensors):
-        raise ModelContractError(f"card.json key 'sensors' lists a sensor twice: {_FIX}")
+        raise ModelContractError(f"card.json key 'sensors' lists a sensor twice: {FIX}")
     if card.unknown_sensor_index < 0:
         raise ModelContractError(
             f"card.json key 'unknown_sensor_index'={card.unknown_sensor_index} must be an "
-            f"embedding row (>= 0), usually len(sensors)={len(card.sensors)}: {_FIX}"
+            f"embedding row (>= 0), usually len(sensors)={len(card.sensors)}: {FIX}"
         )
 
 
@@ -252,7 +290,7 @@ def _check_hash_and_time(card: ModelCard) -> None:
     digest = card.onnx_sha256
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ModelContractError(
-            f"card.json key 'onnx_sha256'={digest!r} is not 64 lowercase hex digits: {_FIX}"
+            f"card.json key 'onnx_sha256'={digest!r} is not 64 lowercase hex digits: {FIX}"
         )
     try:
         stamp = datetime.fromisoformat(card.created_at)
@@ -261,7 +299,7 @@ def _check_hash_and_time(card: ModelCard) -> None:
     if stamp is None or stamp.tzinfo is None:
         raise ModelContractError(
             f"card.json key 'created_at'={card.created_at!r} is not an RFC 3339 time with an "
-            f"offset (e.g. 2024-05-01T12:00:00Z): {_FIX}"
+            f"offset (e.g. 2024-05-01T12:00:00Z): {FIX}"
         )
 
 
@@ -280,6 +318,31 @@ def _check_io(card: ModelCard) -> None:
         )
 
 
+def check_universal(card: ModelCard) -> None:
+    """A universal model's contract: its four inputs, a quantile output with the median."""
+    if card.features != UNIVERSAL_INPUTS or card.value_input != UNIVERSAL_INPUTS[0]:
+        raise ModelContractError(
+            f"card.json of a universal model must list features {list(UNIVERSAL_INPUTS)} and "
+            f"value_input {UNIVERSAL_INPUTS[0]!r}: {FIX}"
+        )
+    if 0.5 not in card.quantiles:
+        raise ModelContractError(f"card.json key 'quantiles' must hold the median 0.5: {FIX}")
+    if not 1 <= card.min_context <= card.window:
+        raise ModelContractError(
+            f"card.json key 'min_context'={card.min_context} must be between 1 and the "
+            f"window {card.window}: {FIX}"
+        )
+    for name in UNIVERSAL_INPUTS:
+        _expect_spec(
+            card.inputs, name, name, (BATCH_AXIS, _UNIVERSAL_WIDTHS.get(name, card.window))
+        )
+    extra = [spec.name for spec in card.inputs if spec.name not in UNIVERSAL_INPUTS]
+    if extra:
+        raise ModelContractError(f"card.json key 'inputs' lists {extra} that no runtime feeds")
+    output = (BATCH_AXIS, len(card.quantiles), card.horizon)
+    _expect_spec(card.outputs, "output", card.output, output)
+
+
 def _expect_spec(
     specs: tuple[TensorSpec, ...],
     key: str,
@@ -289,54 +352,18 @@ def _expect_spec(
 ) -> None:
     found = [spec for spec in specs if spec.name == name]
     where = "outputs" if key == "output" else "inputs"
+    implied = "the model's kind, window, horizon and features"
     if not found:
         raise ModelContractError(
             f"card.json key {key!r}={name!r} is not among the card's {where} "
-            f"{[s.name for s in specs]}: {_FIX}"
+            f"{[s.name for s in specs]}: {FIX}"
         )
     spec = found[0]
     if spec.shape != shape or spec.dtype != dtype:
         raise ModelContractError(
             f"card.json key {key!r}: {where} entry {name!r} is {spec.dtype}{list(spec.shape)} "
-            f"but window, horizon and features imply {dtype}{list(shape)}: {_FIX}"
+            f"but {implied} imply {dtype}{list(shape)}: {FIX}"
         )
-
-
-def _mapping(raw: Any, where: str) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise ModelContractError(f"{where} must be a JSON object, got {type(raw).__name__}: {_FIX}")
-    return raw
-
-
-def _required(obj: Mapping[str, Any], key: str, where: str) -> Any:
-    if key not in obj:
-        raise ModelContractError(f"{where} lacks the key {key!r}: {_FIX}")
-    return obj[key]
-
-
-def _typed(obj: Mapping[str, Any], key: str, kind: type[_T], where: str) -> _T:
-    value = _required(obj, key, where)
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if kind is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok:
-        raise _type_error(where, key, f"a JSON {_JSON_NAMES.get(kind, kind.__name__)}", value)
-    return value  # type: ignore[no-any-return]
-
-
-_JSON_NAMES: dict[type, str] = {
-    str: "string",
-    int: "integer",
-    float: "number",
-    list: "array",
-    dict: "object",
-}
-
-
-def _type_error(where: str, key: str, expected: str, value: Any) -> ModelContractError:
-    return ModelContractError(
-        f"{where} key {key!r} must be {expected}, got {type(value).__name__} {value!r:.60}: {_FIX}"
-    )
 
 
 def _is_dim(dim: Any) -> bool:

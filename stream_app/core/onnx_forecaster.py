@@ -20,8 +20,16 @@ import numpy.typing as npt
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from stream_app.core.card import BATCH_AXIS, MODEL_FILE, ModelCard, ModelContractError, TensorSpec
-from stream_app.core.forecasters import DAY_S, FloatArray, IntArray, WindowBatch
+from .card import (
+    BATCH_AXIS,
+    MODEL_FILE,
+    UNIVERSAL,
+    ModelCard,
+    ModelContractError,
+    TensorSpec,
+)
+from .contexts import calendar
+from .forecasters import DAY_S, FloatArray, IntArray, WindowBatch
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -130,9 +138,10 @@ class OnnxForecaster:
         self.step_s = step_s
         self.card = ModelCard.load(model_dir)
         _check_step(self.card, step_s)
+        self.grid_step = step_s or self.card.step_s
         self._session = _open_session(model_dir / MODEL_FILE, self.card, provider, threads)
         self.provider: str = self._session.get_providers()[0]
-        self._feature_fns = [_FEATURES[name] for name in self.card.features]
+        self._feature_fns = [_FEATURES[name] for name in self.card.features if name in _FEATURES]
         # Seconds from each window step back to the newest one, oldest first.
         self._offsets = np.arange(self.card.window - 1, -1, -1, dtype=np.int64) * self.card.step_s
 
@@ -148,19 +157,53 @@ class OnnxForecaster:
     def model_id(self) -> str:
         return self.card.model_id
 
+    @property
+    def quantiles(self) -> tuple[float, ...]:
+        """The levels of ``forecast_quantiles``' second axis (empty: point forecasts only)."""
+        return self.card.quantiles
+
     def forecast(self, windows: WindowBatch) -> FloatArray:
         """Forecasts (batch, horizon) in the readings' units, from one ``session.run``."""
+        if self.card.kind == UNIVERSAL:
+            median = self.card.quantiles.index(0.5)
+            out: FloatArray = self.forecast_quantiles(windows)[:, median, :]
+            return out
+        self._check_shape(windows)
+        if len(windows) == 0:
+            return np.empty((0, self.horizon), dtype=np.float64)
+        (y,) = self._session.run([self.card.output], self._feeds(windows))
+        norm = self.card.normalization
+        out = np.asarray(y, dtype=np.float64) * norm.std + norm.mean
+        return out
+
+    def forecast_quantiles(self, windows: WindowBatch) -> FloatArray:
+        """(batch, quantiles, horizon) in the readings' units, for a model that gives them."""
+        if not self.card.quantiles:
+            raise ValueError(f"{self.model_id} gives no quantiles")
+        self._check_shape(windows)
+        if len(windows) == 0:
+            return np.empty((0, len(self.quantiles), self.horizon), dtype=np.float64)
+        (q,) = self._session.run([self.card.output], self._universal_feeds(windows))
+        return np.asarray(q, dtype=np.float64)
+
+    def _universal_feeds(self, windows: WindowBatch) -> dict[str, npt.NDArray[Any]]:
+        n = len(windows)
+        neighbours = windows.neighbours
+        if neighbours is None:
+            neighbours = np.full((n, self.window), np.nan, dtype=np.float32)
+        return {
+            "context": windows.values.astype(np.float32),
+            "step_s": np.full((n, 1), self.grid_step, dtype=np.float32),
+            "calendar": calendar(windows.last_ts, windows.calendar_known),
+            "neighbours": neighbours.astype(np.float32, copy=False),
+        }
+
+    def _check_shape(self, windows: WindowBatch) -> None:
         if windows.values.shape != (len(windows), self.window):
             raise ValueError(
                 f"windows.values has shape {windows.values.shape}, "
                 f"expected ({len(windows)}, {self.window}) for {self.model_id}"
             )
-        if len(windows) == 0:
-            return np.empty((0, self.horizon), dtype=np.float64)
-        (y,) = self._session.run([self.card.output], self._feeds(windows))
-        norm = self.card.normalization
-        out: FloatArray = np.asarray(y, dtype=np.float64) * norm.std + norm.mean
-        return out
 
     def _feeds(self, windows: WindowBatch) -> dict[str, npt.NDArray[Any]]:
         feeds: dict[str, npt.NDArray[Any]] = {self.card.value_input: self._features(windows)}
@@ -202,6 +245,13 @@ _FEATURES: dict[str, Callable[[ModelCard, FloatArray, IntArray, Float32Array], N
 
 
 def _check_step(card: ModelCard, step_s: int) -> None:
+    if card.kind == UNIVERSAL:
+        if card.step_s == 0 and not step_s:
+            raise ModelContractError(
+                f"{card.model_id} serves any grid step: say which (STCAST_STEP_S, or the "
+                "network's step)"
+            )
+        return
     if step_s and step_s != card.step_s:
         raise ModelContractError(
             f"card.json says step_s={card.step_s} but the worker is configured with "

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from ..core.card import ModelCard
+from ..core.card import UNIVERSAL, ModelCard
 from ..core.forecasters import FloatArray, Forecaster, IntArray, WindowBatch
 from ..core.onnx_forecaster import OnnxForecaster
 from .datasets import GridDataset
 from .eval_baselines import Samples, baseline_forecasts, evaluation_samples, target_series
 from .eval_metrics import HIGHER_IS_BETTER, score
+from .model_inputs import Neighbours, contexts, neighbour_contexts, padded
 from .protocols import Split, split
 
 METHODS = ("model", "persistence", "seasonal_naive", "historical_average", "window_mean")
@@ -48,10 +49,22 @@ class Report:
     metrics: dict[str, dict[str, list[float]]]
     pairs: int  # (window end, sensor) pairs scored
     skipped: int  # pairs left out because their window has a missing value
+    coverage: dict[str, Any] | None = None  # the model's interval: levels, share per horizon
+
+    def relative_mae(self) -> dict[str, float]:
+        """The model's MAE over the reported horizons divided by each baseline's."""
+        if "model" not in self.metrics:
+            return {}
+        mine = _mean(self.metrics["model"]["mae"])
+        return {
+            method: mine / _mean(by["mae"])
+            for method, by in self.metrics.items()
+            if method != "model" and _mean(by["mae"]) > 0
+        }
 
     def to_json(self) -> dict[str, Any]:
-        """``{"dataset", "protocol", "horizons", "metrics"}``; NaN becomes ``None``."""
-        return {
+        """``{"dataset", "protocol", "horizons", "metrics", ...}``; NaN becomes ``None``."""
+        out: dict[str, Any] = {
             "dataset": self.dataset,
             "protocol": self.protocol,
             "horizons": list(self.horizons),
@@ -59,7 +72,13 @@ class Report:
                 method: {name: [_json_float(v) for v in values] for name, values in by.items()}
                 for method, by in self.metrics.items()
             },
+            "pairs": self.pairs,
         }
+        if "model" in self.metrics:
+            out["relative_mae"] = {k: _json_float(v) for k, v in self.relative_mae().items()}
+        if self.coverage is not None:
+            out["coverage"] = self.coverage
+        return out
 
 
 def evaluate(
@@ -70,12 +89,17 @@ def evaluate(
     provider: str = "cpu",
     threads: int = 1,
     chunk: int = CHUNK,
+    neighbours: Neighbours | None = None,
+    calendar_known: bool = True,
 ) -> Report:
     """Score the model in ``model_dir`` (if any) and the baselines on ``dataset``'s test part.
 
     ``ValueError`` when the model's card disagrees with the protocol's window, horizon or
     step, or knows none of the dataset's sensors. Every method is scored on the same pairs,
-    except that ``seasonal_naive`` leaves out a target whose day-earlier reading is missing.
+    except that ``seasonal_naive`` leaves out a target whose season-earlier reading is missing.
+    A model with a longer context than the protocol's window (the universal model) reads it
+    from the series, as a live worker holds it, with ``neighbours`` (each sensor's, from the
+    network's graph) when given; its 0.1-0.9 interval's coverage is reported.
     """
     parts = split(dataset, protocol)
     forecaster = None
@@ -83,11 +107,19 @@ def evaluate(
         forecaster = open_model(model_dir, dataset, parts, provider, threads)
     samples = evaluation_samples(dataset, parts)
     forecasts = baseline_forecasts(dataset, parts, samples)
+    coverage = None
     if forecaster is not None:
-        forecasts["model"] = model_forecasts(forecaster, dataset, samples, chunk)
+        inputs = ModelInputs(target_series(dataset, parts), neighbours, calendar_known)
+        if forecaster.card.quantiles:
+            quantiles = model_quantiles(forecaster, dataset, samples, inputs, chunk)
+            quantiles = quantiles[:, :, : parts.horizon]
+            forecasts["model"] = quantiles[:, forecaster.card.quantiles.index(0.5)]
+            coverage = interval_coverage(quantiles, forecaster.card.quantiles, samples, parts)
+        else:
+            forecasts["model"] = model_forecasts(forecaster, dataset, samples, chunk)
     metrics = {m: score(forecasts[m], samples.targets, parts) for m in METHODS if m in forecasts}
     labels = tuple(parts.horizon_labels(dataset.step_s))
-    return Report(dataset.name, protocol, labels, metrics, len(samples), samples.skipped)
+    return Report(dataset.name, protocol, labels, metrics, len(samples), samples.skipped, coverage)
 
 
 def open_model(
@@ -100,6 +132,13 @@ def open_model(
 
 def check_card(card: ModelCard, dataset: GridDataset, parts: Split) -> None:
     """``ValueError`` saying what to change when ``card`` cannot be scored under ``parts``."""
+    if card.kind == UNIVERSAL:  # any step, its own context: only the horizon must reach
+        if card.horizon < parts.horizon:
+            raise ValueError(
+                f"the {parts.protocol} protocol on {dataset.name} scores {parts.horizon} steps "
+                f"ahead; {card.model_id} forecasts {card.horizon}"
+            )
+        return
     if (card.window, card.horizon) != (parts.window, parts.horizon):
         raise ValueError(
             f"the {parts.protocol} protocol on {dataset.name} uses window {parts.window}, "
@@ -133,6 +172,61 @@ def model_forecasts(
         for i in range(0, len(samples), chunk)
     ]
     return np.concatenate(chunks) if chunks else np.empty((0, forecaster.horizon))
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a long-context model reads beside the samples: the series, the graph, the calendar."""
+
+    series: FloatArray  # (T, N) the forecast channel
+    neighbours: Neighbours | None = None
+    calendar_known: bool = True
+
+
+def model_quantiles(
+    forecaster: OnnxForecaster,
+    dataset: GridDataset,
+    samples: Samples,
+    inputs: ModelInputs,
+    chunk: int = CHUNK,
+) -> FloatArray:
+    """(pairs, quantiles, horizon) of a quantile model, its context read from the series."""
+    window = forecaster.window
+    pad = padded(inputs.series, window)
+    last_ts = dataset.timestamps()[samples.ends]
+    out = []
+    for i in range(0, len(samples), chunk):
+        ends, sensors = samples.ends[i : i + chunk], samples.sensors[i : i + chunk]
+        nb = None
+        if inputs.neighbours is not None:
+            nb = neighbour_contexts(pad, ends, sensors, window, *inputs.neighbours)
+        batch = WindowBatch(
+            contexts(pad, ends, sensors, window).astype(np.float64),
+            last_ts[i : i + chunk],
+            tuple(dataset.sensors[s] for s in sensors.tolist()),
+            nb,
+            inputs.calendar_known,
+        )
+        out.append(forecaster.forecast_quantiles(batch))
+    if not out:
+        return np.empty((0, len(forecaster.quantiles), forecaster.horizon))
+    return np.concatenate(out)
+
+
+def interval_coverage(
+    quantiles: FloatArray, levels: Sequence[float], samples: Samples, parts: Split
+) -> dict[str, Any]:
+    """Share of the scored targets inside the outermost quantiles, overall and per step."""
+    low, high = quantiles[:, 0], quantiles[:, -1]
+    targets = samples.targets
+    scored = np.isfinite(targets) & ((targets != 0) if parts.masked else True)
+    inside = (targets >= low) & (targets <= high) & scored
+    per_step = inside.sum(axis=0) / np.maximum(scored.sum(axis=0), 1)
+    return {
+        "levels": [levels[0], levels[-1]],
+        "overall": float(inside.sum() / max(int(scored.sum()), 1)),
+        "per_step": [float(v) for v in per_step],
+    }
 
 
 def mae_from_forecasts(
@@ -206,6 +300,11 @@ def _cell(value: float, name: str, best: bool) -> str:
         return "-  "
     digits = 4 if name in HIGHER_IS_BETTER else 2
     return f"{value:.{digits}f}" + (" *" if best else "  ")
+
+
+def _mean(values: Sequence[float]) -> float:
+    known = [v for v in values if not math.isnan(v)]
+    return sum(known) / len(known) if known else math.nan
 
 
 def _json_float(value: float) -> float | None:

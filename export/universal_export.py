@@ -1,0 +1,140 @@
+"""Export the universal forecaster: ``model.onnx`` and a universal card, checked for parity.
+
+The graph takes the runtime's four inputs (``stream_app.core.card.UNIVERSAL_INPUTS``) and gives
+the quantiles in the readings' units. Before the card is written, onnxruntime and torch must
+agree within ``tolerance`` (relative to each window's scale) on a seeded batch of contexts at
+several grid steps, with gaps, short contexts and missing neighbours; otherwise
+:class:`~export.torch_export.ParityError` is raised and no model is left behind.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import torch
+
+from export.cards import write_universal_card
+from export.torch_export import OPSET, ParityError
+from models.universal import OUTPUT, UniversalForecaster
+from stream_app.core.card import BATCH_AXIS, CARD_FILE, MODEL_FILE, UNIVERSAL_INPUTS, ModelCard
+from stream_app.core.contexts import calendar, context_stats
+
+TOLERANCE = 1e-3  # in units of each window's own scale
+PARITY_SIZES = (1, 300)
+PARITY_STEPS = (60, 300, 900, 3_600, 86_400)
+
+
+def export_universal(
+    module: UniversalForecaster,
+    out_dir: Path,
+    *,
+    name: str = "universal",
+    version: str = "1",
+    min_context: int = 12,
+    neighbours: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    tolerance: float = TOLERANCE,
+) -> ModelCard:
+    """Write ``out_dir/model.onnx`` and its universal card after the parity check."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (out_dir / CARD_FILE, out_dir / MODEL_FILE):
+        stale.unlink(missing_ok=True)
+    partial = out_dir / f"{MODEL_FILE}.partial"
+    module.eval()
+    try:
+        _write_onnx(module, partial)
+        check_universal_parity(module, partial, tolerance=tolerance)
+        partial.replace(out_dir / MODEL_FILE)
+    finally:
+        partial.unlink(missing_ok=True)
+    config = module.config
+    return write_universal_card(
+        out_dir / MODEL_FILE,
+        name=name,
+        version=version,
+        context=config.context,
+        horizon=config.horizon,
+        quantiles=config.quantiles,
+        min_context=min_context,
+        neighbours=neighbours or {},
+        training={"architecture": config.to_dict(), **(training or {})},
+        metrics=metrics,
+        libraries={"torch": torch.__version__},
+    )
+
+
+def _write_onnx(module: UniversalForecaster, path: Path) -> None:
+    feeds = parity_batch(module.config.context, 2, seed=0)
+    args = tuple(torch.from_numpy(feeds[name]) for name in UNIVERSAL_INPUTS)
+    axes = {name: {0: BATCH_AXIS} for name in (*UNIVERSAL_INPUTS, OUTPUT)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            input_names=list(UNIVERSAL_INPUTS),
+            output_names=[OUTPUT],
+            opset_version=OPSET,
+            dynamic_axes=axes,
+        )
+
+
+def parity_batch(context: int, size: int, seed: int) -> dict[str, npt.NDArray[np.float32]]:
+    """Seeded inputs like the runtime's: levels and scales of many kinds, several grid steps,
+    gaps, contexts still warming up, and rows without neighbours."""
+    rng = np.random.default_rng(seed)
+    level = rng.choice([0.5, 30.0, 400.0, 2e4], size)[:, None]
+    wave = np.sin(
+        np.arange(context)[None, :] * 2 * np.pi / rng.choice([24, 96, 288], size)[:, None]
+    )
+    values = level * (1 + 0.3 * wave + 0.1 * rng.standard_normal((size, context)))
+    values[rng.random((size, context)) < 0.05] = np.nan
+    short = rng.integers(12, context + 1, size)
+    values[np.arange(context)[None, :] < (context - short)[:, None]] = np.nan
+    values[:, -1] = level[:, 0]
+    neighbours = rng.standard_normal((size, context))
+    neighbours[rng.random(size) < 0.3] = np.nan
+    last_ts = rng.integers(1_400_000_000, 1_800_000_000, size)
+    return {
+        "context": values.astype(np.float32),
+        "step_s": rng.choice(PARITY_STEPS, (size, 1)).astype(np.float32),
+        "calendar": calendar(last_ts, rng.random(size) < 0.8),
+        "neighbours": neighbours.astype(np.float32),
+    }
+
+
+def check_universal_parity(
+    module: UniversalForecaster, onnx_path: Path, *, tolerance: float = TOLERANCE, seed: int = 0
+) -> float:
+    """The largest |torch - onnxruntime| in units of each window's scale; ParityError if large."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for size in PARITY_SIZES:
+        feeds = parity_batch(module.config.context, size, seed)
+        (got,) = session.run([OUTPUT], dict(feeds))
+        with torch.no_grad():
+            want = module(*(torch.from_numpy(feeds[n]) for n in UNIVERSAL_INPUTS)).numpy()
+        if got.shape != want.shape:
+            raise ParityError(f"onnxruntime gave shape {got.shape}, torch {want.shape}")
+        _, scale = context_stats(feeds["context"])
+        diff = float(np.max(np.abs(got - want) / scale[:, None, None]))
+        if not np.isfinite(diff) or diff > tolerance:
+            raise ParityError(
+                f"onnxruntime and torch differ by {diff:.3g} scales (tolerance {tolerance:g}) at "
+                f"batch {size}: the exported graph is not the trained model; not exported"
+            )
+        worst = max(worst, diff)
+    return worst

@@ -1,0 +1,263 @@
+"""``stcast train --init universal``: the pre-trained model adapted to one network.
+
+The protocol's parts are used as ``stcast train`` uses them: the weights are fitted on the
+training part's windows (each with its long context and its neighbours, as the runtime builds
+them), the epoch kept is the one with the lowest validation MAE, and the test part is never
+read. The loss is the quantile loss in the network's own units (divided by its spread), and for
+protocols that report RMSE the median's squared error is added, so the adapted model is fitted
+to what it will be scored on.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from export.universal_export import export_universal
+from stream_app.core.card import CARD_FILE, MODEL_FILE, ModelCard
+from stream_app.core.contexts import calendar, rolling_stats
+from stream_app.offline.datasets import GridDataset
+from stream_app.offline.model_inputs import Neighbours, contexts, padded
+from stream_app.offline.protocols import Split, split
+
+from .checkpoint import CHECKPOINT_FILE
+from .pretrain_data import MIN_CONTEXT, fast_neighbour_contexts
+from .pretraining import NEIGHBOUR_RULE
+from .training import EXPORT_RESERVE_S, TrainResult, seed_everything
+from .universal import UniversalForecaster, load_universal, pinball, save_universal
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+LR = 3e-4
+BATCH = 256
+PATIENCE = 4  # epochs without a better validation MAE
+MAX_EPOCHS = 60
+EVAL_BATCH = 2048
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """(window end, sensor) pairs of one part, with their targets in the readings' units."""
+
+    ends: IntArray
+    sensors: IntArray
+    target: npt.NDArray[np.float32]  # (P, H), NaN where not scored
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+
+class _Inputs:
+    """The runtime's inputs for any pairs of one dataset (contexts, neighbours, calendar)."""
+
+    def __init__(
+        self, dataset: GridDataset, series: FloatArray, window: int, neighbours: Neighbours | None,
+        calendar_known: bool,
+    ) -> None:  # fmt: skip
+        self.dataset, self.window, self.calendar_known = dataset, window, calendar_known
+        self.pad = padded(series, window)
+        self.neighbours = neighbours
+        self.mean, self.scale = rolling_stats(series, window)
+        self.times = dataset.timestamps()
+
+    def tensors(self, ends: IntArray, sensors: IntArray) -> list[Tensor]:
+        context = contexts(self.pad, ends, sensors, self.window)
+        n = len(ends)
+        if self.neighbours is None:
+            nb = np.full((n, self.window), np.nan, dtype=np.float32)
+        else:
+            index, weight = self.neighbours
+            nb = fast_neighbour_contexts(
+                self.pad, self.mean, self.scale, ends, self.window, index[sensors], weight[sensors]
+            )
+        step = np.full((n, 1), self.dataset.step_s, dtype=np.float32)
+        cal = calendar(self.times[ends], self.calendar_known)
+        return [torch.from_numpy(a) for a in (context, step, cal, nb)]
+
+
+def fine_tune_universal(
+    dataset: GridDataset,
+    protocol: str,
+    out_dir: Path,
+    init: Path,
+    *,
+    seed: int = 0,
+    max_minutes: float = 10.0,
+    threads: int = 2,
+    progress: bool = True,
+    neighbours: Neighbours | None = None,
+    calendar_known: bool = True,
+    version: str = "1",
+    max_epochs: int = MAX_EPOCHS,
+) -> TrainResult:
+    """Adapt the universal model in ``init`` to ``dataset`` under ``protocol``; export it."""
+    start = time.monotonic()
+    seed_everything(seed, threads)
+    model, base = load_universal(init / CHECKPOINT_FILE)
+    base_card = ModelCard.load(init)
+    parts = split(dataset, protocol)
+    series = dataset.values[:, :, parts.target_channel]
+    inputs = _Inputs(dataset, series, model.config.context, neighbours, calendar_known)
+    train, val = _pairs(series, parts, parts.train, model), _pairs(series, parts, parts.val, model)
+    spread = float(np.nanstd(series[parts.train]) or 1.0)
+    deadline = start + max_minutes * 60 - EXPORT_RESERVE_S
+    best, history = _fit(
+        model, inputs, train, val, parts, spread, deadline, seed, progress, max_epochs
+    )
+    model.load_state_dict(best)
+    val_mae = _val_mae(model, inputs, val, parts)
+    summary = {
+        "kind": "fine-tuning",
+        "init": base_card.model_id,
+        "init_sha256": base_card.onnx_sha256,
+        "dataset": dataset.name,
+        "protocol": protocol,
+        "parts": {"train": _span(parts.train), "val": _span(parts.val)},
+        "pairs": {"train": len(train), "val": len(val)},
+        "val_mae_by_epoch": [round(v, 4) for v in history],  # [0]: the pre-trained weights
+        "best_epoch": int(np.argmin(history)),  # 0: fine-tuning found nothing better
+        "seconds": round(time.monotonic() - start, 1),
+        "seed": seed,
+        "threads": threads,
+        "pretraining": base.get("corpus", []),
+    }  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_universal(model, out_dir / CHECKPOINT_FILE, {**base, "fine_tuning": summary})
+    export_universal(
+        model,
+        out_dir,
+        name=f"{dataset.name}-universal",
+        version=version,
+        neighbours=NEIGHBOUR_RULE,
+        training=summary,
+        metrics={"val": {"mae": round(val_mae, 4)}},
+    )
+    return TrainResult(
+        out_dir=out_dir,
+        checkpoint=out_dir / CHECKPOINT_FILE,
+        model=out_dir / MODEL_FILE,
+        card=out_dir / CARD_FILE,
+        preset="universal",
+        epochs=len(history) - 1,
+        best_epoch=summary["best_epoch"],
+        seconds=time.monotonic() - start,
+        stopped="time budget" if time.monotonic() >= deadline else "early stop",
+        val_metrics={"mae": val_mae},
+    )
+
+
+def _pairs(series: FloatArray, parts: Split, part: range, model: UniversalForecaster) -> _Pairs:
+    """Every (end, sensor) of ``part`` whose newest reading is there and whose targets count."""
+    ends = parts.sample_ends(part)
+    horizon = model.config.horizon
+    n = series.shape[1]
+    end_rows = np.repeat(ends, n)
+    sensors = np.tile(np.arange(n, dtype=np.int64), len(ends))
+    steps = end_rows[:, None] + np.arange(1, horizon + 1)
+    target = series[np.minimum(steps, len(series) - 1), sensors[:, None]].astype(np.float32)
+    target[steps >= len(series)] = np.nan
+    target[:, parts.horizon :] = np.nan  # steps the protocol does not score
+    if parts.masked:
+        target[target == 0] = np.nan
+    seen = ~np.isnan(series[end_rows, sensors])
+    history = _observed_before(series, end_rows, sensors)
+    keep = seen & (history >= MIN_CONTEXT) & ~np.isnan(target).all(axis=1)
+    return _Pairs(end_rows[keep], sensors[keep], target[keep])
+
+
+def _observed_before(series: FloatArray, ends: IntArray, sensors: IntArray) -> IntArray:
+    """How many readings each sensor has up to each end (its warm-up)."""
+    counts = np.cumsum(~np.isnan(series), axis=0)
+    out: IntArray = counts[ends, sensors]
+    return out
+
+
+def _fit(
+    model: UniversalForecaster,
+    inputs: _Inputs,
+    train: _Pairs,
+    val: _Pairs,
+    parts: Split,
+    spread: float,
+    deadline: float,
+    seed: int,
+    progress: bool,
+    max_epochs: int,
+) -> tuple[dict[str, Tensor], list[float]]:
+    """Epochs until ``deadline`` or ``PATIENCE`` epochs without progress; the best weights."""
+    rng = np.random.default_rng(seed)
+    optimiser = torch.optim.AdamW(model.parameters(), LR, weight_decay=1e-4)
+    best_state, history = copy.deepcopy(model.state_dict()), [_val_mae(model, inputs, val, parts)]
+    since_best, epoch_s = 0, 0.0
+    bar = tqdm(total=max_epochs, unit="epoch", disable=not progress, desc="fine-tuning")
+    for _ in range(max_epochs):
+        if time.monotonic() + epoch_s > deadline or since_best >= PATIENCE:
+            break
+        began = time.monotonic()
+        _epoch(model, optimiser, inputs, train, parts, spread, rng)
+        history.append(_val_mae(model, inputs, val, parts))
+        epoch_s = time.monotonic() - began
+        if history[-1] < min(history[:-1]):
+            best_state, since_best = copy.deepcopy(model.state_dict()), 0
+        else:
+            since_best += 1
+        bar.update(1)
+        bar.set_postfix(val_mae=f"{history[-1]:.4f}", best=f"{min(history):.4f}")
+    bar.close()
+    return best_state, history
+
+
+def _epoch(
+    model: UniversalForecaster,
+    optimiser: torch.optim.Optimizer,
+    inputs: _Inputs,
+    train: _Pairs,
+    parts: Split,
+    spread: float,
+    rng: np.random.Generator,
+) -> None:
+    model.train()
+    order = rng.permutation(len(train))
+    rmse = parts.cumulative  # the tgcn protocol reports RMSE beside MAE
+    for i in range(0, len(order), BATCH):
+        pick = order[i : i + BATCH]
+        q = model(*inputs.tensors(train.ends[pick], train.sensors[pick]))
+        target = torch.from_numpy(train.target[pick])
+        seen = ~torch.isnan(target)
+        y = torch.where(seen, target, torch.zeros_like(target))
+        loss = pinball(q / spread, y / spread, seen, model.config.quantiles)
+        if rmse:
+            median = q[:, 1, :] / spread
+            loss = loss + (((median - y / spread) ** 2) * seen).sum() / seen.sum().clamp(min=1)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+
+
+@torch.no_grad()
+def _val_mae(model: UniversalForecaster, inputs: _Inputs, val: _Pairs, parts: Split) -> float:
+    """The median's MAE over the protocol's scored steps of the validation part."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(val), EVAL_BATCH):
+        sl = slice(i, i + EVAL_BATCH)
+        median = model(*inputs.tensors(val.ends[sl], val.sensors[sl]))[:, 1, :].numpy()
+        err = np.abs(median - val.target[sl])
+        seen = ~np.isnan(err)
+        total += float(err[seen].sum())
+        count += int(seen.sum())
+    return total / max(count, 1)
+
+
+def _span(part: range) -> list[int]:
+    return [part.start, part.stop]

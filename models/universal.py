@@ -1,0 +1,339 @@
+"""The universal forecaster: one pre-trained model for any series at any grid step.
+
+Inputs (the runtime's, see ``stream_app.core.contexts``):
+
+- ``context`` (batch, C) float32: the sensor's last C readings, oldest first, NaN where missing
+  or before its first reading (a sensor is forecast after a short warm-up: masked padding);
+- ``step_s`` (batch, 1) float32: the grid step in seconds;
+- ``calendar`` (batch, 3) float32: time of day and weekday of the forecast origin, and whether
+  the calendar is real;
+- ``neighbours`` (batch, C) float32: the graph-weighted neighbours' normalised context, NaN
+  where there is none (no graph, or a sensor-keyed network).
+
+Output ``quantiles`` (batch, Q, H) in the readings' units. Inside, the context is normalised
+by its own mean and scale and the forecast de-normalised with them, so counts, speeds,
+concentrations and power are all just series. The context is cut into patches; an LSTM reads
+the patch tokens (each told the step and the time it ends at). A decoder, shared by the horizon
+steps, reads the LSTM's state with what each step needs: the values one season and one week
+before it (never after the origin), the average of every season before it in the context,
+its own calendar and its index. Quantiles are kept ordered by construction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional
+
+from stream_app.core.contexts import SCALE_EPS, SCALE_FLOOR, Z_CLIP
+
+DAY_S, WEEK_S, YEAR_S = 86_400.0, 604_800.0, 365.0 * 86_400.0
+INPUTS = ("context", "step_s", "calendar", "neighbours")
+OUTPUT = "quantiles"
+MAX_SEASONS = 14  # seasons back averaged by the decoder (two weeks of days)
+
+
+@dataclass(frozen=True)
+class UniversalConfig:
+    """The network's shape; everything needed to rebuild it from a checkpoint."""
+
+    context: int = 288
+    horizon: int = 12
+    # Patches of 24 and these widths: 2.1 x the throughput of patch 12, hidden 128, d_model 96,
+    # decoder 128 (23.6k against 11.5k windows/s, batch 256, one thread) and, at an equal
+    # 300 s of pre-training, zero-shot PEMS08 MAE 23.64 against 24.40.
+    patch: int = 24
+    d_model: int = 64
+    hidden: int = 96
+    layers: int = 1
+    decoder: int = 96
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    residual: bool = False  # the median is the last reading plus the decoder's change
+    step_dropout: float = 0.0  # in training, this share of windows is not told the step (1: none)
+    backtest: bool = True  # tell the decoder how persistence and the season did in the context
+    # The median mixes the last reading and the decoder's by a learned gate. Pre-trained 300 s
+    # without PEMS08, WIND, EU_WEATHER and LOS_LOOP, MAE / persistence's on those four: gate
+    # 0.847, 1.232, 0.851, 1.006 (geometric mean 0.972); residual (last + change) 0.979;
+    # neither 0.984. With neighbours each time; without them in training 0.87-1.19 worse.
+    gate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.context % self.patch:
+            raise ValueError(f"context {self.context} is not a multiple of patch {self.patch}")
+        if len(self.quantiles) != 3 or self.quantiles[1] != 0.5:
+            raise ValueError("quantiles must be (low, 0.5, high)")
+
+    @property
+    def tokens(self) -> int:
+        return self.context // self.patch
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "quantiles": list(self.quantiles)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> UniversalConfig:
+        return cls(**{**raw, "quantiles": tuple(raw["quantiles"])})
+
+
+class UniversalForecaster(nn.Module):
+    """Patched LSTM encoder and a per-step decoder, on self-normalised contexts."""
+
+    def __init__(self, config: UniversalConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.step_embedding = nn.Sequential(nn.Linear(1, 16), nn.GELU(), nn.Linear(16, 16))
+        self.token = nn.Linear(4 * c.patch + 16 + 4, c.d_model)
+        self.lstm = nn.LSTM(c.d_model, c.hidden, c.layers, batch_first=True)
+        per_step = c.hidden + 6 + 4 + c.horizon + 16 + 1 + (3 if c.backtest else 0)
+        self.decoder = nn.Sequential(
+            nn.Linear(per_step, c.decoder),
+            nn.GELU(),
+            nn.Linear(c.decoder, c.decoder),
+            nn.GELU(),
+            nn.Linear(c.decoder, 4 if c.gate else 3),
+        )
+        offsets = torch.arange(-(c.context - 1), 1, dtype=torch.float32)
+        self.patch_ends: Tensor
+        self.steps: Tensor
+        self.horizon_code: Tensor
+        self.register_buffer("patch_ends", offsets[c.patch - 1 :: c.patch].clone(), False)
+        self.register_buffer("steps", torch.arange(1, c.horizon + 1, dtype=torch.float32), False)
+        self.register_buffer("horizon_code", torch.eye(c.horizon), False)
+
+    def forward(
+        self, context: Tensor, step_s: Tensor, calendar: Tensor, neighbours: Tensor
+    ) -> Tensor:
+        z, seen, mean, scale = _normalise(context)
+        nb_seen = ~torch.isnan(neighbours)
+        nb = torch.where(nb_seen, neighbours, torch.zeros_like(neighbours))
+        step_code = self._step_code(step_s)  # (B, 16)
+        state = self._encode(z, seen, nb, nb_seen, step_s, calendar, step_code)
+        out = self._decode(z, seen, state, step_s, calendar, step_code)  # (B, H, 3)
+        low, mid, high = out[:, :, 0], out[:, :, 1], out[:, :, 2]
+        if self.config.residual or self.config.gate:  # unclipped: persistence is exact
+            last = torch.where(seen[:, -1:], (context[:, -1:] - mean) / scale, z[:, -1:])
+            if self.config.gate:
+                share = torch.sigmoid(out[:, :, 3])
+                mid = share * last + (1 - share) * mid
+            else:
+                mid = mid + last
+        q = torch.stack(
+            [mid - functional.softplus(low), mid, mid + functional.softplus(high)], dim=1
+        )  # (B, 3, H)
+        return mean[:, :, None] + scale[:, :, None] * q
+
+    def _step_code(self, step_s: Tensor) -> Tensor:
+        code: Tensor = self.step_embedding(torch.log(step_s / 3600.0))
+        p = self.config.step_dropout
+        if p >= 1.0:
+            return torch.zeros_like(code)
+        if self.training and p > 0:
+            keep = (torch.rand(code.shape[0], 1) >= p).to(code.dtype)
+            code = code * keep
+        return code
+
+    def forward_normalised(
+        self, context: Tensor, step_s: Tensor, calendar: Tensor, neighbours: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The quantiles in the context's own units (for the loss), with its mean and scale."""
+        y = self.forward(context, step_s, calendar, neighbours)
+        _, _, mean, scale = _normalise(context)
+        return (y - mean[:, :, None]) / scale[:, :, None], mean, scale
+
+    def _encode(
+        self,
+        z: Tensor,
+        seen: Tensor,
+        nb: Tensor,
+        nb_seen: Tensor,
+        step_s: Tensor,
+        calendar: Tensor,
+        step_code: Tensor,
+    ) -> Tensor:
+        c = self.config
+        batch = z.shape[0]
+        parts = [z, seen.to(z.dtype), nb, nb_seen.to(z.dtype)]
+        patches = torch.cat([p.reshape(batch, c.tokens, c.patch) for p in parts], dim=2)
+        when = _calendar_codes(calendar, step_s, self.patch_ends)  # (B, K, 4)
+        steps = step_code[:, None, :].expand(batch, c.tokens, 16)
+        tokens = self.token(torch.cat([patches, steps, when], dim=2))
+        seq, _ = self.lstm(tokens)
+        last: Tensor = seq[:, -1, :]
+        return last
+
+    def _decode(
+        self,
+        z: Tensor,
+        seen: Tensor,
+        state: Tensor,
+        step_s: Tensor,
+        calendar: Tensor,
+        step_code: Tensor,
+    ) -> Tensor:
+        c = self.config
+        batch = z.shape[0]
+        lags = _seasonal_lags(z, seen, step_s, self.steps, c.context)  # (B, H, 6)
+        when = _calendar_codes(calendar, step_s, self.steps)  # (B, H, 4)
+        last = z[:, -1:, None].expand(batch, c.horizon, 1)
+        extra = [_backtest(z, seen, step_s, c.horizon)] if c.backtest else []
+        per_step = torch.cat(
+            [
+                *extra,
+                state[:, None, :].expand(batch, c.horizon, c.hidden),
+                lags,
+                when,
+                self.horizon_code[None].expand(batch, c.horizon, c.horizon),
+                step_code[:, None, :].expand(batch, c.horizon, 16),
+                last,
+            ],
+            dim=2,
+        )
+        out: Tensor = self.decoder(per_step)
+        return out
+
+
+def _normalise(context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """z, the seen mask, mean (B, 1) and scale (B, 1): ``stream_app.core.contexts``'s formula."""
+    seen = ~torch.isnan(context)
+    x = torch.where(seen, context, torch.zeros_like(context))
+    count = seen.sum(dim=1, keepdim=True).clamp(min=1).to(context.dtype)
+    mean = x.sum(dim=1, keepdim=True) / count
+    centred = torch.where(seen, x - mean, torch.zeros_like(x))
+    std = torch.sqrt((centred**2).sum(dim=1, keepdim=True) / count)
+    level = x.abs().sum(dim=1, keepdim=True) / count
+    scale = std + SCALE_FLOOR * level + SCALE_EPS
+    z = torch.clamp(centred / scale, -Z_CLIP, Z_CLIP)
+    return z, seen, mean, scale
+
+
+def season_steps(step_s: Tensor) -> Tensor:
+    """One season in grid steps: a day below a day's step, a week below a week's, else a year
+    (``stream_app.core.forecasters.season_steps``)."""
+    period = torch.where(
+        step_s < DAY_S,
+        torch.full_like(step_s, DAY_S),
+        torch.where(
+            step_s < WEEK_S, torch.full_like(step_s, WEEK_S), torch.full_like(step_s, YEAR_S)
+        ),
+    )
+    return torch.clamp(torch.round(period / step_s), min=1.0)
+
+
+def _seasonal_lags(z: Tensor, seen: Tensor, step_s: Tensor, steps: Tensor, context: int) -> Tensor:
+    """Per horizon step: the value one season before it and one week before it (sub-daily
+    steps), never after the origin, and the mean of every season before it in the context;
+    each with a mask. (B, H, 6)."""
+    season = season_steps(step_s)  # (B, 1)
+    week = torch.where(step_s < DAY_S, torch.round(WEEK_S / step_s), torch.zeros_like(step_s))
+    one, one_seen = _lag(z, seen, season, steps, context)
+    weekly, weekly_seen = _lag(z, seen, week, steps, context)
+    total = torch.zeros_like(one)
+    count = torch.zeros_like(one)
+    for k in range(1, context + 1):  # unrolled only as far as a season of 1 step could go
+        if k > MAX_SEASONS:
+            break
+        value, present = _lag(z, seen, season * k, steps, context, exact=True)
+        total = total + value
+        count = count + present
+    average = total / count.clamp(min=1.0)
+    has_average = (count > 0).to(z.dtype)
+    return torch.stack([one, one_seen, weekly, weekly_seen, average, has_average], dim=2)
+
+
+def _backtest(z: Tensor, seen: Tensor, step_s: Tensor, horizon: int) -> Tensor:
+    """How persistence at each lead h and the seasonal value did inside the context: the mean
+    absolute change over h steps, over one season, and whether the season fits. (B, H, 3)."""
+    errors = []
+    for h in range(1, horizon + 1):
+        both = seen[:, h:] & seen[:, :-h]
+        change = torch.where(both, (z[:, h:] - z[:, :-h]).abs(), torch.zeros_like(z[:, h:]))
+        errors.append(change.sum(dim=1) / both.sum(dim=1).clamp(min=1).to(z.dtype))
+    persistence = torch.stack(errors, dim=1)  # (B, H)
+    context = z.shape[1]
+    season = season_steps(step_s)  # (B, 1)
+    earlier = torch.arange(context, dtype=z.dtype)[None, :] - season  # (B, C)
+    valid = earlier >= 0
+    index = torch.clamp(earlier, min=0).to(torch.int64)
+    both = valid & seen & torch.gather(seen, 1, index)
+    change = torch.where(both, (z - torch.gather(z, 1, index)).abs(), torch.zeros_like(z))
+    count = both.sum(dim=1, keepdim=True).to(z.dtype)
+    seasonal = change.sum(dim=1, keepdim=True) / count.clamp(min=1.0)
+    has = (count > 0).to(z.dtype)
+    b, h = persistence.shape
+    return torch.stack([persistence, seasonal.expand(b, h), has.expand(b, h)], dim=2)
+
+
+def _lag(
+    z: Tensor, seen: Tensor, period: Tensor, steps: Tensor, context: int, exact: bool = False
+) -> tuple[Tensor, Tensor]:
+    """The value ``period`` (B, 1) steps before each horizon step (whole periods back until
+    at or before the origin unless ``exact``), and whether it is a reading in the context."""
+    safe = torch.clamp(period, min=1.0)
+    back = safe if exact else safe * torch.ceil(steps[None, :] / safe)  # (B, H)
+    position = (context - 1) + steps[None, :] - back
+    valid = (period > 0) & (position >= 0) & (position <= context - 1)
+    index = torch.clamp(position, 0, context - 1).to(torch.int64)
+    value = torch.gather(z, 1, index)
+    present = valid & torch.gather(seen, 1, index)
+    return torch.where(present, value, torch.zeros_like(value)), present.to(z.dtype)
+
+
+def _calendar_codes(calendar: Tensor, step_s: Tensor, offsets: Tensor) -> Tensor:
+    """sin/cos of the time of day and of the weekday at ``offsets`` steps from the origin,
+    zero where the calendar is not real. (B, len(offsets), 4)."""
+    days = calendar[:, 0:1] + offsets[None, :] * step_s / DAY_S  # (B, n)
+    tod = days - torch.floor(days)
+    dow = torch.remainder(calendar[:, 1:2] + torch.floor(days), 7.0)
+    known = calendar[:, 2:3]
+    angle_day, angle_week = 2 * math.pi * tod, 2 * math.pi * dow / 7.0
+    codes = [
+        torch.sin(angle_day),
+        torch.cos(angle_day),
+        torch.sin(angle_week),
+        torch.cos(angle_week),
+    ]
+    return torch.stack([code * known for code in codes], dim=2)
+
+
+def pinball(pred: Tensor, target: Tensor, mask: Tensor, quantiles: tuple[float, ...]) -> Tensor:
+    """Mean quantile loss of ``pred`` (B, Q, H) against ``target`` (B, H) where ``mask``."""
+    levels = torch.tensor(quantiles, dtype=pred.dtype)[None, :, None]
+    diff = target[:, None, :] - pred
+    loss = torch.maximum(levels * diff, (levels - 1) * diff)
+    weight = mask[:, None, :].to(pred.dtype)
+    return (loss * weight).sum() / (weight.sum() * len(quantiles)).clamp(min=1.0) * len(quantiles)
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def save_universal(model: UniversalForecaster, path: Path, training: dict[str, Any]) -> None:
+    """The weights, the architecture and how they were made, for fine-tuning later."""
+    torch.save(
+        {
+            "kind": "universal",
+            "config": model.config.to_dict(),
+            "state": model.state_dict(),
+            "training": training,
+        },
+        path,
+    )
+
+
+def load_universal(path: Path) -> tuple[UniversalForecaster, dict[str, Any]]:
+    """The model saved by ``save_universal`` (in eval mode) and its training record."""
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(raw, dict) or raw.get("kind") != "universal":
+        raise ValueError(f"{path} is not a universal model's checkpoint")
+    model = UniversalForecaster(UniversalConfig.from_dict(raw["config"]))
+    model.load_state_dict(raw["state"])
+    model.eval()
+    training: dict[str, Any] = raw.get("training", {})
+    return model, training

@@ -1,0 +1,115 @@
+"""The inputs of the universal model, computed the same way offline and live.
+
+The universal model reads a sensor's context (its last ``context`` readings on the grid, NaN
+where missing or before the sensor's first reading), the grid step, the calendar of the
+forecast origin, and, when the network's graph is known, its neighbours' context. The model
+normalises its own context inside the graph; the neighbours' context is normalised here, each
+neighbour by its own context statistics, and averaged with the graph's weights. Training
+(``models.pretraining``) and serving (``core.onnx_forecaster``) both call these functions, so
+live and offline inputs are the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from .forecasters import DAY_S
+
+FloatArray = npt.NDArray[np.float64]
+Float32Array = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+SCALE_FLOOR = 0.01  # of the mean absolute reading: a flat context is not divided by ~0
+SCALE_EPS = 1e-6
+Z_CLIP = 20.0  # normalised readings beyond this many scales are clipped
+CALENDAR_WIDTH = 3  # time of day (fraction), day of week (0 = Monday), calendar known (0/1)
+
+
+def context_stats(values: npt.NDArray[np.floating]) -> tuple[FloatArray, FloatArray]:
+    """Mean and scale of each row's readings (NaN ignored); (0, floor) for an empty row.
+
+    The scale is the standard deviation plus a small share of the mean absolute reading, so a
+    flat context gets a scale that fits its level rather than zero.
+
+    >>> mean, scale = context_stats(np.array([[1.0, 3.0, np.nan], [5.0, 5.0, 5.0]]))
+    >>> mean.tolist(), np.round(scale, 4).tolist()
+    ([2.0, 5.0], [1.02, 0.05])
+    """
+    x = np.asarray(values, dtype=np.float64)
+    seen = ~np.isnan(x)
+    count = np.maximum(seen.sum(axis=1), 1)
+    filled = np.where(seen, x, 0.0)
+    mean = filled.sum(axis=1) / count
+    centred = np.where(seen, x - mean[:, None], 0.0)
+    var = np.einsum("ij,ij->i", centred, centred) / count
+    level = np.abs(filled).sum(axis=1) / count
+    scale = np.sqrt(var) + SCALE_FLOOR * level + SCALE_EPS
+    return mean, scale
+
+
+def normalised(values: npt.NDArray[np.floating]) -> Float32Array:
+    """Each row in units of its own scale around its own mean, clipped; NaN stays NaN."""
+    mean, scale = context_stats(values)
+    z = (np.asarray(values, dtype=np.float64) - mean[:, None]) / scale[:, None]
+    return np.clip(z, -Z_CLIP, Z_CLIP, out=z).astype(np.float32)
+
+
+def neighbour_context(
+    contexts: npt.NDArray[np.floating], index: IntArray, weight: npt.NDArray[np.floating]
+) -> Float32Array:
+    """The graph-weighted mean of the neighbours' normalised contexts, per row of ``index``.
+
+    ``contexts`` (M, C) are the contexts of every sensor that may be a neighbour; ``index``
+    (B, k) names each row's neighbours in it (-1: none) and ``weight`` (B, k) their weights. At
+    each step the weights of the neighbours with a reading are renormalised; a step where no
+    neighbour has one, and a row without neighbours, is NaN (the model's mask).
+    """
+    z = normalised(contexts) if len(contexts) else np.empty((0, contexts.shape[1]), np.float32)
+    real = index >= 0
+    picked = z[np.where(real, index, 0)]  # (B, k, C)
+    w = np.where(real, weight, 0.0).astype(np.float32)[:, :, None] * ~np.isnan(picked)
+    total = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: Float32Array = ((np.nan_to_num(picked) * w).sum(axis=1) / total).astype(np.float32)
+    out[total <= 0] = np.nan
+    return out
+
+
+def calendar(last_ts: IntArray, known: bool | npt.NDArray[np.bool_] = True) -> Float32Array:
+    """(B, 3): time of day of each origin as a fraction, its weekday (Monday 0), and whether
+    the calendar is real (a dataset with nominal dates says False; the model then ignores it).
+
+    >>> calendar(np.array([1467331500]), True).tolist()  # Fri 1 Jul 2016 00:05 UTC
+    [[0.0034722222480922937, 4.0, 1.0]]
+    """
+    ts = np.asarray(last_ts, dtype=np.int64)
+    out = np.empty((len(ts), CALENDAR_WIDTH), dtype=np.float32)
+    out[:, 0] = (ts % DAY_S) / DAY_S
+    out[:, 1] = (ts // DAY_S + 3) % 7  # the epoch began on a Thursday; +3 makes Monday 0
+    out[:, 2] = np.asarray(known, dtype=np.float32)
+    out[out[:, 2] == 0, :2] = 0.0
+    return out
+
+
+def rolling_stats(values: npt.NDArray[np.floating], context: int) -> tuple[FloatArray, FloatArray]:
+    """``context_stats`` of the window of ``context`` steps ending at every step: (T, N) each.
+
+    The same mean and scale as ``context_stats`` of each window (NaN before the first step), by
+    running sums, for a trainer that needs many windows of every sensor.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    seen = ~np.isnan(x)
+    filled = np.where(seen, x, 0.0)
+
+    def window_sum(a: FloatArray) -> FloatArray:
+        run = np.cumsum(np.concatenate([np.zeros((1, a.shape[1])), a]), axis=0)
+        lo = np.maximum(np.arange(1, len(a) + 1) - context, 0)
+        out: FloatArray = run[1:] - run[lo]
+        return out
+
+    count = np.maximum(window_sum(seen.astype(np.float64)), 1)
+    mean = window_sum(filled) / count
+    var = np.maximum(window_sum(filled**2) / count - mean**2, 0.0)
+    level = window_sum(np.abs(filled)) / count
+    return mean, np.sqrt(var) + SCALE_FLOOR * level + SCALE_EPS

@@ -1,0 +1,85 @@
+"""What a long-context model needs to know about a dataset besides its readings.
+
+Its neighbours (from a graph file, or for a shared dataset the graph it ships with, else one
+learned from the first 80 % of its history), and whether its timestamps are real. A dataset of
+``shared/data`` is recognised by its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .corpus import PRETRAINING_SETS, data_file, load_pretraining_set, pretraining_graph
+from .datasets import GridDataset, shared_data_dir
+from .graphs import SensorGraph, correlation_graph, load_graph, neighbours
+from .model_inputs import Neighbours
+
+NEIGHBOURS = 8
+
+
+def recognise(path: str | Path, data_dir: Path | None = None) -> str | None:
+    """The pre-training set whose data file or folder ``path`` is, if any."""
+    root = data_dir or shared_data_dir()
+    if root is None:
+        return None
+    target = Path(path).resolve()
+    for name in PRETRAINING_SETS:
+        file = data_file(name, root).resolve()
+        if target in (file, file.parent):
+            return name
+    return None
+
+
+def network_context(
+    dataset: GridDataset,
+    path: str | Path,
+    graph_file: str | Path | None = None,
+    *,
+    learn: bool = True,
+    k: int = NEIGHBOURS,
+) -> tuple[Neighbours | None, bool, str]:
+    """The dataset's neighbours, whether its calendar is real, and where the graph came from.
+
+    ``graph_file`` wins; then the graph of a recognised shared dataset; then, if ``learn``,
+    top-k correlations of the first 80 % of the series (the history a worker would have).
+    """
+    name = recognise(path)
+    calendar = True if name is None else load_pretraining_set(name).calendar
+    graph = _graph(dataset, path, name, graph_file, learn, k)
+    if graph is None:
+        return None, calendar, "none"
+    return neighbours(graph, k), calendar, graph.source
+
+
+def _graph(
+    dataset: GridDataset,
+    path: str | Path,
+    name: str | None,
+    graph_file: str | Path | None,
+    learn: bool,
+    k: int,
+) -> SensorGraph | None:
+    if graph_file:
+        return load_graph(graph_file, dataset.sensors)
+    if name is not None:
+        pset = load_pretraining_set(name)
+        return _aligned(pretraining_graph(pset, k), pset.dataset.sensors, dataset.sensors)
+    if learn:
+        history = dataset.values[: int(0.8 * dataset.n_steps), :, 0]
+        return correlation_graph(history, k)
+    return None
+
+
+def _aligned(
+    graph: SensorGraph, graph_sensors: tuple[str, ...], sensors: tuple[str, ...]
+) -> SensorGraph:
+    """``graph`` over ``sensors``: the cleaned set may have left some out (no neighbours)."""
+    where = {sensor: i for i, sensor in enumerate(graph_sensors)}
+    n = len(sensors)
+    weights = np.zeros((n, n))
+    mine = [i for i, s in enumerate(sensors) if s in where]
+    theirs = [where[sensors[i]] for i in mine]
+    weights[np.ix_(mine, mine)] = graph.weights[np.ix_(theirs, theirs)]
+    return SensorGraph(weights, graph.source)
