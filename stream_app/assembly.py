@@ -6,6 +6,8 @@ in-process online evaluation (``loop.online_eval``).
 
 from __future__ import annotations
 
+from .bundled import model_path
+from .core.contexts import NeighbourTable
 from .core.drift import DriftSink, describe, forecaster_scale, make_detector
 from .core.feedback import ErrorFeedback
 from .core.forecasters import DAY_S, WEEK_S, Forecaster, Persistence, SeasonalNaive
@@ -13,24 +15,29 @@ from .core.metrics import Metrics
 from .core.pipeline import Pipeline
 from .core.retrain_events import RetrainPolicy
 from .core.windows import Impute
-from .settings import Settings
+from .networks import Core, NetworkRouter, declared_networks
+from .settings import NO_MODEL, Settings
 
 DEFAULT_STEP_S = 300
 
 
 def load_forecaster(settings: Settings) -> Forecaster:
-    """The model in ``settings.model_dir``, or the configured baseline when there is none.
+    """The model ``settings.model_dir`` names (the bundled ``universal`` when it names none),
+    or, for ``none``, the configured baseline.
 
     A model whose card contradicts the settings raises ``ModelContractError`` here, at start-up.
     """
-    if settings.model_path is not None:
+    if settings.model_dir != NO_MODEL:
+        from .core.card import UNIVERSAL, ModelCard
         from .core.onnx_forecaster import OnnxForecaster
 
+        path = model_path(settings.model_dir or UNIVERSAL)
+        any_step = ModelCard.load(path).kind == UNIVERSAL
         return OnnxForecaster(
-            settings.model_path,
+            path,
             provider=settings.provider,
             threads=settings.inference_threads,
-            step_s=settings.step_s,
+            step_s=settings.step_s or (DEFAULT_STEP_S if any_step else 0),
         )
     step_s = settings.step_s or DEFAULT_STEP_S
     if settings.baseline == "seasonal-daily":
@@ -41,9 +48,37 @@ def load_forecaster(settings: Settings) -> Forecaster:
 
 
 def grid_step(settings: Settings, forecaster: Forecaster) -> int:
-    """The grid step: the setting, else the model card's, else the default."""
+    """The grid step: the setting, else the model's (its card's, or the step it was given)."""
+    given: int = getattr(forecaster, "grid_step", 0)
+    if given:
+        return settings.step_s or given
     card = getattr(forecaster, "card", None)
     return settings.step_s or (card.step_s if card is not None else DEFAULT_STEP_S)
+
+
+def neighbour_table(settings: Settings, forecaster: Forecaster) -> NeighbourTable | None:
+    """The network's neighbours for a universal model, when its whole step reaches one worker
+    (keyed by network) and its graph is given; else None: the neighbour input is masked."""
+    card = getattr(forecaster, "card", None)
+    if not settings.graph or settings.keyed != "network" or card is None or not card.neighbours:
+        return None
+    from .offline.graphs import neighbour_table as read_table
+
+    k = int(card.neighbours.get("k", 8))
+    return NeighbourTable(read_table(settings.graph, settings.network or "default", k), k)
+
+
+def build_core(settings: Settings, metrics: Metrics) -> Core:
+    """The pipeline of the one network the settings describe, or, for a networks file, a
+    router over each declared network's pipeline (its own grid, model, graph and monitors)."""
+    specs = declared_networks(settings)
+    if not settings.networks:
+        return build_pipeline(settings, load_forecaster(settings), metrics)
+    pipelines = {}
+    for spec in specs:
+        own = spec.settings(settings)
+        pipelines[spec.name] = build_pipeline(own, load_forecaster(own), metrics)
+    return NetworkRouter(pipelines, specs[0].name, metrics)
 
 
 def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics) -> Pipeline:
@@ -59,6 +94,7 @@ def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics)
         mae_window=settings.mae_window,
         sensor_ttl_s=settings.sensor_ttl_s,
         metrics=metrics,
+        neighbours=neighbour_table(settings, forecaster),
     )
     sink = drift_sink(settings, pipeline, metrics)
     pipeline.watch(sink)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "STCAST_"
+NO_MODEL = "none"  # STCAST_MODEL_DIR=none: serve the baseline
 
 
 def _setting(
@@ -65,12 +66,30 @@ class Settings:
         "", "network served; ticks naming another network are dead-lettered (empty: any)"
     )
     model_dir: str = _setting(
-        "", "directory with model.onnx and card.json (empty: use the --baseline forecaster)"
+        "",
+        "directory with model.onnx and card.json, or a bundled model's name (empty: the "
+        "pre-trained universal model; none: the --baseline forecaster)",
     )
     baseline: str = _setting(
         "persistence",
-        "forecaster when no model is given",
+        "forecaster when STCAST_MODEL_DIR=none",
         choices=("persistence", "seasonal-daily", "seasonal-weekly"),
+    )
+    networks: str = _setting(
+        "",
+        "a TOML or JSON file declaring several networks (name, step_s, model, graph, keyed); "
+        "empty: one network from these flags",
+    )
+    graph: str = _setting(
+        "",
+        "the network's graph (edge list from,to[,weight|cost] or N x N matrix, sensors by id or "
+        "index): the universal model reads each sensor's neighbours when keyed by network",
+    )
+    keyed: str = _setting(
+        "sensor",
+        "how the network's ticks are keyed: by sensor (any worker may hold a sensor; no "
+        "neighbours), or by network (a step's tick batch reaches one worker: neighbours)",
+        choices=("sensor", "network"),
     )
     window: int = _setting(12, "window length in grid steps for a baseline (a model's card wins)")
     horizon: int = _setting(12, "forecast horizon in grid steps for a baseline")
@@ -233,7 +252,8 @@ class Settings:
 
     @property
     def model_path(self) -> Path | None:
-        return Path(self.model_dir) if self.model_dir else None
+        """A model directory given explicitly (not the default, not a baseline)."""
+        return Path(self.model_dir) if self.model_dir not in ("", NO_MODEL) else None
 
 
 def env_name(field_name: str) -> str:

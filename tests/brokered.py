@@ -30,6 +30,7 @@ def worker_settings(broker: EmbeddedBroker, names: dict[str, str], **extra: Any)
         "network": "pems08",
         "step_s": 300,
         "log_level": "info",
+        "model_dir": "none",  # the persistence baseline, unless a test names a model
         **extra,
     }
 

@@ -15,10 +15,11 @@ ALLOWED = {
     "core": set(),
     "offline": {"core"},
     "settings": set(),
-    "assembly": {"core", "settings"},
-    "kafka": {"core", "settings", "assembly"},
-    "loop": {"core", "kafka", "offline", "settings", "assembly"},
-    "tools": {"core", "kafka", "offline", "loop", "settings", "assembly"},
+    "assembly": {"core", "offline", "settings", "bundled", "networks"},
+    "networks": {"core", "settings"},
+    "kafka": {"core", "settings", "assembly", "bundled", "networks"},
+    "loop": {"core", "kafka", "offline", "settings", "assembly", "bundled", "networks"},
+    "tools": {"core", "kafka", "offline", "loop", "settings", "assembly", "bundled", "networks"},
 }
 FORBIDDEN_LIBRARIES = {
     "core": {"asyncio", "aiokafka", "faust", "torch"},

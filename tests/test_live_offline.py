@@ -66,3 +66,60 @@ def test_live_mae_per_horizon_equals_the_offline_evaluation(
     assert len(live) == len(offline) == 12
     for step, (got, want) in enumerate(zip(live, offline, strict=True), start=1):
         assert got == pytest.approx(want, rel=0.01), f"H{step}"
+
+
+@pytest.mark.parametrize("neighbours", [False, True], ids=["sensor-keyed", "network-keyed"])
+def test_the_universal_model_live_equals_offline_with_and_without_neighbours(
+    broker: EmbeddedBroker, tmp_path: Path, neighbours: bool
+) -> None:
+    """The bundled universal model: single ticks keyed by sensor (neighbour input masked), or a
+    tick batch per step keyed by network with the PEMS08 graph (neighbours' context live)."""
+    from stream_app.bundled import model_path
+    from stream_app.offline.datasets import shared_data_dir
+    from stream_app.offline.network_context import network_context
+
+    shared = shared_data_dir()
+    if neighbours and shared is None:
+        pytest.skip("the PEMS08 graph is in ../shared/data")
+    pems08 = load_dataset(bundled_dataset_path())
+    parts = split(pems08, "basicts")
+    universal = model_path("universal")
+    graph = shared / "PEMS08" / "PEMS08.csv" if shared is not None and neighbours else None
+    table = None
+    if graph is not None:
+        table, _, _ = network_context(pems08, shared / "PEMS08" if shared else "", graph)
+    offline = evaluate(universal, pems08, "basicts", neighbours=table).metrics["model"]["mae"]
+
+    context = 288
+    first = parts.test.start - context  # the first test sample's whole context
+    steps = pems08.n_steps - first
+    names = topics(broker)
+    extra: dict[str, object] = {"graph": str(graph), "keyed": "network"} if graph else {}
+    # the error feedback corrects drifting sensors' forecasts live, which offline has no way to
+    extra["drift_feedback_gain"] = 0.0
+    settings = worker_settings(broker, names, model_dir="universal", step_s=300, **extra)
+    expected = (steps - 12 + 1) * pems08.n_sensors  # forecasts from the 12th reading on
+    with WorkerProcess(settings, log_path=tmp_path / "worker.log") as worker:
+        asyncio.run(
+            replay(
+                broker.bootstrap_servers,
+                names["ticks"],
+                pems08,
+                start_step=first,
+                steps=steps,
+                batched=neighbours,
+                network="pems08" if neighbours else None,
+                progress=False,
+            )
+        )
+        records = asyncio.run(read_all(broker.bootstrap_servers, names["forecasts"], expected, 180))
+        assert worker.stop() == 0
+
+    forecasts = [json.loads(r.value) for r in records]
+    assert len(forecasts) == expected
+    assert all(f["model"] == "universal@1" and "quantiles" in f for f in forecasts)
+    live = mae_from_forecasts(
+        pems08, parts, ((f["sensor"], epoch_s(f["ts"]), f["values"]) for f in forecasts)
+    )
+    for step, (got, want) in enumerate(zip(live, offline, strict=True), start=1):
+        assert got == pytest.approx(want, rel=0.01), f"H{step}"

@@ -36,6 +36,7 @@ def metrics() -> Metrics:
     metrics.set_model("seed-lstm@3", "CPUExecutionProvider")
     metrics.set_rolling_mae([1.0], [2.0])
     metrics.set_consumer_lag(0, 5)
+    metrics.set_coverage([0.8])
     metrics.model_swap_failures.labels(reason="sha256").inc()
     return metrics
 
@@ -62,6 +63,14 @@ ADDED_WHY: dict[str, tuple[set[str], str]] = {
     "stcast_unreadable_batches_total": (
         {"action"},
         "issue 15: a record batch the worker cannot decode is counted, stopped at or skipped",
+    ),
+    "stcast_interval_coverage": (
+        {"horizon"},
+        "issue 18: the live coverage of the 0.1-0.9 interval per horizon step, beside the MAE",
+    ),
+    "stcast_forecasts_without_neighbours_total": (
+        set(),
+        "issue 18: a metric counts forecasts made without neighbours",
     ),
 }
 ADDED = {name: frozenset(labels) for name, (labels, _) in ADDED_WHY.items()}

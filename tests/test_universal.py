@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from stream_app.core.contexts import (
 from stream_app.core.forecasters import WindowBatch
 from stream_app.core.forecasters import season_steps as runtime_season_steps
 from stream_app.core.onnx_forecaster import OnnxForecaster
+from stream_app.core.records import Incoming, format_ts
 
 SMALL = UniversalConfig(context=48, horizon=12, patch=12, d_model=16, hidden=16, decoder=16)
 
@@ -145,3 +147,66 @@ def test_the_export_is_a_universal_card_the_runtime_serves_at_any_step(
 def test_a_universal_model_needs_to_be_told_the_step(exported: Path) -> None:
     with pytest.raises(ModelContractError, match="any grid step"):
         OnnxForecaster(exported)
+
+
+def batch_message(step: int, values: dict[str, float], offset: int) -> Incoming:
+    ts = format_ts((1_467_331_200 + 300 * step) * 1000)
+    ticks = [{"sensor": s, "ts": ts, "value": v} for s, v in values.items()]
+    return Incoming("t", 0, offset, b"net", json.dumps({"ticks": ticks}).encode())
+
+
+def test_live_a_new_sensor_is_forecast_after_12_readings_with_intervals_and_coverage(
+    exported: Path,
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from stream_app.core.metrics import Metrics
+    from stream_app.core.pipeline import Pipeline
+
+    metrics = Metrics(CollectorRegistry())
+    forecaster = OnnxForecaster(exported, step_s=300)
+    pipeline = Pipeline(forecaster, step_s=300, metrics=metrics, clock=lambda: 2e9)
+    made = []
+    for step in range(30):
+        message = batch_message(step, {"a": 100.0 + step % 5, "b": 50.0}, step)
+        for output in pipeline.step([message]):
+            made += [json.loads(value) for _, value in output.forecasts]
+    first = {sensor: min(f["ts"] for f in made if f["sensor"] == sensor) for sensor in "ab"}
+    assert first == {"a": "2016-07-01T00:55:00Z", "b": "2016-07-01T00:55:00Z"}  # 12th reading
+    assert len(made) == 2 * (30 - 11)
+    for f in made:
+        low, high = f["quantiles"]["0.1"], f["quantiles"]["0.9"]
+        assert all(lo <= v <= hi for lo, v, hi in zip(low, f["values"], high, strict=True))
+    coverage = metrics.registry.get_sample_value("stcast_interval_coverage", {"horizon": "1"})
+    assert coverage is not None and 0.0 <= coverage <= 1.0
+    without = metrics.registry.get_sample_value("stcast_forecasts_without_neighbours_total")
+    assert without == len(made)  # no graph: every forecast has its neighbour input masked
+
+
+def test_live_neighbours_are_the_ones_the_graph_names_whatever_their_order_in_the_batch(
+    exported: Path,
+) -> None:
+    from stream_app.core.contexts import NeighbourTable
+    from stream_app.core.pipeline import Pipeline
+
+    def run(order: list[str], table: NeighbourTable | None) -> dict[str, list[float]]:
+        pipeline = Pipeline(
+            OnnxForecaster(exported, step_s=300), step_s=300, neighbours=table, clock=lambda: 2e9
+        )
+        last: dict[str, list[float]] = {}
+        for step in range(20):
+            readings = {"a": 10.0 + step, "b": 80.0 - 2 * step, "c": 30.0 + (step % 3)}
+            message = batch_message(step, {s: readings[s] for s in order}, step)
+            for output in pipeline.step([message]):
+                for _, value in output.forecasts:
+                    f = json.loads(value)
+                    last[f["sensor"]] = f["values"]
+        return last
+
+    table = NeighbourTable({"a": [("b", 1.0)], "b": [("a", 0.5), ("c", 0.5)]}, 2)
+    forward, backward = run(["a", "b", "c"], table), run(["c", "b", "a"], table)
+    alone = run(["a", "b", "c"], None)
+    for sensor in "abc":
+        np.testing.assert_allclose(forward[sensor], backward[sensor], rtol=1e-12)
+    assert forward["c"] == alone["c"]  # c has no neighbours in the graph
+    assert forward["a"] != alone["a"] and forward["b"] != alone["b"]

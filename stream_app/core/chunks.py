@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .forecasters import FloatArray
 from .records import Incoming, Reason, Rejected, decode_json
 from .scoring import Actuals
 from .sensors import SensorState
@@ -30,13 +32,14 @@ class Chunk:
     states: list[SensorState] = field(default_factory=list)
     sensors: list[str] = field(default_factory=list)
     actuals: Actuals = field(default_factory=Actuals)
-    rows: list[list[float]] = field(default_factory=list)
+    rows: list[array[float]] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
     row_generations: list[int] = field(default_factory=list)
     imputed: list[int] = field(default_factory=list)
     consumed_at: list[float] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     generation: dict[int, int] = field(default_factory=dict)  # sensor index -> ticks so far
+    interval: tuple[FloatArray, FloatArray] | None = None  # lowest and highest quantiles
 
 
 def ticks_of(message: Incoming) -> Iterator[tuple[object, bytes, str]]:

@@ -11,10 +11,14 @@ live and offline inputs are the same numbers.
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Callable, Mapping, Sequence
+
 import numpy as np
 import numpy.typing as npt
 
 from .forecasters import DAY_S
+from .windows import RollingWindow
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
@@ -113,3 +117,61 @@ def rolling_stats(values: npt.NDArray[np.floating], context: int) -> tuple[Float
     var = np.maximum(window_sum(filled**2) / count - mean**2, 0.0)
     level = window_sum(np.abs(filled)) / count
     return mean, np.sqrt(var) + SCALE_FLOOR * level + SCALE_EPS
+
+
+# -- live: a sensor's neighbours' context from the windows the worker holds for them ---------
+#
+# For a network whose whole step reaches one worker (network-keyed, a tick batch per step), a
+# forecast made at slot ``s`` reads each neighbour's window aligned to ``s``: the readings it
+# has at slots ``s - C + 1 .. s``, NaN where it has none (a neighbour not yet heard from, or
+# behind). A chunk is inferred only after the whole message it came from is placed
+# (``Pipeline``), so a step that arrives as one batch gives every sensor all its neighbours'
+# readings of that step, whatever their order inside the batch: the context
+# ``offline.model_inputs`` builds.
+
+
+class NeighbourTable:
+    """Each sensor's neighbours by id, with weights (the ``k`` heaviest of the graph)."""
+
+    def __init__(self, neighbours: Mapping[str, Sequence[tuple[str, float]]], k: int) -> None:
+        self.k = k
+        self._of = {sensor: list(pairs)[:k] for sensor, pairs in neighbours.items()}
+
+    def __len__(self) -> int:
+        return len(self._of)
+
+    def context(
+        self,
+        sensors: Sequence[str],
+        slots: Sequence[int],
+        window_of: Callable[[str], RollingWindow | None],
+        length: int,
+    ) -> Float32Array:
+        """(len(sensors), length): each sensor's neighbours' normalised context at its slot."""
+        index = np.full((len(sensors), self.k), -1, dtype=np.int64)
+        weight = np.zeros((len(sensors), self.k), dtype=np.float32)
+        contexts: list[array[float]] = []
+        for row, (sensor, slot) in enumerate(zip(sensors, slots, strict=True)):
+            for col, (neighbour, w) in enumerate(self._of.get(sensor, ())):
+                window = window_of(neighbour)
+                if window is None or window.newest is None:
+                    continue
+                index[row, col] = len(contexts)
+                weight[row, col] = w
+                contexts.append(aligned(window, slot, length))
+        values = np.array(contexts) if contexts else np.empty((0, length))
+        return neighbour_context(values, index, weight)
+
+
+def aligned(window: RollingWindow, slot: int, length: int) -> array[float]:
+    """The window's values at slots ``slot - length + 1 .. slot`` (NaN where it has none)."""
+    newest = window.newest if window.newest is not None else slot - length
+    shift = slot - newest
+    values = window.buffer
+    if shift == 0:
+        return values[:]
+    nan = array("d", [np.nan])
+    if shift > 0:  # the neighbour has not reached this slot yet
+        return values[shift:] + nan * min(shift, length) if shift < length else nan * length
+    ahead = -shift  # the neighbour is already past this slot
+    return nan * min(ahead, length) + values[: length - ahead] if ahead < length else nan * length

@@ -9,7 +9,9 @@ refused), ``baseline_abs_error{horizon}`` (the persistence forecast's rolling MA
 scored forecasts as ``forecast_abs_error``) and ``consumer_lag_messages{partition}`` (per owned
 partition of the ticks topic: its high watermark minus this worker's position; a partition
 number is bounded by the topic's partition count), ``unreadable_batches_total{action}``
-(record batches of the ticks topic the worker could not decode, stopped at or skipped).
+(record batches of the ticks topic the worker could not decode, stopped at or skipped),
+``interval_coverage{horizon}`` (the live share of actuals inside the 0.1-0.9 interval) and
+``forecasts_without_neighbours_total`` (a universal model's forecasts made without neighbours).
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 class Metrics:
     """Every stcast metric, registered on ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, per_network: bool = False) -> None:
+        # a worker serving several networks labels each network's model and accuracy figures
         self.registry = registry
+        self.per_network = per_network
+        net = ["network"] if per_network else []
+        self._serving: dict[str, tuple[str, ...]] = {}  # network -> model_info's label values
         self.ticks = Counter(
             "ticks", "Ticks read, good or bad", namespace=PREFIX, registry=registry
         )
@@ -87,7 +93,7 @@ class Metrics:
         self.forecast_abs_error = Gauge(
             "forecast_abs_error",
             "Rolling mean absolute error of scored forecasts",
-            ["horizon"],
+            ["horizon", *net],
             namespace=PREFIX,
             registry=registry,
         )
@@ -95,7 +101,7 @@ class Metrics:
             "baseline_abs_error",
             "Rolling mean absolute error of the persistence forecast (the window's last value) "
             "over the same scored forecasts as forecast_abs_error",
-            ["horizon"],
+            ["horizon", *net],
             namespace=PREFIX,
             registry=registry,
         )
@@ -127,7 +133,7 @@ class Metrics:
         self.model_info = Gauge(
             "model_info",
             "The serving model (value 1)",
-            ["model", "version", "provider"],
+            ["model", "version", "provider", *net],
             namespace=PREFIX,
             registry=registry,
         )
@@ -140,6 +146,19 @@ class Metrics:
         )
         for action in ("stop", "skip"):
             self.unreadable_batches.labels(action=action)
+        self.interval_coverage = Gauge(
+            "interval_coverage",
+            "Share of recent actuals inside their forecasts' 0.1-0.9 interval, per horizon step",
+            ["horizon", *net],
+            namespace=PREFIX,
+            registry=registry,
+        )
+        self.forecasts_without_neighbours = Counter(
+            "forecasts_without_neighbours",
+            "Forecasts of a universal model made with its neighbour input masked",
+            namespace=PREFIX,
+            registry=registry,
+        )
         self.sensors_active = Gauge(
             "sensors_active",
             "Sensors with a window in this worker",
@@ -147,18 +166,32 @@ class Metrics:
             registry=registry,
         )
 
-    def set_model(self, model_id: str, provider: str) -> None:
-        """Mark ``name@version`` on ``provider`` as the one serving model."""
+    def set_model(self, model_id: str, provider: str, network: str = "") -> None:
+        """Mark ``name@version`` on ``provider`` as the (network's) one serving model."""
         name, _, version = model_id.partition("@")
-        self.model_info.clear()
-        self.model_info.labels(model=name, version=version, provider=provider).set(1)
+        labels = (name, version, provider, *self._net(network))
+        old = self._serving.get(network)
+        if old is not None and old != labels:
+            self.model_info.remove(*old)
+        self._serving[network] = labels
+        self.model_info.labels(*labels).set(1)
 
     def set_rolling_mae(
-        self, mae_by_horizon: Iterable[float], baseline_by_horizon: Iterable[float] = ()
+        self,
+        mae_by_horizon: Iterable[float],
+        baseline_by_horizon: Iterable[float] = (),
+        network: str = "",
     ) -> None:
         """The model's and the persistence baseline's rolling MAE (index 0 = one step ahead)."""
-        _set_scored(self.forecast_abs_error, mae_by_horizon)
-        _set_scored(self.baseline_abs_error, baseline_by_horizon)
+        _set_scored(self.forecast_abs_error, mae_by_horizon, self._net(network))
+        _set_scored(self.baseline_abs_error, baseline_by_horizon, self._net(network))
+
+    def set_coverage(self, coverage_by_horizon: Iterable[float], network: str = "") -> None:
+        """The live coverage of the forecasts' interval (index 0 = one step ahead)."""
+        _set_scored(self.interval_coverage, coverage_by_horizon, self._net(network))
+
+    def _net(self, network: str) -> tuple[str, ...]:
+        return (network or "default",) if self.per_network else ()
 
     def set_consumer_lag(self, partition: int, messages: int) -> None:
         self.consumer_lag.labels(partition=str(partition)).set(messages)
@@ -170,10 +203,10 @@ class Metrics:
                 self.consumer_lag.remove(str(partition))
 
 
-def _set_scored(gauge: Gauge, by_horizon: Iterable[float]) -> None:
+def _set_scored(gauge: Gauge, by_horizon: Iterable[float], extra: tuple[str, ...] = ()) -> None:
     for horizon, mae in enumerate(by_horizon, start=1):
         if horizon in SCORED_HORIZONS and mae == mae:  # NaN until the horizon is scored
-            gauge.labels(horizon=str(horizon)).set(mae)
+            gauge.labels(str(horizon), *extra).set(mae)
 
 
 SWAP_FAILURE_REASONS = ("malformed", "contract", "sha256", "identity", "non_finite", "shape")

@@ -23,7 +23,9 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 
+from .card import UNIVERSAL
 from .chunks import Chunk, Output, ticks_of
+from .contexts import NeighbourTable
 from .feedback import ErrorFeedback
 from .forecasters import FloatArray, Forecaster, WindowBatch
 from .metrics import Metrics
@@ -66,8 +68,10 @@ class Pipeline:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         stopwatch: Callable[[], float] = time.perf_counter,
+        neighbours: NeighbourTable | None = None,
     ) -> None:
         self.forecaster = forecaster
+        self.neighbours = neighbours
         self.step_s = step_s
         self.max_gap_steps = max_gap_steps
         self.impute = impute
@@ -91,8 +95,9 @@ class Pipeline:
         self._restoring = False
         self._retrain_events: list[tuple[bytes, bytes]] = []
         self.feedback: ErrorFeedback | None = None
+        self._needs_full, self._warmup = readiness(forecaster)
         if metrics is not None:
-            metrics.set_model(forecaster.model_id, forecaster.provider)
+            metrics.set_model(forecaster.model_id, forecaster.provider, network)
 
     @property
     def sensors(self) -> int:
@@ -128,13 +133,14 @@ class Pipeline:
                 f"{old.window}, {old.horizon}: restart the workers to change them"
             )
         self.forecaster = forecaster
+        self._needs_full, self._warmup = readiness(forecaster)
         self.rolling_mae.reset()
         for sink in self.sinks:
             sink.reset()
         if self.feedback is not None:
             self.feedback.reset()
         if self.metrics is not None:
-            self.metrics.set_model(forecaster.model_id, forecaster.provider)
+            self.metrics.set_model(forecaster.model_id, forecaster.provider, self.network)
             self.metrics.model_swaps.inc()
 
     def correct_with(self, feedback: ErrorFeedback) -> None:
@@ -164,6 +170,12 @@ class Pipeline:
         """Grid steps of event time whose ticks determine a sensor's window, pending
         forecasts and imputation (the drift monitors need more: ``sink_memory_steps``)."""
         return self.forecaster.window + self.forecaster.horizon + self.max_gap_steps
+
+    @property
+    def history_span_s(self) -> int:
+        """Event time whose ticks determine a partition's state, with a margin of as much again
+        for the windows, plus the drift monitors' warm-up (``kafka.restoring``)."""
+        return (2 * self.memory_steps + self.sink_memory_steps) * self.step_s
 
     @property
     def sink_memory_steps(self) -> int:
@@ -216,9 +228,13 @@ class Pipeline:
                 except Rejected as rejected:
                     raw = json.dumps(item).encode() if where else raw
                     self._dead_letter(chunk, message, rejected, raw, where)
-                if len(chunk.rows) >= self.batch_size:
+                if len(chunk.rows) >= self.batch_size and self.neighbours is None:
                     yield self._flush(chunk)
                     chunk = Chunk()
+            # with neighbours, a message (a whole step) is placed before it is inferred
+            if len(chunk.rows) >= self.batch_size and self.neighbours is not None:
+                yield self._flush(chunk)
+                chunk = Chunk()
         self._count(ticks, imputed)
         last = self._flush(chunk)
         if last:
@@ -248,10 +264,10 @@ class Pipeline:
             self._newest_ms = max(self._newest_ms, tick.ts_ms)
             if slot > self._newest_slot.get(state.partition, slot - 1):
                 self._newest_slot[state.partition] = slot
-            if window.is_full:
+            if window.is_full if self._needs_full else window.observed >= self._warmup:
                 chunk.states.append(state)
                 chunk.sensors.append(tick.sensor)
-                chunk.rows.append(window.values[:])
+                chunk.rows.append(window.buffer[:])
                 chunk.slots.append(slot)
                 chunk.row_generations.append(generation)
                 chunk.imputed.append(window.imputed)
@@ -280,11 +296,41 @@ class Pipeline:
         if not chunk.rows:
             return np.zeros((0, self.forecaster.horizon))
         slots = np.array(chunk.slots, dtype=np.int64)
-        batch = WindowBatch(np.array(chunk.rows), slots * self.step_s, tuple(chunk.sensors))
+        neighbours = self._neighbour_input(chunk)
+        batch = WindowBatch(
+            np.array(chunk.rows), slots * self.step_s, tuple(chunk.sensors), neighbours
+        )
         started = self.stopwatch()
-        values = self.forecaster.forecast(batch)
+        levels: tuple[float, ...] = getattr(self.forecaster, "quantiles", ())
+        if levels:
+            quantiles = self.forecaster.forecast_quantiles(batch)  # type: ignore[attr-defined]
+            chunk.interval = (quantiles[:, 0], quantiles[:, -1])
+            values: FloatArray = quantiles[:, levels.index(0.5)].copy()
+        else:
+            values = self.forecaster.forecast(batch)
         self._observe_inference(self.stopwatch() - started, len(batch))
         return values
+
+    def _neighbour_input(self, chunk: Chunk) -> npt.NDArray[np.float32] | None:
+        """The neighbours' context of a universal model's windows (None: none to give)."""
+        if not self._universal:
+            return None
+        if self.neighbours is None:
+            without = len(chunk.rows)
+            found = None
+        else:
+            found = self.neighbours.context(
+                chunk.sensors, chunk.slots, self._sensors.window_of, self.forecaster.window
+            )
+            without = int(np.isnan(found).all(axis=1).sum())
+        if self.metrics is not None and not self._restoring:
+            self.metrics.forecasts_without_neighbours.inc(without)
+        return found
+
+    @property
+    def _universal(self) -> bool:
+        card = getattr(self.forecaster, "card", None)
+        return card is not None and card.kind == UNIVERSAL
 
     def _settle(self, chunk: Chunk, values: FloatArray, usable: BoolArray) -> None:
         """Score and remember, generation by generation (see the module docstring), as if the
@@ -308,7 +354,10 @@ class Pipeline:
                 if new.any():
                     values[new] = self.feedback.correct(made_by[new], values[new])
             if new.any():
-                self.pending.add(made_by[new], made_at[new], values[new], last[new])
+                interval = None
+                if chunk.interval is not None:
+                    interval = (chunk.interval[0][new], chunk.interval[1][new])
+                self.pending.add(made_by[new], made_at[new], values[new], last[new], interval)
             self._watch(settled)
         self._score(Scores.in_arrival_order(scores))
 
@@ -317,12 +366,15 @@ class Pipeline:
         emitted_at = format_ts(int(self.clock() * 1000))
         model, step_s = self.forecaster.model_id, self.step_s
         rows = zip(chunk.states, chunk.slots, values.tolist(), finite, chunk.imputed, strict=True)
+        bounds = _interval_lists(chunk, len(chunk.rows))
         for i, (state, slot, row, is_finite, imputed) in enumerate(rows):
             ts = self._ts_text.get(slot) or self._remember_ts(slot, slot * step_ms)
             if not is_finite:
-                self._model_failed(state, ts, chunk.rows[i], output)
+                self._model_failed(state, ts, list(chunk.rows[i]), output)
                 continue
-            record = encode_forecast(state.quoted, ts, step_s, row, model, emitted_at, imputed)
+            record = encode_forecast(
+                state.quoted, ts, step_s, row, model, emitted_at, imputed, bounds[i]
+            )
             output.forecasts.append((state.key, record))
             output.consumed_at.append(chunk.consumed_at[i])
         if self.metrics is not None:
@@ -366,7 +418,9 @@ class Pipeline:
         self.rolling_mae.update(scores)
         if self.metrics is not None:
             mae = self.rolling_mae
-            self.metrics.set_rolling_mae(mae.mae.tolist(), mae.baseline_mae.tolist())
+            self.metrics.set_rolling_mae(mae.mae.tolist(), mae.baseline_mae.tolist(), self.network)
+            if scores.inside is not None:
+                self.metrics.set_coverage(mae.coverage.tolist(), self.network)
 
     def _observe_inference(self, seconds: float, windows: int) -> None:
         if self.metrics is not None:
@@ -383,3 +437,23 @@ class Pipeline:
         self.metrics.sensors_active.set(len(self._sensors))
         if self._newest_ms:
             self.metrics.event_lag_seconds.set(self.clock() - self._newest_ms / 1000)
+
+
+def readiness(forecaster: Forecaster) -> tuple[bool, int]:
+    """Whether a forecast needs a full window (a window model), and the readings it needs.
+
+    A universal model reads a window with holes (masked) and forecasts a new sensor once it
+    holds ``min_context`` readings; any other model needs every slot filled.
+    """
+    card = getattr(forecaster, "card", None)
+    if card is not None and card.kind == UNIVERSAL:
+        return False, card.warmup
+    return True, forecaster.window
+
+
+def _interval_lists(chunk: Chunk, n: int) -> list[tuple[list[float], list[float]] | None]:
+    """Per forecast, its interval's low and high values (None: the model gives none)."""
+    if chunk.interval is None:
+        return [None] * n
+    low, high = chunk.interval
+    return list(zip(low.tolist(), high.tolist(), strict=True))

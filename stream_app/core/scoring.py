@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from .forecasters import FloatArray, IntArray
 
@@ -40,17 +41,34 @@ class PendingForecasts:
         self._last = np.zeros((capacity, horizon))  # the window's last value: persistence
         self._made_at = np.full((capacity, horizon), NEVER, dtype=np.int64)
         self._steps = np.arange(1, horizon + 1, dtype=np.int64)
+        # the forecasts' intervals (lowest and highest quantile), made on the first one given:
+        # float32 halves their memory and a bound needs no more digits than the model computes
+        self._bounds: npt.NDArray[np.float32] | None = None
 
-    def add(self, sensors: IntArray, slots: IntArray, values: FloatArray, last: FloatArray) -> None:
+    def add(
+        self,
+        sensors: IntArray,
+        slots: IntArray,
+        values: FloatArray,
+        last: FloatArray,
+        interval: tuple[FloatArray, FloatArray] | None = None,
+    ) -> None:
         """Remember forecasts ``values`` (n, horizon) made at ``slots`` for sensor indices.
 
-        ``last`` (n,) is each window's last value, the persistence baseline's forecast.
+        ``last`` (n,) is each window's last value, the persistence baseline's forecast;
+        ``interval`` the (n, horizon) low and high bounds, when the model gives them.
         """
         self._grow_to(int(sensors.max()) + 1)
         rows = slots % self.horizon
         self._values[sensors, rows] = values
         self._last[sensors, rows] = last
         self._made_at[sensors, rows] = slots
+        if interval is not None:
+            if self._bounds is None:
+                shape = (2, len(self._made_at), self.horizon, self.horizon)
+                self._bounds = np.full(shape, np.nan, dtype=np.float32)
+            self._bounds[0, sensors, rows] = interval[0]
+            self._bounds[1, sensors, rows] = interval[1]
 
     def clear(self, sensors: list[int]) -> None:
         """Forget the forecasts of these sensor rows (the rows are about to be reused)."""
@@ -69,7 +87,14 @@ class PendingForecasts:
         which, step = np.nonzero(live)
         errors = picked[which, step] - actuals[which]
         baseline = self._last[sensors[which], rows[which, step]] - actuals[which]
-        return Scores(sensors[which], step + 1, errors, which, baseline)
+        inside = None
+        if self._bounds is not None:
+            at = (sensors[which], rows[which, step], step)
+            low, high = self._bounds[0][at], self._bounds[1][at]
+            inside = np.where(
+                np.isnan(low), np.nan, (actuals[which] >= low) & (actuals[which] <= high)
+            )
+        return Scores(sensors[which], step + 1, errors, which, baseline, inside)
 
     def _grow_to(self, size: int) -> None:
         capacity = len(self._made_at)
@@ -81,6 +106,9 @@ class PendingForecasts:
         self._made_at = np.concatenate(
             [self._made_at, np.full((extra, self.horizon), NEVER, dtype=np.int64)]
         )
+        if self._bounds is not None:
+            more = np.full((2, extra, self.horizon, self.horizon), np.nan, dtype=np.float32)
+            self._bounds = np.concatenate([self._bounds, more], axis=1)
 
 
 @dataclass
@@ -115,7 +143,9 @@ class Scores:
     """Signed errors (forecast minus actual) with their sensor index and 1-based horizon.
 
     ``actuals`` says which of the scored actuals (by position) each error belongs to;
-    ``baseline`` holds the persistence forecast's errors against the same actuals (None: unknown).
+    ``baseline`` holds the persistence forecast's errors against the same actuals (None: unknown);
+    ``inside`` 1 where the actual fell inside the forecast's interval, 0 outside, NaN where the
+    forecast had none (None: no interval at all).
     """
 
     sensors: IntArray
@@ -123,6 +153,7 @@ class Scores:
     errors: FloatArray
     actuals: IntArray
     baseline: FloatArray | None = None
+    inside: FloatArray | None = None
 
     def __len__(self) -> int:
         return len(self.errors)
@@ -135,7 +166,12 @@ class Scores:
     def at(self, positions: IntArray) -> Scores:
         """The same errors, their actuals renumbered through ``positions``."""
         return Scores(
-            self.sensors, self.horizons, self.errors, positions[self.actuals], self.baseline
+            self.sensors,
+            self.horizons,
+            self.errors,
+            positions[self.actuals],
+            self.baseline,
+            self.inside,
         )
 
     @classmethod
@@ -146,12 +182,14 @@ class Scores:
         actuals = np.concatenate([p.actuals for p in parts])
         order = np.argsort(actuals, kind="stable")
         baselines = [p.baseline for p in parts if p.baseline is not None]
+        insides = [p.inside for p in parts if p.inside is not None]
         return cls(
             np.concatenate([p.sensors for p in parts])[order],
             np.concatenate([p.horizons for p in parts])[order],
             np.concatenate([p.errors for p in parts])[order],
             actuals[order],
             np.concatenate(baselines)[order] if len(baselines) == len(parts) else None,
+            np.concatenate(insides)[order] if len(insides) == len(parts) else None,
         )
 
 
@@ -187,9 +225,9 @@ class RollingMAE:
     def __init__(self, horizon: int, size: int = 2000) -> None:
         self.horizon = horizon
         self.size = size
-        # [model, baseline] x horizon x size; slots past a horizon's count stay 0, so sums are
-        # taken over whole rows
-        self._errors = np.zeros((2, horizon, size))
+        # [model, baseline, inside the interval] x horizon x size; slots past a horizon's count
+        # stay 0, so sums are taken over whole rows
+        self._errors = np.zeros((3, horizon, size))
         self._next = np.zeros(horizon, dtype=np.int64)
         self._count = np.zeros(horizon, dtype=np.int64)
         self._means: FloatArray | None = None
@@ -199,7 +237,8 @@ class RollingMAE:
         if not len(scores):
             return
         baseline = np.nan if scores.baseline is None else scores.baseline  # unknown: NaN
-        absolute = np.abs(np.stack(np.broadcast_arrays(scores.errors, baseline)))
+        inside = np.nan if scores.inside is None else scores.inside
+        absolute = np.abs(np.stack(np.broadcast_arrays(scores.errors, baseline, inside)))
         order = np.argsort(scores.horizons, kind="stable")  # by horizon, in arrival order
         rows = scores.horizons[order] - 1
         added = np.bincount(rows, minlength=self.horizon)
@@ -231,6 +270,12 @@ class RollingMAE:
     def baseline_mae(self) -> FloatArray:
         """The persistence forecast's MAE per horizon, over the same scored forecasts as ``mae``."""
         return self._mean(1)
+
+    @property
+    def coverage(self) -> FloatArray:
+        """Share of the scored actuals inside their forecasts' interval, per horizon (NaN:
+        no interval, or nothing scored)."""
+        return self._mean(2)
 
     @property
     def counts(self) -> IntArray:

@@ -58,6 +58,11 @@ class Sensors:
         state.partition = partition
         return state
 
+    def window_of(self, sensor: str) -> RollingWindow | None:
+        """The window of a sensor held here, if any (never makes one)."""
+        state = self._states.get(sensor)
+        return None if state is None else state.window
+
     def sensor_at(self, row: int) -> str:
         """The sensor that holds ``row`` now."""
         return self._by_row[row]

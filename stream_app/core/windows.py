@@ -12,6 +12,7 @@ already holds one is a ``duplicate`` (a real reading does replace an imputed val
 from __future__ import annotations
 
 import math
+from array import array
 from enum import Enum
 
 from .records import Reason, Rejected
@@ -30,8 +31,8 @@ class RollingWindow:
     >>> w = RollingWindow(length=4, max_gap=1)
     >>> [w.add(slot, value) for slot, value in [(0, 1.0), (1, 2.0), (3, 4.0)]]
     [0, 0, 1]
-    >>> w.values, w.imputed, w.is_full
-    ([1.0, 2.0, 3.0, 4.0], 1, True)
+    >>> w.values, w.imputed, w.is_full, w.observed
+    ([1.0, 2.0, 3.0, 4.0], 1, True, 3)
     """
 
     __slots__ = (
@@ -50,15 +51,28 @@ class RollingWindow:
         self.max_gap = max_gap
         self.impute = impute
         self.newest: int | None = None
-        self._values: list[float] = [NAN] * length
-        self._is_imputed: list[bool] = [False] * length
+        # 8 bytes a value and 1 a flag: a day of 5-minute context is 2.6 kB per sensor
+        self._values = array("d", [NAN]) * length
+        self._is_imputed = bytearray(length)
         self._holes = length
         self._imputed = 0
 
     @property
     def values(self) -> list[float]:
-        """Oldest first; NaN where a slot has neither a reading nor an imputed value."""
+        """Oldest first; NaN where a slot has neither a reading nor an imputed value (a copy,
+        its holes the one ``NAN`` object, so two copies of an unchanged window compare equal)."""
+        return [v if v == v else NAN for v in self._values]
+
+    @property
+    def buffer(self) -> array[float]:
+        """The values themselves (not a copy), for ``numpy.frombuffer``; valid until the next
+        ``add``."""
         return self._values
+
+    @property
+    def observed(self) -> int:
+        """How many of the window's slots hold a real reading."""
+        return self.length - self._holes - self._imputed
 
     @property
     def imputed(self) -> int:
@@ -91,21 +105,23 @@ class RollingWindow:
     def _advance_to(self, slot: int) -> None:
         shift = self.length if self.newest is None else min(slot - self.newest, self.length)
         self.newest = slot
-        if shift == 1:  # the common case, one reading per step: no new lists
+        if shift == 1:  # the common case, one reading per step: no new buffers
             self._imputed -= self._is_imputed.pop(0)
             self._holes += 1 - math.isnan(self._values.pop(0))
             self._values.append(NAN)
-            self._is_imputed.append(False)
+            self._is_imputed.append(0)
             return
         self._imputed -= sum(self._is_imputed[:shift])
         self._holes -= sum(math.isnan(v) for v in self._values[:shift])
-        self._values = self._values[shift:] + [NAN] * shift
-        self._is_imputed = self._is_imputed[shift:] + [False] * shift
+        del self._values[:shift]
+        self._values.extend(array("d", [NAN]) * shift)
+        del self._is_imputed[:shift]
+        self._is_imputed.extend(bytes(shift))
         self._holes += shift
 
     def _place(self, index: int, value: float) -> int:
         if self._is_imputed[index]:
-            self._is_imputed[index] = False
+            self._is_imputed[index] = 0
             self._imputed -= 1
             self._forget_imputed_around(index)
         else:
@@ -119,7 +135,7 @@ class RollingWindow:
             i = index + step
             while 0 <= i < self.length and self._is_imputed[i]:
                 self._values[i] = NAN
-                self._is_imputed[i] = False
+                self._is_imputed[i] = 0
                 self._imputed -= 1
                 self._holes += 1
                 i += step
@@ -147,7 +163,7 @@ class RollingWindow:
                 self._values[first + k] = left + (right - left) * (k + 1) / (run + 1)
             else:
                 self._values[first + k] = left
-            self._is_imputed[first + k] = True
+            self._is_imputed[first + k] = 1
         self._holes -= run
         self._imputed += run
         return run

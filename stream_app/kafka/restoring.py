@@ -24,8 +24,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ..core.pipeline import Pipeline
 from ..core.records import Incoming, Rejected, TimestampParser, decode_json
+from ..networks import Core
 from ..settings import Settings
 from .clients import client_options
 from .unreadable import TolerantReader
@@ -35,15 +35,13 @@ log = logging.getLogger(__name__)
 FIRST_BLOCK = 4096  # offsets read back at first, per partition
 
 
-def history_span_ms(pipeline: Pipeline) -> int:
-    """Event time whose ticks determine a partition's state, with a margin of as much again
-    for the windows, plus the drift monitors' warm-up."""
-    steps = 2 * pipeline.memory_steps + pipeline.sink_memory_steps
-    return steps * pipeline.step_s * 1000
+def history_span_ms(pipeline: Core) -> int:
+    """Event time whose ticks determine a partition's state (``Pipeline.history_span_s``)."""
+    return pipeline.history_span_s * 1000
 
 
 async def restore_partition(
-    pipeline: Pipeline, settings: Settings, tp: TopicPartition, committed: int
+    pipeline: Core, settings: Settings, tp: TopicPartition, committed: int
 ) -> int:
     """Rebuild the state of ``tp``'s sensors from the ticks before ``committed``; return them."""
     started = time.perf_counter()

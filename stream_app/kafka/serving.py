@@ -41,8 +41,8 @@ from aiokafka.structs import OffsetAndMetadata
 from ..core.chunks import Output
 from ..core.forecasters import Forecaster
 from ..core.metrics import Metrics
-from ..core.pipeline import Pipeline
 from ..core.records import Incoming
+from ..networks import Core
 from ..settings import Settings
 from .clients import client_options, producer_options
 from .producing import BatchProducer
@@ -57,9 +57,7 @@ COMMIT_INTERVAL_S = 0.5
 LAG_INTERVAL_S = 1.0
 
 
-async def serve(
-    settings: Settings, pipeline: Pipeline, metrics: Metrics, stop: asyncio.Event
-) -> None:
+async def serve(settings: Settings, pipeline: Core, metrics: Metrics, stop: asyncio.Event) -> None:
     """Turn ``settings.ticks_topic`` into forecasts until ``stop`` is set; then drain and commit."""
     output = OutputWriter(settings, metrics)
     consumer = tick_consumer(settings)
@@ -227,7 +225,7 @@ class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(
         self,
         settings: Settings,
-        pipeline: Pipeline,
+        pipeline: Core,
         consumer: AIOKafkaConsumer,
         reader: TolerantReader,
         output: OutputWriter,

@@ -9,9 +9,9 @@ import signal
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from ..assembly import build_pipeline, load_forecaster
+from ..assembly import build_core
 from ..core.metrics import Metrics
-from ..core.pipeline import Pipeline
+from ..networks import Core, NetworkRouter
 from ..settings import Settings
 from .clients import client_options
 from .serving import serve
@@ -22,9 +22,8 @@ log = logging.getLogger(__name__)
 
 def run_worker(settings: Settings) -> int:
     """Run a worker until SIGTERM or Ctrl-C; return the exit status."""
-    forecaster = load_forecaster(settings)
-    metrics = Metrics(CollectorRegistry())
-    pipeline = build_pipeline(settings, forecaster, metrics)
+    metrics = Metrics(CollectorRegistry(), per_network=bool(settings.networks))
+    core = build_core(settings, metrics)
     ensure_topics_sync(
         settings.bootstrap_servers,
         dict.fromkeys(settings.stcast_topics, settings.partitions),
@@ -32,20 +31,25 @@ def run_worker(settings: Settings) -> int:
     )
     if settings.metrics_port:
         start_http_server(settings.metrics_port, settings.metrics_host, metrics.registry)
-    log.info(
-        "serving %s on %s, grid step %d s, metrics on %s:%d",
-        forecaster.model_id,
-        forecaster.provider,
-        pipeline.step_s,
-        settings.metrics_host,
-        settings.metrics_port,
-    )
-    asyncio.run(_serve_until_signalled(settings, pipeline, metrics))
+    log.info("metrics on %s:%d", settings.metrics_host, settings.metrics_port)
+    pipelines = core.pipelines if isinstance(core, NetworkRouter) else {settings.network: core}
+    for network, pipeline in pipelines.items():
+        forecaster = pipeline.forecaster
+        neighbours = pipeline.neighbours
+        log.info(
+            "network %s: serving %s on %s, grid step %d s, %s",
+            network or "(any)",
+            forecaster.model_id,
+            forecaster.provider,
+            pipeline.step_s,
+            f"neighbours of {len(neighbours)} sensors" if neighbours else "no neighbours",
+        )
+    asyncio.run(_serve_until_signalled(settings, core, metrics))
     log.info("stopped cleanly")
     return 0
 
 
-async def _serve_until_signalled(settings: Settings, pipeline: Pipeline, metrics: Metrics) -> None:
+async def _serve_until_signalled(settings: Settings, pipeline: Core, metrics: Metrics) -> None:
     """Serve; on SIGTERM or SIGINT stop within ``shutdown_timeout_s``, cleanly or not at all."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -293,3 +293,32 @@ def _is_number(text: str) -> bool:
         return math.isfinite(float(text))
     except ValueError:
         return False
+
+
+def network_sensors(path: str | Path, network: str) -> tuple[str, ...]:
+    """The sensor ids a live network's graph file names, in its order: ``network/i`` for the
+    i-th row of a matrix without labels or an edge list of indices, else the file's own ids
+    (with ``network/`` in front of a local one)."""
+    file = Path(path)
+    if file.suffix == ".npz":
+        return tuple(f"{network}/{i}" for i in range(len(_npz_matrix(file))))
+    rows = _csv_rows(file)
+    if [cell.strip().lower() for cell in rows[0][:2]] == ["from", "to"]:
+        ends = {row[k].strip() for row in rows[1:] for k in (0, 1)}
+        if all(end.isdigit() for end in ends):
+            return tuple(f"{network}/{i}" for i in range(max(map(int, ends)) + 1))
+        return tuple(sorted(end if "/" in end else f"{network}/{end}" for end in ends))
+    if not all(_is_number(cell) for cell in rows[0]):  # a header row of ids
+        ids = [cell.strip() for cell in rows[0] if cell.strip()][-(len(rows) - 1) :]
+        return tuple(i if "/" in i else f"{network}/{i}" for i in ids)
+    return tuple(f"{network}/{i}" for i in range(len(rows)))
+
+
+def neighbour_table(path: str | Path, network: str, k: int) -> dict[str, list[tuple[str, float]]]:
+    """Each sensor of a live network's graph file: its ``k`` heaviest neighbours and weights."""
+    sensors = network_sensors(path, network)
+    index, weight = neighbours(load_graph(path, sensors), k)
+    return {
+        sensor: [(sensors[j], float(w)) for j, w in zip(index[i], weight[i], strict=True) if j >= 0]
+        for i, sensor in enumerate(sensors)
+    }
