@@ -1,10 +1,12 @@
 """Resident memory of a worker's per-sensor state, per 10,000 active sensors.
 
-Feeds a pipeline serving the seed-architecture ONNX LSTM with ``--sensors`` synthetic sensors for
-``window + horizon`` steps (every window full, every sensor with pending forecasts) and prints the
-growth of the process's resident set over its baseline (model loaded, pipeline built).
+Feeds a pipeline serving the default model (the bundled universal model: a day of context at
+5 minutes, intervals) or, with ``--model seed``, the seed-architecture ONNX LSTM, with
+``--sensors`` synthetic sensors for ``window + horizon`` steps (every window full, every sensor
+with pending forecasts and their intervals) and prints the growth of the process's resident set
+over its baseline (model loaded, pipeline built).
 
-    python benchmarks/sensor_memory.py --sensors 10000 20000 50000
+    python benchmarks/sensor_memory.py --sensors 2000 5000
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from export.onnx_graphs import build_seed_lstm
+from stream_app.bundled import UNIVERSAL, model_path
 from stream_app.core.onnx_forecaster import OnnxForecaster
 from stream_app.core.pipeline import Pipeline
 from stream_app.core.records import Incoming, format_ts
@@ -48,11 +51,15 @@ def feed(pipeline: Pipeline, sensors: int, steps: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sensors", type=int, nargs="+", default=[10_000, 50_000])
+    parser.add_argument("--sensors", type=int, nargs="+", default=[2_000, 5_000])
+    parser.add_argument("--model", choices=("universal", "seed"), default="universal")
     args = parser.parse_args()
-    model_dir = build_seed_lstm(Path(tempfile.mkdtemp()), sensors=["s0"], mean=100.0, std=10.0)
+    if args.model == "seed":
+        model_dir = build_seed_lstm(Path(tempfile.mkdtemp()), sensors=["s0"], mean=100.0, std=10.0)
+    else:
+        model_dir = model_path(UNIVERSAL)
     for sensors in args.sensors:
-        forecaster = OnnxForecaster(model_dir, provider="cpu")
+        forecaster = OnnxForecaster(model_dir, provider="cpu", step_s=STEP_S)
         pipeline = Pipeline(forecaster, step_s=STEP_S, batch_size=256)
         feed(pipeline, 64, forecaster.window + forecaster.horizon)  # warm the allocators
         gc.collect()

@@ -283,7 +283,8 @@ def _no_args(parser: argparse.ArgumentParser) -> None:
 _VERBS: dict[str, tuple[Command, str, Sequence[str] | None, Callable[..., None]]] = {
     "demo": (
         _demo,
-        "the main job: train, stream, detect drift, retrain and swap, on the embedded broker",
+        "the main job: serve zero-shot, stream, detect drift, fine-tune and swap, on the "
+        "embedded broker",
         ("batch_size", "model_dir", "log_level"),
         _demo_args,
     ),

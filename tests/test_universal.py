@@ -145,8 +145,11 @@ def test_the_export_is_a_universal_card_the_runtime_serves_at_any_step(
 
 
 def test_a_universal_model_needs_to_be_told_the_step(exported: Path) -> None:
+    batch = WindowBatch(np.ones((1, SMALL.context)), np.zeros(1, np.int64), ("s",))
     with pytest.raises(ModelContractError, match="any grid step"):
-        OnnxForecaster(exported)
+        OnnxForecaster(exported).forecast(batch)
+    served = OnnxForecaster(exported).at_step(900)
+    assert served.grid_step == 900 and served.forecast(batch).shape == (1, 12)
 
 
 def batch_message(step: int, values: dict[str, float], offset: int) -> Incoming:

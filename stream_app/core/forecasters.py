@@ -85,6 +85,17 @@ class Forecaster(Protocol):
     def forecast(self, windows: WindowBatch) -> FloatArray: ...
 
 
+@runtime_checkable
+class QuantileForecaster(Forecaster, Protocol):
+    """A forecaster that also gives quantiles (the universal model): ``quantiles`` names their
+    levels (empty: it gives none after all), ``forecast_quantiles`` (batch, levels, horizon)."""
+
+    @property
+    def quantiles(self) -> tuple[float, ...]: ...
+
+    def forecast_quantiles(self, windows: WindowBatch) -> FloatArray: ...
+
+
 class Persistence:
     """Repeat the last value for every horizon step.
 

@@ -7,6 +7,7 @@ After that, ``forecast`` only builds features, runs one ``session.run`` and de-n
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import hashlib
 import sys
@@ -186,7 +187,22 @@ class OnnxForecaster:
         (q,) = self._session.run([self.card.output], self._universal_feeds(windows))
         return np.asarray(q, dtype=np.float64)
 
+    def at_step(self, step_s: int) -> OnnxForecaster:
+        """This model serving a ``step_s`` grid (a universal model serves any; the session is
+        shared, not copied)."""
+        if self.card.kind != UNIVERSAL:
+            _check_step(self.card, step_s)
+            return self
+        served = copy.copy(self)
+        served.grid_step = step_s
+        return served
+
     def _universal_feeds(self, windows: WindowBatch) -> dict[str, npt.NDArray[Any]]:
+        if not self.grid_step:
+            raise ModelContractError(
+                f"{self.model_id} serves any grid step: say which (STCAST_STEP_S, or the "
+                "network's step)"
+            )
         n = len(windows)
         neighbours = windows.neighbours
         if neighbours is None:
@@ -245,12 +261,7 @@ _FEATURES: dict[str, Callable[[ModelCard, FloatArray, IntArray, Float32Array], N
 
 
 def _check_step(card: ModelCard, step_s: int) -> None:
-    if card.kind == UNIVERSAL:
-        if card.step_s == 0 and not step_s:
-            raise ModelContractError(
-                f"{card.model_id} serves any grid step: say which (STCAST_STEP_S, or the "
-                "network's step)"
-            )
+    if card.kind == UNIVERSAL:  # any step: the pipeline serving it says which (``at_step``)
         return
     if step_s and step_s != card.step_s:
         raise ModelContractError(

@@ -27,7 +27,7 @@ from .card import UNIVERSAL
 from .chunks import Chunk, Output, ticks_of
 from .contexts import NeighbourTable
 from .feedback import ErrorFeedback
-from .forecasters import FloatArray, Forecaster, WindowBatch
+from .forecasters import FloatArray, Forecaster, QuantileForecaster, WindowBatch
 from .metrics import Metrics
 from .records import (
     Incoming,
@@ -70,7 +70,8 @@ class Pipeline:
         stopwatch: Callable[[], float] = time.perf_counter,
         neighbours: NeighbourTable | None = None,
     ) -> None:
-        self.forecaster = forecaster
+        at_step = getattr(forecaster, "at_step", None)
+        self.forecaster: Forecaster = at_step(step_s) if at_step is not None else forecaster
         self.neighbours = neighbours
         self.step_s = step_s
         self.max_gap_steps = max_gap_steps
@@ -78,7 +79,7 @@ class Pipeline:
         self.network = network
         self.future_tolerance_s = future_tolerance_s
         self.batch_size = batch_size
-        self.rolling_mae = RollingMAE(forecaster.horizon, mae_window)
+        self.rolling_mae = RollingMAE(self.forecaster.horizon, mae_window)
         self.sinks: tuple[ScoreSink, ...] = tuple(sinks)  # the watchers: drift monitors
         self.metrics = metrics
         self.clock = clock
@@ -126,6 +127,9 @@ class Pipeline:
         The windows stay, so it must read the same window; the errors' monitors start over.
         """
         old = self.forecaster
+        at_step = getattr(forecaster, "at_step", None)
+        if at_step is not None:  # a universal model serves this network's grid
+            forecaster = at_step(self.step_s)
         if (forecaster.window, forecaster.horizon) != (old.window, old.horizon):
             raise ValueError(
                 f"{forecaster.model_id} has window {forecaster.window}, horizon "
@@ -301,13 +305,13 @@ class Pipeline:
             np.array(chunk.rows), slots * self.step_s, tuple(chunk.sensors), neighbours
         )
         started = self.stopwatch()
-        levels: tuple[float, ...] = getattr(self.forecaster, "quantiles", ())
-        if levels:
-            quantiles = self.forecaster.forecast_quantiles(batch)  # type: ignore[attr-defined]
+        forecaster = self.forecaster
+        if isinstance(forecaster, QuantileForecaster) and forecaster.quantiles:
+            quantiles = forecaster.forecast_quantiles(batch)
             chunk.interval = (quantiles[:, 0], quantiles[:, -1])
-            values: FloatArray = quantiles[:, levels.index(0.5)].copy()
+            values: FloatArray = quantiles[:, forecaster.quantiles.index(0.5)].copy()
         else:
-            values = self.forecaster.forecast(batch)
+            values = forecaster.forecast(batch)
         self._observe_inference(self.stopwatch() - started, len(batch))
         return values
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.card import UNIVERSAL
 from ..core.forecasters import FloatArray, Forecaster
 from ..offline.datasets import GridDataset
 from ..offline.eval_baselines import evaluation_samples
@@ -76,11 +77,13 @@ def compare(
 
 
 def holdout_split(forecaster: Forecaster, n_steps: int, holdout_from: int, masked: bool) -> Split:
-    """The split whose test part is the holdout, for ``evaluation_samples``."""
+    """The split whose test part is the holdout, for ``evaluation_samples``: windows as the
+    model needs them (a universal model: its warm-up; it reads its context from the data)."""
     horizon = forecaster.horizon
+    card = getattr(forecaster, "card", None)
     return Split(
         "holdout",
-        forecaster.window,
+        card.warmup if card is not None and card.kind == UNIVERSAL else forecaster.window,
         horizon,
         train=range(0, holdout_from),
         val=range(holdout_from, holdout_from),

@@ -29,6 +29,7 @@ class History:
         self.span_s = span_s
         self.newest_s: int | None = None
         self._readings: dict[str, dict[int, float]] = {}
+        self._network: dict[str, str] = {}  # sensor -> the network its ticks named ("" none)
         self._parse = TimestampParser()
         self._added = 0
 
@@ -48,6 +49,7 @@ class History:
                 continue
             if tick.value is not None:
                 self.add(tick.sensor, tick.ts_ms // 1000, tick.value)
+                self._network[tick.sensor] = tick.network or ""
                 added += 1
         return added
 
@@ -76,6 +78,14 @@ class History:
     @property
     def sensors(self) -> int:
         return len(self._readings)
+
+    def sensors_of(self, network: str) -> tuple[str, ...]:
+        """The sensors whose ticks named ``network``, else (no tick named it, e.g. the default
+        network of a worker serving one) every sensor whose ticks named none; sorted."""
+        named = [s for s, net in self._network.items() if net == network and s in self._readings]
+        if not named:
+            named = [s for s, net in self._network.items() if not net and s in self._readings]
+        return tuple(sorted(named))
 
     def grid(self, name: str, sensors: tuple[str, ...], step_s: int) -> GridDataset:
         """The readings of ``sensors`` (in that order) on a ``step_s`` grid, the whole span.

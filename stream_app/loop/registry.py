@@ -101,7 +101,8 @@ class Registry:
         """
         from ..core.onnx_forecaster import OnnxForecaster  # onnxruntime: only when publishing
 
-        card = OnnxForecaster(source, provider="cpu").card
+        step = 0 if ModelCard.load(source).step_s else 60  # a universal model: any step will do
+        card = OnnxForecaster(source, provider="cpu", step_s=step).card
         name, version = card.name, card.version
         if not _visible(name) or not _visible(version) or "/" in name + version:
             raise RegistryError(

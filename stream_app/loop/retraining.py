@@ -34,6 +34,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from ..assembly import DEFAULT_STEP_S
+from ..core.card import UNIVERSAL
 from ..core.onnx_forecaster import OnnxForecaster
 from ..core.retrain_events import RetrainEvent
 from ..kafka.clients import client_options, producer_options, topic_reader
@@ -164,7 +166,7 @@ class RetrainWorker:
         await self._catch_up(event)
         try:
             # cut on the event loop: the tail goes on adding readings while the thread trains
-            recent = self.history.grid(serving.name, serving.card.sensors, serving.card.step_s)
+            recent = self._recent(event, serving)
             outcome = await asyncio.to_thread(self._retrain, event, serving, recent)
         except (ValueError, RuntimeError, OSError) as exc:  # too little data, a failed export
             log.exception("retrain for %s failed", event.id)
@@ -189,35 +191,71 @@ class RetrainWorker:
         while (self.history.newest_s or 0) < wanted and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
 
-    def _retrain(self, event: RetrainEvent, serving: Version, recent: GridDataset) -> Outcome:
-        from models.finetuning import fine_tune
+    def _recent(self, event: RetrainEvent, serving: Version) -> GridDataset:
+        """The network's recent readings on its grid: the serving model's sensors, or, for a
+        universal model (any sensor, any step), the network's sensors on its configured step."""
+        card = serving.card
+        if card.kind == UNIVERSAL:
+            step = self.settings.step_s or DEFAULT_STEP_S
+            return self.history.grid(event.network, self.history.sensors_of(event.network), step)
+        return self.history.grid(serving.name, card.sensors, card.step_s)
 
+    def _retrain(self, event: RetrainEvent, serving: Version, recent: GridDataset) -> Outcome:
         settings = self.settings
         holdout_from = recent.n_steps - settings.retrain_holdout_steps
-        version = self.registry.next_version(serving.name)
+        name = network_model_name(serving, event.network)
+        version = self.registry.next_version(name)
         with tempfile.TemporaryDirectory(prefix="stcast-challenger-") as tmp:
-            tuned = fine_tune(
-                serving.path,
-                recent,
-                holdout_from,
-                Path(tmp),
-                version,
-                max_seconds=settings.retrain_max_s,
-                threads=settings.retrain_threads,
-            )
+            tuned = self._fine_tune(serving, recent, holdout_from, Path(tmp), name, version)
             verdict = compare(
                 serving.path, Path(tmp), recent, holdout_from, settings.retrain_min_gain
             )
-            validation = {
-                **verdict,
-                "event": event.id,
-                "fine_tuning_s": round(tuned.seconds, 1),
-                "samples": tuned.samples,
-            }
+            validation = {**verdict, "event": event.id, **tuned}
             if not verdict["wins"]:
                 return Outcome(event.id, "rejected", _versus(verdict), validation=validation)
             published = self.registry.publish(Path(tmp))
         return Outcome(event.id, "published", _versus(verdict), published.model_id, validation)
+
+    def _fine_tune(
+        self,
+        serving: Version,
+        recent: GridDataset,
+        holdout_from: int,
+        out: Path,
+        name: str,
+        version: str,
+    ) -> dict[str, Any]:
+        """The challenger, in ``out``: the serving model fine-tuned on the recent readings
+        before the holdout; what the fine-tuning took."""
+        settings = self.settings
+        if serving.card.kind == UNIVERSAL:
+            from models.finetune_universal import fine_tune_recent
+
+            result = fine_tune_recent(
+                serving.path, recent, holdout_from, out, name, version,
+                max_seconds=settings.retrain_max_s, threads=settings.retrain_threads,
+            )  # fmt: skip
+            return {"fine_tuning_s": round(result.seconds, 1), "epochs": result.epochs}
+        from models.finetuning import fine_tune
+
+        tuned = fine_tune(
+            serving.path,
+            recent,
+            holdout_from,
+            out,
+            version,
+            max_seconds=settings.retrain_max_s,
+            threads=settings.retrain_threads,
+        )
+        return {"fine_tuning_s": round(tuned.seconds, 1), "samples": tuned.samples}
+
+
+def network_model_name(serving: Version, network: str) -> str:
+    """The registry name a retrain publishes under: the serving model's, except that the
+    bundled universal model, fine-tuned for one network, becomes that network's own model."""
+    if serving.card.kind == UNIVERSAL and serving.name == "universal":
+        return f"{network}-universal"
+    return serving.name
 
 
 def compare(
@@ -226,8 +264,8 @@ def compare(
     """The holdout comparison of two model directories, as the update's ``validation``."""
     from .challenger import compare as compare_forecasters
 
-    champion = OnnxForecaster(champion_dir, provider="cpu")
-    challenger = OnnxForecaster(challenger_dir, provider="cpu")
+    champion = OnnxForecaster(champion_dir, provider="cpu", step_s=recent.step_s)
+    challenger = OnnxForecaster(challenger_dir, provider="cpu", step_s=recent.step_s)
     masked = champion.card.training.get("protocol", "basicts") == "basicts"
     verdict = compare_forecasters(
         champion, challenger, recent, holdout_from, masked=masked, min_gain=min_gain

@@ -158,9 +158,23 @@ def check_card(card: ModelCard, dataset: GridDataset, parts: Split) -> None:
 
 
 def model_forecasts(
-    forecaster: Forecaster, dataset: GridDataset, samples: Samples, chunk: int = CHUNK
+    forecaster: Forecaster,
+    dataset: GridDataset,
+    samples: Samples,
+    chunk: int = CHUNK,
+    inputs: ModelInputs | None = None,
 ) -> FloatArray:
-    """(pairs, horizon) forecasts of every sample, ``chunk`` windows per ``forecast`` call."""
+    """(pairs, horizon) forecasts of every sample, ``chunk`` windows per ``forecast`` call.
+
+    A universal model reads its long context from the dataset's first channel (or ``inputs``)
+    and gives its median.
+    """
+    card = getattr(forecaster, "card", None)
+    if isinstance(forecaster, OnnxForecaster) and card is not None and card.kind == UNIVERSAL:
+        given = inputs or ModelInputs(dataset.values[:, :, 0])
+        quantiles = model_quantiles(forecaster, dataset, samples, given, chunk)
+        median: FloatArray = quantiles[:, card.quantiles.index(0.5), : samples.targets.shape[1]]
+        return median
     last_ts = dataset.timestamps()[samples.ends]
     names = [dataset.sensors[i] for i in samples.sensors.tolist()]
     chunks = [

@@ -4,7 +4,9 @@
 batch size; (b) faust's consume-only ceiling on the embedded broker, same faust configuration and
 micro-batching as the worker; (c) a real worker process end to end with single-tick messages and
 (d) with tick batches: ticks per second and tick-to-forecast latency quantiles from the worker's
-own histogram. Every run reads the same PEMS08 flows, preloaded into its topic, so that the
+own histogram. The same run measures the bundled universal model's inference ceiling and its
+end to end on tick batches (keyed by network, with the PEMS08 graph: neighbours live), under
+the key ``universal``. Every run reads the same PEMS08 flows, preloaded into its topic, so that the
 replayer does not compete with the worker for the two cores while it is timed.
 
 On a small shared machine one run of (b) or (c) varies by 15-20 %, so (b) and (c) are run
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bundled import UNIVERSAL, model_path
 from ..core.forecasters import WindowBatch
 from ..core.onnx_forecaster import OnnxForecaster
 from ..kafka.topics import ensure_topics_sync
@@ -70,6 +73,7 @@ def measure(settings: Settings, dataset: GridDataset, steps: int, repeat: int) -
         report["faust_ceiling"] = _median(ceilings)
         report["single"] = _median(singles)
         report["batched"] = end_to_end(settings, dataset, steps, forecaster.window, "batched", 0)
+        report["universal"] = measure_universal(settings, dataset, steps)
     report["ratio_single"] = (
         report["single"]["ticks_per_s"] / report["faust_ceiling"]["ticks_per_s"]
     )
@@ -77,6 +81,30 @@ def measure(settings: Settings, dataset: GridDataset, steps: int, repeat: int) -
         report["batched"]["ticks_per_s"] / report["inference_ceiling"]["ticks_per_s"]
     )
     return report
+
+
+def measure_universal(settings: Settings, dataset: GridDataset, steps: int) -> dict[str, Any]:
+    """The bundled universal model: its inference ceiling, and a worker on tick batches."""
+    path = model_path(UNIVERSAL)
+    forecaster = OnnxForecaster(
+        path, provider=settings.provider, threads=settings.inference_threads, step_s=dataset.step_s
+    )
+    graph = bundled_dataset_path().parent / "PEMS08.csv"
+    served = settings.replace(
+        model_dir=str(path),
+        step_s=dataset.step_s,
+        graph=str(graph),
+        keyed="network",
+        network=dataset.name,
+    )
+    ceiling = inference_ceiling(forecaster, dataset, settings)
+    batched = end_to_end(served, dataset, steps, forecaster.card.warmup, "universal", 0)
+    return {
+        "model": forecaster.model_id,
+        "inference_ceiling": {"ticks_per_s": ceiling},
+        "batched": batched,
+        "ratio_batched": batched["ticks_per_s"] / ceiling,
+    }
 
 
 def inference_ceiling(
@@ -133,7 +161,7 @@ def end_to_end(
 ) -> dict[str, float]:
     """A worker process on preloaded ticks: throughput from its counters, latency quantiles."""
     topics = {name: f"bench.{kind}.{run}.{name}" for name in ("ticks", "forecasts", "dlq")}
-    _preload(settings, dataset, topics["ticks"], steps, batched=kind == "batched")
+    _preload(settings, dataset, topics["ticks"], steps, batched=kind != "single")
     worker_settings = settings.replace(
         ticks_topic=topics["ticks"],
         forecasts_topic=topics["forecasts"],
@@ -241,4 +269,12 @@ def format_table(report: dict[str, Any]) -> str:
         row("(d) end to end, tick batches", report["batched"]),
         f"ratio (c)/(b) {report['ratio_single']:.2f}   (d)/(a) {report['ratio_batched']:.2f}",
     ]
+    universal = report.get("universal")
+    if universal:
+        lines += [
+            f"universal model ({universal['model']}, neighbours from the PEMS08 graph):",
+            row("(e) inference ceiling", universal["inference_ceiling"]),
+            row("(f) end to end, tick batches", universal["batched"]),
+            f"ratio (f)/(e) {universal['ratio_batched']:.2f}",
+        ]
     return "\n".join(lines)

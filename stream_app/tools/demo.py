@@ -1,19 +1,23 @@
 """``stcast demo``: the whole loop, on the embedded broker and the bundled real dataset.
 
-1. A model: the global LSTM trained by ``stcast train``'s code on the slice's first days
-   (Friday 1 to Sunday 3 July 2016), published as version 1 in a fresh model registry; or
-   the model in ``--model-dir``.
-2. The broker, a worker serving version 1 and a retrain worker on that registry.
+1. A model: the bundled ``universal`` model, pre-trained on other networks and domains and
+   never on PEMS08, served zero-shot from the first tick (published as version 1 in a fresh
+   model registry); or the model in ``--model-dir``.
+2. The broker, a worker serving version 1 and a retrain worker on that registry. With
+   ``--batched`` (a message per step, keyed by network) the worker reads the network's graph
+   and gives the model each sensor's neighbours.
 3. The first days are replayed as fast as the broker takes them (the drift monitors learn
-   each sensor's usual error there), then the 4 July holiday and the morning after at
-   ``--steps-per-s``, so that a retrain fits in while the stream flows.
+   each sensor's usual error there), then the rest (for PEMS08: the 4 July holiday and the
+   morning after) at ``--steps-per-s``, so that a retrain fits in while the stream flows. A
+   retrain fine-tunes the serving model for this network and publishes a network version.
 4. A live view every two seconds: data time, ticks per second, the rolling MAE of the last
-   hour's forecasts against persistence on the same targets, drift events, retrains and the
-   serving version, all read from the topics (forecasts, retrain events, model updates) and
-   the worker's metrics.
-5. A report (``--json`` for machines): accuracy by horizon and model version, scored against
-   the dataset itself, the events and the models published. Everything started is stopped on
-   the way out, Ctrl-C included.
+   hour's forecasts against persistence and seasonal naive on the same targets, drift events,
+   retrains and the serving version, all read from the topics (forecasts, retrain events, model
+   updates) and the worker's metrics.
+5. A report (``--json`` for machines): accuracy by horizon and model version against the same
+   baselines on the same targets, scored against the dataset itself, the events, the models
+   published, and what version 1 would have done on the targets its successors served.
+   Everything started is stopped on the way out, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -25,27 +29,31 @@ import signal
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..bundled import UNIVERSAL, model_path
+from ..core.forecasters import season_steps
 from ..kafka.clients import topic_reader
 from ..kafka.topics import ensure_topics_sync
 from ..loop.registry import Registry, Version
 from ..offline.datasets import GridDataset, load_dataset
+from ..offline.model_inputs import Neighbours
+from ..offline.network_context import network_context
 from ..settings import Settings
 from .broker import EmbeddedBroker
 from .replay import replay
 from .services import WorkerProcess, scrape
 
 REPORTED_HORIZONS = (1, 3, 6, 12)
-TRAIN_DAYS = 3  # Friday to Sunday; the holiday Monday is streamed
+HOUR_S = 3_600
+FAST_DAYS = 3  # Friday to Sunday as fast as they go; the holiday Monday is paced
+FAST_SHARE = 0.7  # of a dataset too short for that, the share streamed fast
 ROLLING_STEPS = 12  # the live view's rolling MAE: forecasts of the last hour of data
-TRAIN_MINUTES = 1.5
-TRAIN_THREADS = 1  # two torch threads on two busy cores ran one epoch in 100 s, one ran seven
 RETRAIN_MAX_S = 40.0
 DRAIN_S = 30.0  # after the replay, give up on the last forecasts after this long without one
 
@@ -84,7 +92,7 @@ def run_demo(
     logging.getLogger("aiokafka").setLevel(logging.WARNING)  # its INFO lines drown the view
     dataset = load_dataset(dataset_path)
     steps = min(steps or dataset.n_steps, dataset.n_steps)
-    fast_steps = min(steps, TRAIN_DAYS * 86_400 // dataset.step_s)
+    fast_steps = min(FAST_DAYS * 86_400 // dataset.step_s, int(FAST_SHARE * steps))
     say(
         f"stcast demo: {dataset.name}, {dataset.n_sensors} sensors, {steps} steps of "
         f"{dataset.step_s // 60} min from {dataset.start:%a %d %b %Y}"
@@ -93,17 +101,21 @@ def run_demo(
     with tempfile.TemporaryDirectory(prefix="stcast-demo-") as tmp_name:
         tmp = Path(tmp_name)
         registry = Registry(tmp / "registry")
-        first = _first_model(settings, dataset, fast_steps, registry, tmp, say)
+        first = registry.publish(settings.model_path or model_path(UNIVERSAL))
+        graph = graph_file(dataset_path) if batched else None
         with EmbeddedBroker() as broker:
             settings = settings.replace(bootstrap_servers=broker.bootstrap_servers)
             _create_topics(settings)
             common = {
                 **vars(settings),
                 "metrics_port": 0,
+                "network": dataset.name,
                 "step_s": dataset.step_s,
                 "model_dir": str(first.path),
                 "model_registry": str(registry.root),
                 "retrain_max_s": RETRAIN_MAX_S,
+                "graph": str(graph or ""),
+                "keyed": "network" if graph else "sensor",
             }
             with (
                 WorkerProcess(common, tmp / "worker.log") as worker,
@@ -113,12 +125,13 @@ def run_demo(
                     "broker": broker.bootstrap_servers,
                     "pids": [broker.pid, worker.pid, retrainer.pid],
                 }
+                neighbours = f"neighbours from {graph.name}" if graph else "no neighbours"
                 say(
                     f"broker {broker.bootstrap_servers}; worker pid {worker.pid} serving "
-                    f"{first.model_id}; retrain worker pid {retrainer.pid}; metrics "
-                    f"{worker.metrics_url}"
+                    f"{first.model_id} zero-shot ({neighbours}); retrain worker pid "
+                    f"{retrainer.pid}; metrics {worker.metrics_url}"
                 )
-                plan = _Plan(dataset, steps, fast_steps, steps_per_s, batched, first.card.window)
+                plan = _Plan(dataset, steps, fast_steps, steps_per_s, batched, first.card.warmup)
                 try:
                     observed = asyncio.run(_stream(settings, plan, worker, say))
                 except asyncio.CancelledError:
@@ -128,7 +141,9 @@ def run_demo(
                     statuses = (worker.stop(), retrainer.stop())
                     say(f"worker and retrain worker stopped (exit status {statuses})")
         observed.retrains = retrain_outcomes(tmp / "retrain.log")
-        report = demo_report(dataset, steps, observed, registry, time.monotonic() - started)
+        table = network_context(dataset, dataset_path, graph)[0] if graph else None
+        seconds = time.monotonic() - started
+        report = demo_report(dataset, steps, observed, registry, seconds, table)
     report["stopped"] = started_here
     if as_json:
         print(json.dumps(report, indent=2))
@@ -146,42 +161,14 @@ class _Say:
             print(line, flush=True)
 
 
-def _first_model(
-    settings: Settings,
-    dataset: GridDataset,
-    train_steps: int,
-    registry: Registry,
-    tmp: Path,
-    say: _Say,
-) -> Version:
-    """``--model-dir``'s model, or one trained on the first days; version 1 of the registry."""
-    if settings.model_path is not None:
-        return registry.publish(settings.model_path)
-    try:
-        from models.training import train
-    except ImportError as exc:
-        raise RuntimeError(
-            f"the demo trains and retrains a model, which needs torch ({exc}): "
-            "pip install 'stcast[train]', or give --model-dir"
-        ) from None
-    first_days = replace(dataset, values=dataset.values[:train_steps].copy())
-    say(
-        f"training the global LSTM on the first {train_steps} steps (to "
-        f"{_step_time(dataset, train_steps - 1)}), at most {TRAIN_MINUTES:g} min..."
-    )
-    result = train(
-        first_days,
-        "basicts",
-        tmp / "trained",
-        max_minutes=TRAIN_MINUTES,
-        threads=TRAIN_THREADS,
-        progress=False,
-    )
-    say(
-        f"trained in {result.seconds:.0f} s ({result.epochs} epochs); validation MAE "
-        f"{result.val_metrics['mae']:.2f}"
-    )
-    return registry.publish(result.out_dir)
+def graph_file(dataset_path: Path) -> Path | None:
+    """The graph shipped beside a dataset: the bundled PEMS08 slice's road graph, or the graph
+    of a shared dataset (by its corpus entry); None when there is none."""
+    folder = dataset_path if dataset_path.is_dir() else dataset_path.parent
+    for candidate in (folder / f"{folder.name}.csv", folder / "adjacency.csv"):
+        if candidate.is_file() and candidate != dataset_path:
+            return candidate
+    return None
 
 
 def _create_topics(settings: Settings) -> None:
@@ -322,57 +309,77 @@ async def _live_view(plan: _Plan, worker: WorkerProcess, observed: Observed, say
         last_ticks, last_time = ticks, now
         if observed.newest_step < 0:
             continue  # nothing to show before the first forecast
-        model_mae, naive_mae = _rolling_mae(observed, truth, column, horizon=12)
+        horizon = min(12, HOUR_S // plan.dataset.step_s) or 1
+        model_mae, naive_mae, season_mae = _rolling_mae(
+            observed, truth, column, horizon, season_steps(plan.dataset.step_s)
+        )
         newest = observed.newest_step
         serving = observed.swaps[-1][0] if observed.swaps else "-"
         say(
             f"  {_step_time(plan.dataset, max(newest, 0))}  {rate:>8,.0f} ticks/s  "
-            f"MAE +60 min (last hour) {model_mae:6.1f} vs persistence {naive_mae:6.1f}  "
-            f"drift events {len(observed.events)}  retrains {len(observed.updates)}  "
-            f"serving {serving}"
+            f"MAE +{horizon * plan.dataset.step_s // 60} min {model_mae:6.1f} vs persistence "
+            f"{naive_mae:6.1f}, seasonal naive {season_mae:6.1f}  drift events "
+            f"{len(observed.events)}  retrains {len(observed.updates)}  serving {serving}"
         )
 
 
 def _rolling_mae(
-    observed: Observed, truth: np.ndarray, column: dict[str, int], horizon: int
-) -> tuple[float, float]:
-    """MAE at ``horizon`` of the forecasts made in the last hour whose actuals are known."""
+    observed: Observed, truth: np.ndarray, column: dict[str, int], horizon: int, season: int
+) -> tuple[float, float, float]:
+    """MAE at ``horizon`` of the forecasts made in the last ``ROLLING_STEPS`` steps whose
+    actuals are known, and of persistence and seasonal naive on the same targets (where the
+    season's value is known)."""
     newest = observed.newest_step
     made = range(newest - horizon - ROLLING_STEPS + 1, newest - horizon + 1)
-    model, naive = [], []
+    model, naive, seasonal = [], [], []
+    back = season * -(-horizon // season)  # whole seasons, never after the origin
     for (sensor, step), (values, _) in list(observed.forecasts.items()):
-        if step in made and step + horizon < len(truth):
-            actual = truth[step + horizon, column[sensor]]
-            if actual != 0 and np.isfinite(actual):
+        if step in made and step + horizon < len(truth) and step + horizon - back >= 0:
+            n = column[sensor]
+            actual, earlier = truth[step + horizon, n], truth[step + horizon - back, n]
+            if actual != 0 and np.isfinite(actual) and np.isfinite(earlier):
                 model.append(abs(values[horizon - 1] - actual))
-                naive.append(abs(truth[step, column[sensor]] - actual))
+                naive.append(abs(truth[step, n] - actual))
+                seasonal.append(abs(earlier - actual))
     if not model:
-        return float("nan"), float("nan")
-    return float(np.mean(model)), float(np.mean(naive))
+        return float("nan"), float("nan"), float("nan")
+    return float(np.mean(model)), float(np.mean(naive)), float(np.mean(seasonal))
 
 
 def demo_report(
-    dataset: GridDataset, steps: int, observed: Observed, registry: Registry, seconds: float
+    dataset: GridDataset,
+    steps: int,
+    observed: Observed,
+    registry: Registry,
+    seconds: float,
+    neighbours: Neighbours | None = None,
 ) -> dict[str, Any]:
     """Accuracy per model version against persistence, the loop's events, the timings."""
     truth = dataset.values[:, :, 0]
     column = {sensor: i for i, sensor in enumerate(dataset.sensors)}
+    season = season_steps(dataset.step_s)
     errors: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for (sensor, step), (values, model) in observed.forecasts.items():
+        n = column[sensor]
         for h in REPORTED_HORIZONS:
-            target = step + h
-            if target < len(truth) and truth[target, column[sensor]] != 0:
-                actual = truth[target, column[sensor]]
+            target, back = step + h, season * -(-h // season)
+            if target >= len(truth) or target - back < 0:
+                continue
+            actual, earlier = truth[target, n], truth[target - back, n]
+            if actual != 0 and np.isfinite(actual) and np.isfinite(earlier):
                 errors[model][h].append(abs(values[h - 1] - actual))
                 errors[f"persistence, same targets as {model}"][h].append(
-                    abs(truth[step, column[sensor]] - actual)
+                    abs(truth[step, n] - actual)
                 )
-    name = registry.names()[0] if registry.names() else ""
-    if name and len(registry.versions(name)) > 1:
-        _what_the_first_would_have_done(dataset, observed, registry.get(name, "1"), errors)
+                errors[f"seasonal naive, same targets as {model}"][h].append(abs(earlier - actual))
+    first = observed.swaps[0][0] if observed.swaps else ""
+    if first and any(model != first for model, _ in observed.swaps):
+        name, version = first.split("@")
+        kept = registry.get(name, version)
+        _what_the_first_would_have_done(dataset, observed, kept, errors, neighbours)
     accuracy = {
         name: {
-            f"+{h * dataset.step_s // 60} min": round(float(np.mean(e)), 2) for h, e in by.items()
+            f"+{h * dataset.step_s // 60} min": round(float(np.mean(by[h])), 2) for h in sorted(by)
         }
         for name, by in sorted(errors.items())
     }
@@ -391,7 +398,12 @@ def demo_report(
             {"model": u["model"], "validation": u.get("validation", {})} for u in observed.updates
         ],
         "served": [{"model": m, "from": _step_time(dataset, step)} for m, step in observed.swaps],
-        "registry_versions": registry.versions(name) if name else [],
+        "registry_versions": registry.versions(first.split("@")[0]) if first else [],
+        "network_versions": {
+            name: registry.versions(name)
+            for name in registry.names()
+            if not first.startswith(f"{name}@")
+        },
     }
 
 
@@ -400,22 +412,29 @@ def _what_the_first_would_have_done(
     observed: Observed,
     first: Version,
     errors: dict[str, dict[int, list[float]]],
+    neighbours: Neighbours | None,
 ) -> None:
     """Version 1's errors on the targets later versions served: was the swap worth it?"""
-    from ..core.forecasters import WindowBatch
     from ..core.onnx_forecaster import OnnxForecaster
+    from ..offline.eval_baselines import Samples
+    from ..offline.evaluation import ModelInputs, model_forecasts
 
-    forecaster = OnnxForecaster(first.path, provider="cpu")
+    forecaster = OnnxForecaster(first.path, provider="cpu", step_s=dataset.step_s)
     truth = dataset.values[:, :, 0]
     column = {sensor: i for i, sensor in enumerate(dataset.sensors)}
     pairs = [(s, t, m) for (s, t), (_, m) in observed.forecasts.items() if m != first.model_id]
+    pairs = [
+        (s, t, m) for s, t, m in pairs if t >= forecaster.window - 1 or forecaster.card.quantiles
+    ]
     if not pairs:
         return
-    window = forecaster.window
-    values = np.stack([truth[t - window + 1 : t + 1, column[s]] for s, t, _ in pairs])
-    last_ts = dataset.timestamps()[[t for _, t, _ in pairs]]
-    batch = WindowBatch(values, last_ts, tuple(s for s, _, _ in pairs))
-    predicted = forecaster.forecast(batch)
+    ends = np.array([t for _, t, _ in pairs], dtype=np.int64)
+    sensors = np.array([column[s] for s, _, _ in pairs], dtype=np.int64)
+    width = 1 if forecaster.card.quantiles else forecaster.window  # a universal model reads more
+    inputs = np.stack([truth[t - width + 1 : t + 1, n] for t, n in zip(ends, sensors, strict=True)])
+    targets = np.full((len(pairs), forecaster.horizon), np.nan)
+    samples = Samples(inputs, targets, ends, sensors, 0)
+    predicted = model_forecasts(forecaster, dataset, samples, inputs=ModelInputs(truth, neighbours))
     for (sensor, step, model), row in zip(pairs, predicted, strict=True):
         for h in REPORTED_HORIZONS:
             target = step + h
