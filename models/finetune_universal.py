@@ -32,7 +32,15 @@ from .checkpoint import CHECKPOINT_FILE
 from .pretrain_data import MIN_CONTEXT, fast_neighbour_contexts
 from .pretraining import NEIGHBOUR_RULE
 from .training import EXPORT_RESERVE_S, TrainResult, seed_everything
-from .universal import UniversalForecaster, load_universal, pinball, save_universal
+from .universal import (
+    UniversalConfig,
+    UniversalForecaster,
+    interval_scale_for,
+    load_universal,
+    pinball,
+    save_universal,
+    with_interval_scale,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -101,26 +109,109 @@ def fine_tune_universal(
 ) -> TrainResult:
     """Adapt the universal model in ``init`` to ``dataset`` under ``protocol``; export it."""
     start = time.monotonic()
+    return adapt(
+        dataset,
+        split(dataset, protocol),
+        out_dir,
+        init,
+        name=f"{dataset.name}-universal",
+        version=version,
+        deadline=start + max_minutes * 60 - EXPORT_RESERVE_S,
+        seed=seed,
+        threads=threads,
+        progress=progress,
+        neighbours=neighbours,
+        calendar_known=calendar_known,
+        max_epochs=max_epochs,
+    )
+
+
+def fine_tune_recent(
+    serving_dir: Path,
+    recent: GridDataset,
+    holdout_from: int,
+    out_dir: Path,
+    name: str,
+    version: str,
+    *,
+    max_seconds: float = 120.0,
+    threads: int = 1,
+    seed: int = 0,
+) -> TrainResult:
+    """The retrain worker's fine-tuning of a universal model on a network's recent readings:
+    fitted on the steps before the last fifth before ``holdout_from``, chosen on that fifth;
+    the holdout (from ``holdout_from``) is left for the challenger's comparison."""
+    horizon = UniversalConfig().horizon
+    selection = max((holdout_from) // 5, horizon + 1)
+    parts = Split(
+        "recent",
+        MIN_CONTEXT,
+        horizon,
+        train=range(0, holdout_from - selection),
+        val=range(holdout_from - selection, holdout_from),
+        test=range(holdout_from, recent.n_steps),
+        reported=tuple(range(1, horizon + 1)),
+        cumulative=False,
+        masked=False,
+        target_channel=0,
+    )
+    return adapt(
+        recent,
+        parts,
+        out_dir,
+        serving_dir,
+        name=name,
+        version=version,
+        deadline=time.monotonic() + max_seconds,
+        seed=seed,
+        threads=threads,
+        progress=False,
+    )
+
+
+def adapt(
+    dataset: GridDataset,
+    parts: Split,
+    out_dir: Path,
+    init: Path,
+    *,
+    name: str,
+    version: str,
+    deadline: float,
+    seed: int = 0,
+    threads: int = 1,
+    progress: bool = True,
+    neighbours: Neighbours | None = None,
+    calendar_known: bool = True,
+    max_epochs: int = MAX_EPOCHS,
+) -> TrainResult:
+    """Fine-tune ``init``'s universal model on ``parts.train``, keep the epoch best on
+    ``parts.val``, export it as ``name@version``; ``parts.test`` is never read."""
+    start = time.monotonic()
     seed_everything(seed, threads)
     model, base = load_universal(init / CHECKPOINT_FILE)
     base_card = ModelCard.load(init)
-    parts = split(dataset, protocol)
     series = dataset.values[:, :, parts.target_channel]
     inputs = _Inputs(dataset, series, model.config.context, neighbours, calendar_known)
     train, val = _pairs(series, parts, parts.train, model), _pairs(series, parts, parts.val, model)
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(
+            f"{dataset.n_steps} steps leave {len(train)} training and {len(val)} selection "
+            "windows: wait for more history"
+        )
     spread = float(np.nanstd(series[parts.train]) or 1.0)
-    deadline = start + max_minutes * 60 - EXPORT_RESERVE_S
     best, history = _fit(
         model, inputs, train, val, parts, spread, deadline, seed, progress, max_epochs
     )
     model.load_state_dict(best)
+    model = _calibrated(model, inputs, val)
     val_mae = _val_mae(model, inputs, val, parts)
     summary = {
         "kind": "fine-tuning",
         "init": base_card.model_id,
         "init_sha256": base_card.onnx_sha256,
         "dataset": dataset.name,
-        "protocol": protocol,
+        "protocol": parts.protocol,
         "parts": {"train": _span(parts.train), "val": _span(parts.val)},
         "pairs": {"train": len(train), "val": len(val)},
         "val_mae_by_epoch": [round(v, 4) for v in history],  # [0]: the pre-trained weights
@@ -135,7 +226,7 @@ def fine_tune_universal(
     export_universal(
         model,
         out_dir,
-        name=f"{dataset.name}-universal",
+        name=name,
         version=version,
         neighbours=NEIGHBOUR_RULE,
         training=summary,
@@ -242,6 +333,20 @@ def _epoch(
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
+
+
+@torch.no_grad()
+def _calibrated(model: UniversalForecaster, inputs: _Inputs, val: _Pairs) -> UniversalForecaster:
+    """The model with its interval widened or narrowed to cover 80 % of the validation part."""
+    model.eval()
+    parts = []
+    for i in range(0, len(val), EVAL_BATCH):
+        sl = slice(i, i + EVAL_BATCH)
+        parts.append(model(*inputs.tensors(val.ends[sl], val.sensors[sl])).numpy())
+    q = np.concatenate(parts).astype(np.float64)
+    target = val.target.astype(np.float64)
+    scale = interval_scale_for(q[:, 1], q[:, 0], q[:, 2], target)
+    return with_interval_scale(model, scale * model.config.interval_scale)
 
 
 @torch.no_grad()

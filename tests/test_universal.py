@@ -213,3 +213,23 @@ def test_live_neighbours_are_the_ones_the_graph_names_whatever_their_order_in_th
         np.testing.assert_allclose(forward[sensor], backward[sensor], rtol=1e-12)
     assert forward["c"] == alone["c"]  # c has no neighbours in the graph
     assert forward["a"] != alone["a"] and forward["b"] != alone["b"]
+
+
+def test_the_interval_is_calibrated_to_cover_80_percent_of_held_out_targets() -> None:
+    from models.universal import interval_scale_for, with_interval_scale
+
+    rng = np.random.default_rng(0)
+    target = rng.normal(0.0, 2.0, 20_000)
+    median = np.zeros_like(target)
+    half = np.full_like(target, 1.2816)  # a 0.1-0.9 interval for unit spread: too narrow here
+    scale = interval_scale_for(median, median - half, median + half, target)
+    assert scale == pytest.approx(2.0, rel=0.03)  # the targets spread twice as wide
+    inside = np.mean(np.abs(target) <= scale * half)
+    assert inside == pytest.approx(0.8, abs=0.005)
+    torch.manual_seed(1)
+    model = UniversalForecaster(SMALL).eval()
+    feeds = parity_batch(SMALL.context, 8, 1)
+    base, wide = run(model, feeds), run(with_interval_scale(model, 2.0), feeds)
+    np.testing.assert_allclose(wide[:, 1], base[:, 1], rtol=1e-6)  # the median stays
+    np.testing.assert_allclose(wide[:, 2] - wide[:, 1], 2 * (base[:, 2] - base[:, 1]), rtol=1e-4)
+    np.testing.assert_allclose(wide[:, 1] - wide[:, 0], 2 * (base[:, 1] - base[:, 0]), rtol=1e-4)
