@@ -233,3 +233,8 @@ def test_the_interval_is_calibrated_to_cover_80_percent_of_held_out_targets() ->
     np.testing.assert_allclose(wide[:, 1], base[:, 1], rtol=1e-6)  # the median stays
     np.testing.assert_allclose(wide[:, 2] - wide[:, 1], 2 * (base[:, 2] - base[:, 1]), rtol=1e-4)
     np.testing.assert_allclose(wide[:, 1] - wide[:, 0], 2 * (base[:, 1] - base[:, 0]), rtol=1e-4)
+
+
+def test_a_network_of_one_sensor_has_no_neighbours_and_is_still_forecast() -> None:
+    out = neighbour_context(np.empty((0, 5)), np.full((3, 2), -1), np.zeros((3, 2)))
+    assert out.shape == (3, 5) and np.isnan(out).all()

@@ -69,8 +69,10 @@ def neighbour_context(
     each step the weights of the neighbours with a reading are renormalised; a step where no
     neighbour has one, and a row without neighbours, is NaN (the model's mask).
     """
-    z = normalised(contexts) if len(contexts) else np.empty((0, contexts.shape[1]), np.float32)
     real = index >= 0
+    if not real.any():  # no row has a neighbour (one series, or no graph)
+        return np.full((index.shape[0], contexts.shape[1]), np.nan, dtype=np.float32)
+    z = normalised(contexts)
     picked = z[np.where(real, index, 0)]  # (B, k, C)
     w = np.where(real, weight, 0.0).astype(np.float32)[:, :, None] * ~np.isnan(picked)
     total = w.sum(axis=1)
