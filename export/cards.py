@@ -87,11 +87,13 @@ def write_universal_card(
     quantiles: Sequence[float],
     min_context: int,
     neighbours: Mapping[str, Any],
+    sensors: Sequence[str] = (),
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     libraries: Mapping[str, str] | None = None,
 ) -> ModelCard:
-    """The card of a universal model: any step, self-normalised, quantiles, no sensor list."""
+    """The card of a universal model: any step, self-normalised, quantiles; ``sensors`` (the
+    rows of its sensor embedding) when it was fine-tuned for a network."""
     card = ModelCard.from_dict(
         {
             **_describe(model_path),
@@ -103,11 +105,11 @@ def write_universal_card(
             "step_s": "any",
             "features": list(UNIVERSAL_INPUTS),
             "value_input": UNIVERSAL_INPUTS[0],
-            "sensor_input": None,
+            "sensor_input": "sensor" if sensors else None,
             "output": "quantiles",
             "normalization": {"method": "context"},
-            "sensors": [],
-            "unknown_sensor_index": 0,
+            "sensors": list(sensors),
+            "unknown_sensor_index": len(sensors),
             "quantiles": list(quantiles),
             "min_context": min_context,
             "neighbours": dict(neighbours),

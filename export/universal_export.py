@@ -10,7 +10,7 @@ several grid steps, with gaps, short contexts and missing neighbours; otherwise
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from stream_app.core.card import BATCH_AXIS, CARD_FILE, MODEL_FILE, UNIVERSAL_IN
 from stream_app.core.contexts import calendar, context_stats
 
 TOLERANCE = 1e-3  # in units of each window's own scale
+SENSOR = "sensor"  # the input of a model fine-tuned for a network: each window's sensor row
 PARITY_SIZES = (1, 300)
 PARITY_STEPS = (60, 300, 900, 3_600, 86_400)
 
@@ -38,6 +39,7 @@ def export_universal(
     version: str = "1",
     min_context: int = 12,
     neighbours: Mapping[str, Any] | None = None,
+    sensors: Sequence[str] = (),
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     tolerance: float = TOLERANCE,
@@ -55,6 +57,10 @@ def export_universal(
     finally:
         partial.unlink(missing_ok=True)
     config = module.config
+    if config.sensors != len(sensors):
+        raise ValueError(
+            f"the model has {config.sensors} sensor rows, {len(sensors)} sensors given"
+        )
     return write_universal_card(
         out_dir / MODEL_FILE,
         name=name,
@@ -64,16 +70,23 @@ def export_universal(
         quantiles=config.quantiles,
         min_context=min_context,
         neighbours=neighbours or {},
+        sensors=sensors,
         training={"architecture": config.to_dict(), **(training or {})},
         metrics=metrics,
         libraries={"torch": torch.__version__},
     )
 
 
+def input_names(module: UniversalForecaster) -> tuple[str, ...]:
+    """The graph's inputs: the four of every universal model, and a network's ``sensor``."""
+    return (*UNIVERSAL_INPUTS, SENSOR) if module.config.sensors else UNIVERSAL_INPUTS
+
+
 def _write_onnx(module: UniversalForecaster, path: Path) -> None:
-    feeds = parity_batch(module.config.context, 2, seed=0)
-    args = tuple(torch.from_numpy(feeds[name]) for name in UNIVERSAL_INPUTS)
-    axes = {name: {0: BATCH_AXIS} for name in (*UNIVERSAL_INPUTS, OUTPUT)}
+    feeds = parity_batch(module.config.context, 2, seed=0, sensors=module.config.sensors)
+    names = input_names(module)
+    args = tuple(torch.from_numpy(feeds[name]) for name in names)
+    axes = {name: {0: BATCH_AXIS} for name in (*names, OUTPUT)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
@@ -83,16 +96,19 @@ def _write_onnx(module: UniversalForecaster, path: Path) -> None:
             args,
             str(path),
             dynamo=False,
-            input_names=list(UNIVERSAL_INPUTS),
+            input_names=list(names),
             output_names=[OUTPUT],
             opset_version=OPSET,
             dynamic_axes=axes,
         )
 
 
-def parity_batch(context: int, size: int, seed: int) -> dict[str, npt.NDArray[np.float32]]:
+def parity_batch(
+    context: int, size: int, seed: int, sensors: int = 0
+) -> dict[str, npt.NDArray[Any]]:
     """Seeded inputs like the runtime's: levels and scales of many kinds, several grid steps,
-    gaps, contexts still warming up, and rows without neighbours."""
+    gaps, contexts still warming up, rows without neighbours, and (for a network's model) its
+    sensors' rows, the unknown sensor's among them."""
     rng = np.random.default_rng(seed)
     level = rng.choice([0.5, 30.0, 400.0, 2e4], size)[:, None]
     wave = np.sin(
@@ -106,12 +122,15 @@ def parity_batch(context: int, size: int, seed: int) -> dict[str, npt.NDArray[np
     neighbours = rng.standard_normal((size, context))
     neighbours[rng.random(size) < 0.3] = np.nan
     last_ts = rng.integers(1_400_000_000, 1_800_000_000, size)
-    return {
+    feeds: dict[str, npt.NDArray[Any]] = {
         "context": values.astype(np.float32),
         "step_s": rng.choice(PARITY_STEPS, (size, 1)).astype(np.float32),
         "calendar": calendar(last_ts, rng.random(size) < 0.8),
         "neighbours": neighbours.astype(np.float32),
     }
+    if sensors:
+        feeds[SENSOR] = rng.integers(0, sensors + 1, size, dtype=np.int64)
+    return feeds
 
 
 def check_universal_parity(
@@ -123,10 +142,10 @@ def check_universal_parity(
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     worst = 0.0
     for size in PARITY_SIZES:
-        feeds = parity_batch(module.config.context, size, seed)
+        feeds = parity_batch(module.config.context, size, seed, module.config.sensors)
         (got,) = session.run([OUTPUT], dict(feeds))
         with torch.no_grad():
-            want = module(*(torch.from_numpy(feeds[n]) for n in UNIVERSAL_INPUTS)).numpy()
+            want = module(*(torch.from_numpy(feeds[n]) for n in input_names(module))).numpy()
         if got.shape != want.shape:
             raise ParityError(f"onnxruntime gave shape {got.shape}, torch {want.shape}")
         _, scale = context_stats(feeds["context"])

@@ -66,6 +66,10 @@ class UniversalConfig:
     # the interval's half-widths multiplied by this: 1 as pre-trained; fine-tuning sets it so
     # the validation part's 0.1-0.9 coverage is 80 % (a split-conformal widening)
     interval_scale: float = 1.0
+    # network-specific: an embedding row per sensor (and one for a sensor it does not know)
+    # read by the decoder; 0 as pre-trained, the network's sensors once fine-tuned for it
+    sensors: int = 0
+    sensor_dim: int = 16
 
     def __post_init__(self) -> None:
         if self.context % self.patch:
@@ -96,6 +100,10 @@ class UniversalForecaster(nn.Module):
         self.token = nn.Linear(4 * c.patch + 16 + 4, c.d_model)
         self.lstm = nn.LSTM(c.d_model, c.hidden, c.layers, batch_first=True)
         per_step = c.hidden + 6 + 4 + c.horizon + 16 + 1 + (3 if c.backtest else 0)
+        if c.sensors:
+            self.sensor_embedding = nn.Embedding(c.sensors + 1, c.sensor_dim)
+            nn.init.normal_(self.sensor_embedding.weight, std=0.1)
+            per_step += c.sensor_dim
         self.decoder = nn.Sequential(
             nn.Linear(per_step, c.decoder),
             nn.GELU(),
@@ -112,14 +120,20 @@ class UniversalForecaster(nn.Module):
         self.register_buffer("horizon_code", torch.eye(c.horizon), False)
 
     def forward(
-        self, context: Tensor, step_s: Tensor, calendar: Tensor, neighbours: Tensor
+        self,
+        context: Tensor,
+        step_s: Tensor,
+        calendar: Tensor,
+        neighbours: Tensor,
+        sensor: Tensor | None = None,
     ) -> Tensor:
         z, seen, mean, scale = _normalise(context)
         nb_seen = ~torch.isnan(neighbours)
         nb = torch.where(nb_seen, neighbours, torch.zeros_like(neighbours))
         step_code = self._step_code(step_s)  # (B, 16)
         state = self._encode(z, seen, nb, nb_seen, step_s, calendar, step_code)
-        out = self._decode(z, seen, state, step_s, calendar, step_code)  # (B, H, 3)
+        own = self.sensor_embedding(sensor) if self.config.sensors and sensor is not None else None
+        out = self._decode(z, seen, state, step_s, calendar, step_code, own)  # (B, H, 3)
         low, mid, high = out[:, :, 0], out[:, :, 1], out[:, :, 2]
         if self.config.residual or self.config.gate:  # unclipped: persistence is exact
             last = torch.where(seen[:, -1:], (context[:, -1:] - mean) / scale, z[:, -1:])
@@ -186,6 +200,7 @@ class UniversalForecaster(nn.Module):
         step_s: Tensor,
         calendar: Tensor,
         step_code: Tensor,
+        own: Tensor | None = None,
     ) -> Tensor:
         c = self.config
         batch = z.shape[0]
@@ -202,6 +217,11 @@ class UniversalForecaster(nn.Module):
                 self.horizon_code[None].expand(batch, c.horizon, c.horizon),
                 step_code[:, None, :].expand(batch, c.horizon, 16),
                 last,
+                *(
+                    [own[:, None, :].expand(batch, c.horizon, c.sensor_dim)]
+                    if own is not None
+                    else []
+                ),
             ],
             dim=2,
         )
@@ -352,7 +372,7 @@ def load_universal(path: Path) -> tuple[UniversalForecaster, dict[str, Any]]:
 
 def with_interval_scale(model: UniversalForecaster, scale: float) -> UniversalForecaster:
     """The same weights, the interval's half-widths times ``scale``."""
-    scaled = UniversalForecaster(replace(model.config, interval_scale=scale))
+    scaled = UniversalForecaster(replace(model.config, interval_scale=scale))  # same shape
     scaled.load_state_dict(model.state_dict())
     return scaled.eval()
 
@@ -375,3 +395,25 @@ def interval_scale_for(
         inside = np.mean((y >= mid - scale * below) & (y <= mid + scale * above))
         lo, hi = (scale, hi) if inside < coverage else (lo, scale)
     return round((lo + hi) / 2, 4)
+
+
+def for_sensors(model: UniversalForecaster, sensors: int) -> UniversalForecaster:
+    """``model`` with an embedding row per sensor of a network, the same forecasts at first:
+    the decoder's weights on the new inputs start at zero, the embedding small and random (so
+    that both learn)."""
+    if model.config.sensors == sensors:
+        return model
+    if model.config.sensors:
+        raise ValueError(
+            f"the model knows {model.config.sensors} sensors, the network has {sensors}"
+        )
+    extended = UniversalForecaster(replace(model.config, sensors=sensors))
+    state = model.state_dict()
+    first = "decoder.0.weight"
+    grown = extended.state_dict()[first].clone()
+    grown.zero_()
+    grown[:, : state[first].shape[1]] = state[first]
+    state[first] = grown
+    state["sensor_embedding.weight"] = extended.sensor_embedding.weight.detach().clone()
+    extended.load_state_dict(state)
+    return extended

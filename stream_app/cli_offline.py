@@ -67,6 +67,7 @@ def _fine_tune(args: argparse.Namespace, dataset: GridDataset, out: Path) -> Any
         threads=args.threads,
         neighbours=neighbours,
         calendar_known=calendar,
+        sensor_rows=args.sensor_rows,
     )
 
 
@@ -140,6 +141,12 @@ def train_args(parser: argparse.ArgumentParser) -> None:
         default="",
         help="--init: the network's graph file (edge list or matrix; default: the shared "
         "dataset's own, else learned from its history)",
+    )
+    parser.add_argument(
+        "--sensor-rows",
+        action="store_true",
+        help="--init: add an embedding row per sensor of the network (measured worse on PEMS08's "
+        "validation part, so off by default)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (runs repeat exactly)")
     parser.add_argument("--max-minutes", type=float, default=10.0, help="wall-clock budget")

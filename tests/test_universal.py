@@ -238,3 +238,27 @@ def test_the_interval_is_calibrated_to_cover_80_percent_of_held_out_targets() ->
 def test_a_network_of_one_sensor_has_no_neighbours_and_is_still_forecast() -> None:
     out = neighbour_context(np.empty((0, 5)), np.full((3, 2), -1), np.zeros((3, 2)))
     assert out.shape == (3, 5) and np.isnan(out).all()
+
+
+def test_a_network_version_adds_sensor_rows_that_change_nothing_until_trained(
+    small_model: UniversalForecaster, tmp_path: Path
+) -> None:
+    from models.universal import for_sensors
+
+    feeds = parity_batch(SMALL.context, 16, seed=2)
+    own = for_sensors(small_model, 3).eval()
+    sensor = torch.tensor([0, 1, 2, 3] * 4)  # 3: the row of a sensor it does not know
+    names = ("context", "step_s", "calendar", "neighbours")
+    with torch.no_grad():
+        got = own(*(torch.from_numpy(feeds[n]) for n in names), sensor).numpy()
+    np.testing.assert_allclose(got, run(small_model, feeds), rtol=1e-6, atol=1e-5)
+    card = export_universal(own, tmp_path, name="net-universal", sensors=("n/a", "n/b", "n/c"))
+    assert card.sensor_input == "sensor" and card.unknown_sensor_index == 3
+    forecaster = OnnxForecaster(tmp_path, step_s=300)
+    batch = WindowBatch(
+        feeds["context"].astype(np.float64),
+        np.full(16, 1467345600, dtype=np.int64),
+        ("n/a", "n/b", "n/c", "elsewhere") * 4,
+        feeds["neighbours"],
+    )
+    assert forecaster.forecast_quantiles(batch).shape == (16, 3, 12)

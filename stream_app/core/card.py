@@ -336,7 +336,11 @@ def check_universal(card: ModelCard) -> None:
         _expect_spec(
             card.inputs, name, name, (BATCH_AXIS, _UNIVERSAL_WIDTHS.get(name, card.window))
         )
-    extra = [spec.name for spec in card.inputs if spec.name not in UNIVERSAL_INPUTS]
+    known = set(UNIVERSAL_INPUTS)
+    if card.sensor_input is not None:  # fine-tuned for a network: an embedding row per sensor
+        _expect_spec(card.inputs, "sensor_input", card.sensor_input, (BATCH_AXIS,), "int64")
+        known.add(card.sensor_input)
+    extra = [spec.name for spec in card.inputs if spec.name not in known]
     if extra:
         raise ModelContractError(f"card.json key 'inputs' lists {extra} that no runtime feeds")
     output = (BATCH_AXIS, len(card.quantiles), card.horizon)

@@ -207,12 +207,15 @@ class OnnxForecaster:
         neighbours = windows.neighbours
         if neighbours is None:
             neighbours = np.full((n, self.window), np.nan, dtype=np.float32)
-        return {
+        feeds: dict[str, npt.NDArray[Any]] = {
             "context": windows.values.astype(np.float32),
             "step_s": np.full((n, 1), self.grid_step, dtype=np.float32),
             "calendar": calendar(windows.last_ts, windows.calendar_known),
             "neighbours": neighbours.astype(np.float32, copy=False),
         }
+        if self.card.sensor_input is not None:  # a network's own model: its sensors' rows
+            feeds[self.card.sensor_input] = self.card.sensor_indices(windows.sensors)
+        return feeds
 
     def _check_shape(self, windows: WindowBatch) -> None:
         if windows.values.shape != (len(windows), self.window):

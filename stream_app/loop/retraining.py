@@ -195,9 +195,10 @@ class RetrainWorker:
         """The network's recent readings on its grid: the serving model's sensors, or, for a
         universal model (any sensor, any step), the network's sensors on its configured step."""
         card = serving.card
-        if card.kind == UNIVERSAL:
+        if card.kind == UNIVERSAL:  # its own sensors once fine-tuned for the network
             step = self.settings.step_s or DEFAULT_STEP_S
-            return self.history.grid(event.network, self.history.sensors_of(event.network), step)
+            sensors = card.sensors or self.history.sensors_of(event.network)
+            return self.history.grid(event.network, sensors, step)
         return self.history.grid(serving.name, card.sensors, card.step_s)
 
     def _retrain(self, event: RetrainEvent, serving: Version, recent: GridDataset) -> Outcome:
