@@ -10,7 +10,7 @@ dynamic batch axis) and must agree with torch within ``tolerance``; otherwise
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,18 +60,12 @@ def export_model(
     seed: int = 0,
 ) -> ModelCard:
     """Write ``out_dir/model.onnx`` and its card after a torch-vs-onnxruntime parity check."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # An older pair in out_dir would otherwise outlive a failed export of a newer model.
-    for stale in (out_dir / CARD_FILE, out_dir / MODEL_FILE):
-        stale.unlink(missing_ok=True)
-    partial = out_dir / f"{MODEL_FILE}.partial"
     module.eval()
-    try:
-        write_onnx(module, partial, spec, opset)
-        check_parity(module, partial, spec, tolerance=tolerance, seed=seed)
-        partial.replace(out_dir / MODEL_FILE)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_checked(
+        out_dir,
+        lambda path: write_onnx(module, path, spec, opset),
+        lambda path: check_parity(module, path, spec, tolerance=tolerance, seed=seed),
+    )
     return write_card(
         out_dir / MODEL_FILE,
         name=spec.name,
@@ -87,6 +81,24 @@ def export_model(
         metrics=spec.metrics,
         libraries={"torch": torch.__version__},
     )
+
+
+def write_checked(
+    out_dir: Path, write: Callable[[Path], None], check: Callable[[Path], object]
+) -> None:
+    """``out_dir/model.onnx`` from ``write``, kept only if ``check`` passes on it (it raises
+    ``ParityError`` otherwise); no card is left from an older model either way."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # An older pair in out_dir would otherwise outlive a failed export of a newer model.
+    for stale in (out_dir / CARD_FILE, out_dir / MODEL_FILE):
+        stale.unlink(missing_ok=True)
+    partial = out_dir / f"{MODEL_FILE}.partial"
+    try:
+        write(partial)
+        check(partial)
+        partial.replace(out_dir / MODEL_FILE)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def write_onnx(module: nn.Module, path: Path, spec: ExportSpec, opset: int = OPSET) -> None:

@@ -20,9 +20,9 @@ import onnxruntime as ort
 import torch
 
 from export.cards import write_universal_card
-from export.torch_export import OPSET, ParityError
+from export.torch_export import OPSET, ParityError, write_checked
 from models.universal import OUTPUT, UniversalForecaster
-from stream_app.core.card import BATCH_AXIS, CARD_FILE, MODEL_FILE, UNIVERSAL_INPUTS, ModelCard
+from stream_app.core.card import BATCH_AXIS, MODEL_FILE, UNIVERSAL_INPUTS, ModelCard
 from stream_app.core.contexts import calendar, context_stats
 
 TOLERANCE = 1e-3  # in units of each window's own scale
@@ -45,17 +45,12 @@ def export_universal(
     tolerance: float = TOLERANCE,
 ) -> ModelCard:
     """Write ``out_dir/model.onnx`` and its universal card after the parity check."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (out_dir / CARD_FILE, out_dir / MODEL_FILE):
-        stale.unlink(missing_ok=True)
-    partial = out_dir / f"{MODEL_FILE}.partial"
     module.eval()
-    try:
-        _write_onnx(module, partial)
-        check_universal_parity(module, partial, tolerance=tolerance)
-        partial.replace(out_dir / MODEL_FILE)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_checked(
+        out_dir,
+        lambda path: _write_onnx(module, path),
+        lambda path: check_universal_parity(module, path, tolerance=tolerance),
+    )
     config = module.config
     if config.sensors != len(sensors):
         raise ValueError(

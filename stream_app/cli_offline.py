@@ -108,13 +108,7 @@ def pretrain_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--budget-s", type=float, default=3000.0, help="wall-clock seconds")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (2 only pays on an otherwise idle machine: a busy core makes "
-        "the second thread spin)",
-    )
+    _threads_arg(parser)
     parser.add_argument(
         "--data-dir", default="", help="the shared data folder (default: ../shared/data)"
     )
@@ -150,6 +144,10 @@ def train_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (runs repeat exactly)")
     parser.add_argument("--max-minutes", type=float, default=10.0, help="wall-clock budget")
+    _threads_arg(parser)
+
+
+def _threads_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
         type=int,
