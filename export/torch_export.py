@@ -144,6 +144,13 @@ def parity_batch(
     return x, sensor
 
 
+def parity_session(onnx_path: Path) -> ort.InferenceSession:
+    """A quiet CPU session on a freshly written model, for the parity checks."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
 def check_parity(
     module: nn.Module,
     onnx_path: Path,
@@ -154,9 +161,7 @@ def check_parity(
     sizes: Sequence[int] = PARITY_SIZES,
 ) -> float:
     """The largest |torch - onnxruntime| on seeded batches; :class:`ParityError` if too large."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = parity_session(onnx_path)
     worst = 0.0
     for size in sizes:
         x, sensor = parity_batch(spec, size, seed)

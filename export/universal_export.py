@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 import torch
 
 from export.cards import write_universal_card
-from export.torch_export import OPSET, ParityError, write_checked
+from export.torch_export import OPSET, ParityError, parity_session, write_checked
 from models.universal import OUTPUT, UniversalForecaster
 from stream_app.core.card import BATCH_AXIS, MODEL_FILE, UNIVERSAL_INPUTS, ModelCard
 from stream_app.core.contexts import calendar, context_stats
@@ -132,9 +131,7 @@ def check_universal_parity(
     module: UniversalForecaster, onnx_path: Path, *, tolerance: float = TOLERANCE, seed: int = 0
 ) -> float:
     """The largest |torch - onnxruntime| in units of each window's scale; ParityError if large."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = parity_session(onnx_path)
     worst = 0.0
     for size in PARITY_SIZES:
         feeds = parity_batch(module.config.context, size, seed, module.config.sensors)
