@@ -21,7 +21,6 @@ its own calendar and its index. Quantiles are kept ordered by construction.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-from stream_app.core.contexts import SCALE_EPS, SCALE_FLOOR, Z_CLIP
+from .universal_features import backtest, calendar_codes, normalise, seasonal_lags
 
-DAY_S, WEEK_S, YEAR_S = 86_400.0, 604_800.0, 365.0 * 86_400.0
 INPUTS = ("context", "step_s", "calendar", "neighbours")
 OUTPUT = "quantiles"
-MAX_SEASONS = 14  # seasons back averaged by the decoder (two weeks of days)
 
 
 @dataclass(frozen=True)
@@ -127,7 +124,7 @@ class UniversalForecaster(nn.Module):
         neighbours: Tensor,
         sensor: Tensor | None = None,
     ) -> Tensor:
-        z, seen, mean, scale = _normalise(context)
+        z, seen, mean, scale = normalise(context)
         nb_seen = ~torch.isnan(neighbours)
         nb = torch.where(nb_seen, neighbours, torch.zeros_like(neighbours))
         step_code = self._step_code(step_s)  # (B, 16)
@@ -168,7 +165,7 @@ class UniversalForecaster(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The quantiles in the context's own units (for the loss), with its mean and scale."""
         y = self.forward(context, step_s, calendar, neighbours)
-        _, _, mean, scale = _normalise(context)
+        _, _, mean, scale = normalise(context)
         return (y - mean[:, :, None]) / scale[:, :, None], mean, scale
 
     def _encode(
@@ -185,7 +182,7 @@ class UniversalForecaster(nn.Module):
         batch = z.shape[0]
         parts = [z, seen.to(z.dtype), nb, nb_seen.to(z.dtype)]
         patches = torch.cat([p.reshape(batch, c.tokens, c.patch) for p in parts], dim=2)
-        when = _calendar_codes(calendar, step_s, self.patch_ends)  # (B, K, 4)
+        when = calendar_codes(calendar, step_s, self.patch_ends)  # (B, K, 4)
         steps = step_code[:, None, :].expand(batch, c.tokens, 16)
         tokens = self.token(torch.cat([patches, steps, when], dim=2))
         seq, _ = self.lstm(tokens)
@@ -204,10 +201,10 @@ class UniversalForecaster(nn.Module):
     ) -> Tensor:
         c = self.config
         batch = z.shape[0]
-        lags = _seasonal_lags(z, seen, step_s, self.steps, c.context)  # (B, H, 6)
-        when = _calendar_codes(calendar, step_s, self.steps)  # (B, H, 4)
+        lags = seasonal_lags(z, seen, step_s, self.steps, c.context)  # (B, H, 6)
+        when = calendar_codes(calendar, step_s, self.steps)  # (B, H, 4)
         last = z[:, -1:, None].expand(batch, c.horizon, 1)
-        extra = [_backtest(z, seen, step_s, c.horizon)] if c.backtest else []
+        extra = [backtest(z, seen, step_s, c.horizon)] if c.backtest else []
         per_step = torch.cat(
             [
                 *extra,
@@ -227,109 +224,6 @@ class UniversalForecaster(nn.Module):
         )
         out: Tensor = self.decoder(per_step)
         return out
-
-
-def _normalise(context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """z, the seen mask, mean (B, 1) and scale (B, 1): ``stream_app.core.contexts``'s formula."""
-    seen = ~torch.isnan(context)
-    x = torch.where(seen, context, torch.zeros_like(context))
-    count = seen.sum(dim=1, keepdim=True).clamp(min=1).to(context.dtype)
-    mean = x.sum(dim=1, keepdim=True) / count
-    centred = torch.where(seen, x - mean, torch.zeros_like(x))
-    std = torch.sqrt((centred**2).sum(dim=1, keepdim=True) / count)
-    level = x.abs().sum(dim=1, keepdim=True) / count
-    scale = std + SCALE_FLOOR * level + SCALE_EPS
-    z = torch.clamp(centred / scale, -Z_CLIP, Z_CLIP)
-    return z, seen, mean, scale
-
-
-def season_steps(step_s: Tensor) -> Tensor:
-    """One season in grid steps: a day below a day's step, a week below a week's, else a year
-    (``stream_app.core.forecasters.season_steps``)."""
-    period = torch.where(
-        step_s < DAY_S,
-        torch.full_like(step_s, DAY_S),
-        torch.where(
-            step_s < WEEK_S, torch.full_like(step_s, WEEK_S), torch.full_like(step_s, YEAR_S)
-        ),
-    )
-    return torch.clamp(torch.round(period / step_s), min=1.0)
-
-
-def _seasonal_lags(z: Tensor, seen: Tensor, step_s: Tensor, steps: Tensor, context: int) -> Tensor:
-    """Per horizon step: the value one season before it and one week before it (sub-daily
-    steps), never after the origin, and the mean of every season before it in the context;
-    each with a mask. (B, H, 6)."""
-    season = season_steps(step_s)  # (B, 1)
-    week = torch.where(step_s < DAY_S, torch.round(WEEK_S / step_s), torch.zeros_like(step_s))
-    one, one_seen = _lag(z, seen, season, steps, context)
-    weekly, weekly_seen = _lag(z, seen, week, steps, context)
-    total = torch.zeros_like(one)
-    count = torch.zeros_like(one)
-    for k in range(1, context + 1):  # unrolled only as far as a season of 1 step could go
-        if k > MAX_SEASONS:
-            break
-        value, present = _lag(z, seen, season * k, steps, context, exact=True)
-        total = total + value
-        count = count + present
-    average = total / count.clamp(min=1.0)
-    has_average = (count > 0).to(z.dtype)
-    return torch.stack([one, one_seen, weekly, weekly_seen, average, has_average], dim=2)
-
-
-def _backtest(z: Tensor, seen: Tensor, step_s: Tensor, horizon: int) -> Tensor:
-    """How persistence at each lead h and the seasonal value did inside the context: the mean
-    absolute change over h steps, over one season, and whether the season fits. (B, H, 3)."""
-    errors = []
-    for h in range(1, horizon + 1):
-        both = seen[:, h:] & seen[:, :-h]
-        change = torch.where(both, (z[:, h:] - z[:, :-h]).abs(), torch.zeros_like(z[:, h:]))
-        errors.append(change.sum(dim=1) / both.sum(dim=1).clamp(min=1).to(z.dtype))
-    persistence = torch.stack(errors, dim=1)  # (B, H)
-    context = z.shape[1]
-    season = season_steps(step_s)  # (B, 1)
-    earlier = torch.arange(context, dtype=z.dtype)[None, :] - season  # (B, C)
-    valid = earlier >= 0
-    index = torch.clamp(earlier, min=0).to(torch.int64)
-    both = valid & seen & torch.gather(seen, 1, index)
-    change = torch.where(both, (z - torch.gather(z, 1, index)).abs(), torch.zeros_like(z))
-    count = both.sum(dim=1, keepdim=True).to(z.dtype)
-    seasonal = change.sum(dim=1, keepdim=True) / count.clamp(min=1.0)
-    has = (count > 0).to(z.dtype)
-    b, h = persistence.shape
-    return torch.stack([persistence, seasonal.expand(b, h), has.expand(b, h)], dim=2)
-
-
-def _lag(
-    z: Tensor, seen: Tensor, period: Tensor, steps: Tensor, context: int, exact: bool = False
-) -> tuple[Tensor, Tensor]:
-    """The value ``period`` (B, 1) steps before each horizon step (whole periods back until
-    at or before the origin unless ``exact``), and whether it is a reading in the context."""
-    safe = torch.clamp(period, min=1.0)
-    back = safe if exact else safe * torch.ceil(steps[None, :] / safe)  # (B, H)
-    position = (context - 1) + steps[None, :] - back
-    valid = (period > 0) & (position >= 0) & (position <= context - 1)
-    index = torch.clamp(position, 0, context - 1).to(torch.int64)
-    value = torch.gather(z, 1, index)
-    present = valid & torch.gather(seen, 1, index)
-    return torch.where(present, value, torch.zeros_like(value)), present.to(z.dtype)
-
-
-def _calendar_codes(calendar: Tensor, step_s: Tensor, offsets: Tensor) -> Tensor:
-    """sin/cos of the time of day and of the weekday at ``offsets`` steps from the origin,
-    zero where the calendar is not real. (B, len(offsets), 4)."""
-    days = calendar[:, 0:1] + offsets[None, :] * step_s / DAY_S  # (B, n)
-    tod = days - torch.floor(days)
-    dow = torch.remainder(calendar[:, 1:2] + torch.floor(days), 7.0)
-    known = calendar[:, 2:3]
-    angle_day, angle_week = 2 * math.pi * tod, 2 * math.pi * dow / 7.0
-    codes = [
-        torch.sin(angle_day),
-        torch.cos(angle_day),
-        torch.sin(angle_week),
-        torch.cos(angle_week),
-    ]
-    return torch.stack([code * known for code in codes], dim=2)
 
 
 def pinball(pred: Tensor, target: Tensor, mask: Tensor, quantiles: tuple[float, ...]) -> Tensor:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from export.universal_export import export_universal, parity_batch
-from models.universal import UniversalConfig, UniversalForecaster, _lag, season_steps
+from models.universal import UniversalConfig, UniversalForecaster
+from models.universal_features import lag, season_steps
 from stream_app.core.card import ModelCard, ModelContractError
 from stream_app.core.contexts import (
     calendar,
@@ -87,7 +88,7 @@ def test_a_seasonal_lag_never_reads_after_the_origin() -> None:
     seen = torch.ones_like(z, dtype=torch.bool)
     steps = torch.arange(1, horizon + 1, dtype=torch.float32)
     for season in (1, 5, 7, 24):
-        value, present = _lag(z, seen, torch.tensor([[float(season)]]), steps, context)
+        value, present = lag(z, seen, torch.tensor([[float(season)]]), steps, context)
         assert (value[present > 0] <= context - 1).all()  # at or before the origin
         h = steps[present[0] > 0]
         want = (context - 1) + h - season * torch.ceil(h / season)
