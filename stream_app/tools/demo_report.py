@@ -1,0 +1,163 @@
+"""The demo's report: what was served from when, how each version did against persistence and
+seasonal naive on the same targets, and what version 1 would have done on its successors'."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.forecasters import season_steps
+from ..loop.registry import Registry, Version
+from ..offline.datasets import GridDataset
+from ..offline.model_inputs import Neighbours
+
+REPORTED_HORIZONS = (1, 3, 6, 12)
+
+
+@dataclass
+class Observed:
+    """What the demo read back from the topics."""
+
+    forecasts: dict[tuple[str, int], tuple[list[float], str]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    swaps: list[tuple[str, int]] = field(default_factory=list)  # (model, first data step)
+    newest_step: int = -1
+    retrains: list[str] = field(default_factory=list)  # the retrain worker's outcome lines
+
+
+def retrain_outcomes(log_path: Path) -> list[str]:
+    """The retrain worker's one line per event (published, rejected or skipped, and why)."""
+    if not log_path.is_file():
+        return []
+    lines = log_path.read_text(errors="replace").splitlines()
+    marker = "retraining: retrain event "
+    return [line.split(marker, 1)[1] for line in lines if marker in line]
+
+
+def demo_report(
+    dataset: GridDataset,
+    steps: int,
+    observed: Observed,
+    registry: Registry,
+    seconds: float,
+    neighbours: Neighbours | None = None,
+) -> dict[str, Any]:
+    """Accuracy per model version against persistence, the loop's events, the timings."""
+    truth = dataset.values[:, :, 0]
+    column = {sensor: i for i, sensor in enumerate(dataset.sensors)}
+    season = season_steps(dataset.step_s)
+    errors: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (sensor, step), (values, model) in observed.forecasts.items():
+        n = column[sensor]
+        for h in REPORTED_HORIZONS:
+            target, back = step + h, season * -(-h // season)
+            if target >= len(truth) or target - back < 0:
+                continue
+            actual, earlier = truth[target, n], truth[target - back, n]
+            if actual != 0 and np.isfinite(actual) and np.isfinite(earlier):
+                errors[model][h].append(abs(values[h - 1] - actual))
+                errors[f"persistence, same targets as {model}"][h].append(
+                    abs(truth[step, n] - actual)
+                )
+                errors[f"seasonal naive, same targets as {model}"][h].append(abs(earlier - actual))
+    first = observed.swaps[0][0] if observed.swaps else ""
+    if first and any(model != first for model, _ in observed.swaps):
+        name, version = first.split("@")
+        kept = registry.get(name, version)
+        _what_the_first_would_have_done(dataset, observed, kept, errors, neighbours)
+    accuracy = {
+        name: {
+            f"+{h * dataset.step_s // 60} min": round(float(np.mean(by[h])), 2) for h in sorted(by)
+        }
+        for name, by in sorted(errors.items())
+    }
+    return {
+        "dataset": dataset.name,
+        "steps": steps,
+        "forecasts": len(observed.forecasts),
+        "seconds": round(seconds, 1),
+        "mae": accuracy,
+        "drift_events": [
+            {"detected_at": e["detected_at"], "sensors": len(e["sensors"]), "model": e["model"]}
+            for e in observed.events
+        ],
+        "retrains": observed.retrains,
+        "models_published": [
+            {"model": u["model"], "validation": u.get("validation", {})} for u in observed.updates
+        ],
+        "served": [{"model": m, "from": step_time(dataset, step)} for m, step in observed.swaps],
+        "registry_versions": registry.versions(first.split("@")[0]) if first else [],
+        "network_versions": {
+            name: registry.versions(name)
+            for name in registry.names()
+            if not first.startswith(f"{name}@")
+        },
+    }
+
+
+def _what_the_first_would_have_done(
+    dataset: GridDataset,
+    observed: Observed,
+    first: Version,
+    errors: dict[str, dict[int, list[float]]],
+    neighbours: Neighbours | None,
+) -> None:
+    """Version 1's errors on the targets later versions served: was the swap worth it?"""
+    from ..core.onnx_forecaster import OnnxForecaster
+    from ..offline.eval_baselines import Samples
+    from ..offline.evaluation import ModelInputs, model_forecasts
+
+    forecaster = OnnxForecaster(first.path, provider="cpu", step_s=dataset.step_s)
+    truth = dataset.values[:, :, 0]
+    column = {sensor: i for i, sensor in enumerate(dataset.sensors)}
+    pairs = [(s, t, m) for (s, t), (_, m) in observed.forecasts.items() if m != first.model_id]
+    pairs = [
+        (s, t, m) for s, t, m in pairs if t >= forecaster.window - 1 or forecaster.card.quantiles
+    ]
+    if not pairs:
+        return
+    ends = np.array([t for _, t, _ in pairs], dtype=np.int64)
+    sensors = np.array([column[s] for s, _, _ in pairs], dtype=np.int64)
+    width = 1 if forecaster.card.quantiles else forecaster.window  # a universal model reads more
+    inputs = np.stack([truth[t - width + 1 : t + 1, n] for t, n in zip(ends, sensors, strict=True)])
+    targets = np.full((len(pairs), forecaster.horizon), np.nan)
+    samples = Samples(inputs, targets, ends, sensors, 0)
+    predicted = model_forecasts(forecaster, dataset, samples, inputs=ModelInputs(truth, neighbours))
+    for (sensor, step, model), row in zip(pairs, predicted, strict=True):
+        for h in REPORTED_HORIZONS:
+            target = step + h
+            if target < len(truth) and truth[target, column[sensor]] != 0:
+                actual = truth[target, column[sensor]]
+                errors[f"{first.model_id} kept, same targets as {model}"][h].append(
+                    abs(row[h - 1] - actual)
+                )
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"demo report: {report['forecasts']:,} forecasts over {report['steps']} steps of "
+        f"{report['dataset']} in {report['seconds']:.0f} s",
+        "served: " + ", ".join(f"{s['model']} from {s['from']}" for s in report["served"]),
+        f"drift events: {len(report['drift_events'])}; models published: "
+        + (", ".join(m["model"] for m in report["models_published"]) or "none"),
+        *(f"  retrain event {line}" for line in report["retrains"]),
+        "MAE (flow, zero readings ignored):",
+    ]
+    for name, by in report["mae"].items():
+        lines.append(f"  {name:<50} " + "  ".join(f"{k} {v:6.2f}" for k, v in by.items()))
+    return "\n".join(lines)
+
+
+def step_time(dataset: GridDataset, step: int) -> str:
+    when = datetime.fromtimestamp(int(dataset.timestamps()[step]), dataset.start.tzinfo)
+    return f"{when:%a %d %b %H:%M}"
+
+
+def epoch_s(ts: str) -> int:
+    return int(datetime.fromisoformat(ts).timestamp())
