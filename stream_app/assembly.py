@@ -13,6 +13,7 @@ from .core.feedback import ErrorFeedback
 from .core.forecasters import DAY_S, WEEK_S, Forecaster, Persistence, SeasonalNaive
 from .core.metrics import Metrics
 from .core.pipeline import Pipeline
+from .core.readings import ReadingMonitors, ReadingSink
 from .core.retrain_events import RetrainPolicy
 from .core.windows import Impute
 from .networks import Core, NetworkRouter, declared_networks
@@ -98,6 +99,18 @@ def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics)
     )
     sink = drift_sink(settings, pipeline, metrics)
     pipeline.watch(sink)
+    checks = [c.strip() for c in settings.reading_checks.split(",") if c.strip()]
+    if checks:
+        monitors = ReadingMonitors(pipeline.step_s, warmup=settings.drift_warmup, checks=checks)
+        pipeline.watch_readings(
+            ReadingSink(
+                monitors,
+                sensor_of=pipeline.sensor_at,
+                now=lambda: pipeline.newest_ts_s,
+                policy=sink.policy,
+                metrics=metrics,
+            )
+        )
     if settings.drift_feedback_gain > 0:
         feedback = ErrorFeedback(forecaster.horizon, settings.drift_feedback_gain)
         pipeline.correct_with(feedback)

@@ -219,7 +219,7 @@ def _evaluate_online(
     from .loop.online_eval import evaluate_online
 
     if model is None:
-        raise ValueError("--online needs --model DIR: a model made by stcast train")
+        raise ValueError("--online needs --model DIR: a model made by stcast train, or universal")
     try:
         import models.finetuning  # noqa: F401
     except ImportError as exc:
@@ -230,6 +230,7 @@ def _evaluate_online(
         args.scenario,
         seed=args.seed,
         settings=settings,
+        policies=[p.strip() for p in args.policies.split(",") if p.strip()],
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     if args.json:
@@ -259,7 +260,7 @@ def format_online(report: dict[str, Any]) -> str:
 
 
 def evaluate_args(parser: argparse.ArgumentParser) -> None:
-    from .loop.online_eval import SCENARIOS
+    from .loop.online_eval import POLICIES, SCENARIOS
 
     parser.add_argument(
         "--model",
@@ -287,6 +288,12 @@ def evaluate_args(parser: argparse.ArgumentParser) -> None:
         help="--online: the data as it is, or a fault injected on a tenth of the sensors",
     )
     parser.add_argument("--seed", type=int, default=0, help="--online: which sensors, when")
+    parser.add_argument(
+        "--policies",
+        default=",".join(POLICIES),
+        help="--online: the policies to run, comma-separated (frozen always runs: its "
+        "detections are the ones measured)",
+    )
     _protocol_and_dataset_args(parser)
 
 

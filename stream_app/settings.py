@@ -138,6 +138,11 @@ class Settings:
         "after a sensor's monitor fires, correct its forecasts by this share of each scored "
         "error until the next model swap (0: off)",
     )
+    reading_checks: str = _setting(
+        "stuck,range,noise",
+        "checks on each sensor's readings, comma-separated (empty: none): stuck (the same value "
+        "repeated), range (far outside its range), noise (its noise level rose)",
+    )
     retrain_cooldown_s: float = _setting(
         21600.0, "at most one retrain event per network in this much event time"
     )

@@ -38,6 +38,7 @@ def metrics() -> Metrics:
     metrics.set_consumer_lag(0, 5)
     metrics.set_coverage([0.8])
     metrics.model_swap_failures.labels(reason="sha256").inc()
+    metrics.reading_faults.labels(check="stuck").inc()
     return metrics
 
 
@@ -67,6 +68,10 @@ ADDED_WHY: dict[str, tuple[set[str], str]] = {
     "stcast_interval_coverage": (
         {"horizon"},
         "issue 18: the live coverage of the 0.1-0.9 interval per horizon step, beside the MAE",
+    ),
+    "stcast_reading_faults_total": (
+        {"check"},
+        "issue 19: the readings monitors' findings (stuck, range, noise) are counted",
     ),
     "stcast_forecasts_without_neighbours_total": (
         set(),

@@ -14,8 +14,7 @@ from stream_app.core.drift import DriftSink, make_detector
 from stream_app.core.feedback import ErrorFeedback
 from stream_app.core.pipeline import Pipeline
 from stream_app.core.records import Incoming, TimestampParser
-from stream_app.core.sensors import Sensors
-from stream_app.core.windows import RollingWindow
+from stream_app.core.windows import RollingWindow, Sensors
 from stream_app.kafka.restoring import event_time_ms, history_span_ms, spans
 
 RNG = np.random.default_rng(5)

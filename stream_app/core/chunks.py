@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .forecasters import FloatArray
 from .records import Incoming, Reason, Rejected, decode_json
 from .scoring import Actuals
-from .sensors import SensorState
+from .windows import SensorState
 
 
 @dataclass

@@ -115,6 +115,14 @@ class Metrics:
         self.drift_detected = Counter(
             "drift_detected", "Drift detections", namespace=PREFIX, registry=registry
         )
+        self.reading_faults = Counter(
+            "reading_faults",
+            "Faults the readings monitors found (stuck: the same value repeated, range: far "
+            "outside the sensor's range, noise: the noise level rose), by check",
+            ["check"],
+            namespace=PREFIX,
+            registry=registry,
+        )
         self.retrain_events = Counter(
             "retrain_events", "Retrain events emitted", namespace=PREFIX, registry=registry
         )

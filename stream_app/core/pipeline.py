@@ -29,6 +29,7 @@ from .contexts import NeighbourTable
 from .feedback import ErrorFeedback
 from .forecasters import FloatArray, Forecaster, QuantileForecaster, WindowBatch
 from .metrics import Metrics
+from .readings import ReadingSink
 from .records import (
     Incoming,
     Reason,
@@ -42,8 +43,7 @@ from .records import (
 )
 from .retrain_events import RetrainEvent
 from .scoring import PendingForecasts, RollingMAE, Scores, ScoreSink
-from .sensors import Sensors, SensorState
-from .windows import Impute, RollingWindow
+from .windows import Impute, RollingWindow, Sensors, SensorState
 
 log = logging.getLogger(__name__)
 BoolArray = npt.NDArray[np.bool_]
@@ -96,6 +96,7 @@ class Pipeline:
         self._restoring = False
         self._retrain_events: list[tuple[bytes, bytes]] = []
         self.feedback: ErrorFeedback | None = None
+        self.readings: ReadingSink | None = None
         self._needs_full, self._warmup = readiness(forecaster)
         if metrics is not None:
             metrics.set_model(forecaster.model_id, forecaster.provider, network)
@@ -151,6 +152,11 @@ class Pipeline:
         """Add ``feedback``'s offsets to the forecasts of the sensors it corrects; it learns
         them from each generation's scores (``_settle``), in restores too."""
         self.feedback = feedback
+
+    def watch_readings(self, sink: ReadingSink) -> None:
+        """Hand every real reading to ``sink`` (the readings monitors), in arrival order; the
+        forecasts of a sensor it finds stuck carry ``"quarantined": "stuck"``."""
+        self.readings = sink
 
     def watch(self, sink: ScoreSink) -> None:
         """Hand every later score to ``sink`` as well (a drift monitor)."""
@@ -214,6 +220,8 @@ class Pipeline:
             sink.forget(rows)
         if self.feedback is not None:
             self.feedback.forget(rows)
+        if self.readings is not None:
+            self.readings.forget(rows)
 
     def step(self, messages: Sequence[Incoming]) -> Iterator[Output]:
         """Process one micro-batch; yield an Output per inference chunk (and one for the rest)."""
@@ -350,6 +358,10 @@ class Pipeline:
         scores = []
         for generation in range(max(chunk.generation.values(), default=0)):
             now = generations == generation
+            if self.readings is not None:  # a generation holds a sensor once
+                self.readings.observe(
+                    sensors[now], slots[now], actuals[now], report=not self._restoring
+                )
             settled = self.pending.score(sensors[now], slots[now], actuals[now])
             scores.append(settled.at(np.flatnonzero(now)))
             new = (made_in == generation) & usable
@@ -371,18 +383,28 @@ class Pipeline:
         model, step_s = self.forecaster.model_id, self.step_s
         rows = zip(chunk.states, chunk.slots, values.tolist(), finite, chunk.imputed, strict=True)
         bounds = _interval_lists(chunk, len(chunk.rows))
+        stuck = self._stuck(chunk)
         for i, (state, slot, row, is_finite, imputed) in enumerate(rows):
             ts = self._ts_text.get(slot) or self._remember_ts(slot, slot * step_ms)
             if not is_finite:
                 self._model_failed(state, ts, list(chunk.rows[i]), output)
                 continue
             record = encode_forecast(
-                state.quoted, ts, step_s, row, model, emitted_at, imputed, bounds[i]
-            )
+                state.quoted, ts, step_s, row, model, emitted_at, imputed, bounds[i],
+                "stuck" if stuck is not None and stuck[i] else None,
+            )  # fmt: skip
             output.forecasts.append((state.key, record))
             output.consumed_at.append(chunk.consumed_at[i])
         if self.metrics is not None:
             self.metrics.forecasts.inc(len(output.forecasts))
+
+    def _stuck(self, chunk: Chunk) -> list[bool] | None:
+        """Per forecast row: is its sensor stuck now (None: nothing is, or no monitors)."""
+        if self.readings is None:
+            return None
+        rows = np.fromiter((state.index for state in chunk.states), np.int64, len(chunk.states))
+        stuck = self.readings.monitors.stuck(rows)
+        return cast(list[bool], stuck.tolist()) if stuck.any() else None
 
     def _model_failed(
         self, state: SensorState, ts: str, window: list[float], output: Output

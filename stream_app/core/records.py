@@ -174,22 +174,26 @@ def encode_forecast(
     emitted_at: str,
     imputed: int,
     interval: tuple[list[float], list[float]] | None = None,
+    quarantined: str | None = None,
 ) -> bytes:
     """A Forecast record; ``sensor_json`` is the sensor id already JSON-quoted (cached per sensor).
 
     Built by hand because it is the hot path's one per-forecast encoding. Values keep 8
     significant digits, all that the float32 models compute; they must be finite.
-    ``interval`` (the 0.1 and 0.9 quantiles per step) becomes ``"quantiles"``.
+    ``interval`` (the 0.1 and 0.9 quantiles per step) becomes ``"quantiles"``;
+    ``quarantined`` (why the sensor's readings are not trusted: ``stuck``) a ``"quarantined"``.
     """
     fmt = _values_format(len(values))
     numbers = fmt % tuple(values)
-    quantiles = ""
+    extra = ""
     if interval is not None:
         low, high = fmt % tuple(interval[0]), fmt % tuple(interval[1])
-        quantiles = f',"quantiles":{{"0.1":[{low}],"0.9":[{high}]}}'
+        extra = f',"quantiles":{{"0.1":[{low}],"0.9":[{high}]}}'
+    if quarantined is not None:
+        extra += f',"quarantined":"{quarantined}"'
     return (
         f'{{"sensor":{sensor_json},"ts":"{ts}","step_s":{step_s},"values":[{numbers}],'
-        f'"model":"{model}","emitted_at":"{emitted_at}","imputed":{imputed}{quantiles}}}'
+        f'"model":"{model}","emitted_at":"{emitted_at}","imputed":{imputed}{extra}}}'
     ).encode()
 
 

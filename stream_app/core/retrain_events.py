@@ -11,6 +11,8 @@ The policy, drawn once (``RetrainPolicy``; all times are event time, the detecti
   model's. And at the calibrated rate of well under one false alarm per sensor-week, 170 sensors
   still raise one every few hours; three independent ones rarely meet within an hour. The share
   keeps that true for big networks, where three would meet all the time.
+- A stuck sensor (the readings check ``stuck``) is quarantined at once: retraining cannot fix a
+  sensor that repeats itself, and its readings must not train the next model.
 - Quarantine: a sensor listed in ``strikes`` consecutive events (the retrains in between did not
   fix it) is quarantined. Its detections are counted but no longer make or join events; events
   list it in their evidence. It comes back after ``quarantine_s`` without a detection from it.
@@ -34,6 +36,7 @@ from .metrics import Metrics
 from .records import format_ts
 
 REASON = "drift"
+STUCK = "stuck"  # readings.STUCK: this module is below the readings monitors
 FIELDS = ("id", "network", "reason", "sensors", "detected_at", "model", "evidence")
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "stcast.retrain")
 
@@ -42,14 +45,19 @@ _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "stcast.retrain")
 class Detection:
     """A sensor's monitor fired: when (event-time epoch seconds) and on what evidence.
 
-    Errors are standardised (1.0 = the sensor's usual error): ``error_before`` is the mean
-    since the monitor started or last fired, ``error_after`` the mean of the newest values.
+    ``check`` is ``error`` for a drift monitor on the forecast errors, else the readings check
+    that fired (``readings.CHECKS``: ``stuck``, ``range``, ``noise``). An error detection's
+    errors are standardised (1.0 = the sensor's usual error): ``error_before`` is the mean since
+    the monitor started or last fired, ``error_after`` the mean of the newest values; a readings
+    check's evidence is ``error_after`` (its own unit: see ``readings.Finding``), with
+    ``error_before`` NaN.
     """
 
     sensor: str
     detected_at: float
     error_before: float
     error_after: float
+    check: str = "error"
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,11 @@ class RetrainPolicy:
         return self._held
 
     def update(self, detection: Detection) -> None:
-        if detection.sensor in self._quarantine:
+        if detection.check == STUCK and detection.sensor not in self._quarantine:
+            self._quarantine[detection.sensor] = detection.detected_at
+            self._drifting.pop(detection.sensor, None)
+            self._held += 1
+        elif detection.sensor in self._quarantine:
             self._quarantine[detection.sensor] = max(self._now, detection.detected_at)
             self._held += 1
         else:
@@ -243,6 +255,7 @@ class RetrainPolicy:
             "error_after": _number(_mean([d.error_after for d in found])),
             "per_sensor": {
                 d.sensor: {
+                    "check": d.check,
                     "detected_at": format_ts(round(d.detected_at * 1000)),
                     "error_before": _number(d.error_before),
                     "error_after": _number(d.error_after),

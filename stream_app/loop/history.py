@@ -9,6 +9,8 @@ retrain begins, :meth:`History.grid` cuts the sensors of the serving model's car
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -114,3 +116,14 @@ class History:
             sensors=sensors,
             channels=("value",),
         )
+
+
+def without(dataset: GridDataset, sensors: Collection[str]) -> GridDataset:
+    """``dataset`` with the readings of ``sensors`` (quarantined ones) turned into holes: a
+    fine-tuning does not learn from them and a comparison does not score on them."""
+    drop = [i for i, sensor in enumerate(dataset.sensors) if sensor in sensors]
+    if not drop:
+        return dataset
+    values = dataset.values.copy()
+    values[:, drop] = np.nan
+    return replace(dataset, values=values)

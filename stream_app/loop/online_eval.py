@@ -33,7 +33,7 @@ import json
 import math
 import statistics
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -44,6 +44,7 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
 from ..assembly import build_pipeline
+from ..core.card import UNIVERSAL, ModelCard
 from ..core.drift import DriftSink
 from ..core.metrics import Metrics
 from ..core.onnx_forecaster import OnnxForecaster
@@ -52,6 +53,7 @@ from ..core.records import Incoming, format_ts
 from ..core.retrain_events import Detection, RetrainEvent
 from ..offline.datasets import GridDataset
 from ..settings import Settings
+from .history import without
 
 SCENARIOS = ("holiday", "shift", "stuck", "variance")
 POLICIES = ("frozen", "stcast", "periodic")
@@ -124,15 +126,19 @@ def evaluate_online(
     *,
     seed: int = 0,
     settings: Settings | None = None,
+    policies: Sequence[str] = POLICIES,
     progress: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
-    """Run the three policies on ``dataset`` under ``scenario``; the report of the issue."""
+    """Run the policies (``frozen`` always) on ``dataset`` under ``scenario``; the report."""
+    unknown = set(policies) - set(POLICIES)
+    if unknown:
+        raise ValueError(f"unknown policies {sorted(unknown)}: expected some of {POLICIES}")
     settings = (settings or Settings()).replace(step_s=dataset.step_s)
-    warmup_steps = settings.drift_warmup + 2 * OnnxForecaster(model_dir, provider="cpu").window
+    warmup_steps = settings.drift_warmup + 2 * _context_steps(model_dir)
     stream, fault = inject(dataset, scenario, seed, warmup_steps)
     runs = {}
     with tempfile.TemporaryDirectory(prefix="stcast-online-") as tmp:
-        for policy in POLICIES:
+        for policy in [p for p in POLICIES if p == "frozen" or p in policies]:
             progress(f"{policy}: streaming {stream.n_steps} steps of {stream.name}")
             runs[policy] = stream_policy(
                 policy, model_dir, stream, settings, Path(tmp) / policy, progress
@@ -169,7 +175,10 @@ def stream_policy(
         due = (policy == "stcast" and events) or (policy == "periodic" and t and t % day == 0)
         if due:
             reason = f"{len(events[0].sensors)} sensors drifting" if events else "a day passed"
-            new = _retrain(serving, stream, t, settings, workdir, len(run.retrains) + 2)
+            quarantined = {s for e in events for s in e.evidence.get("quarantined") or []}
+            new = _retrain(
+                serving, stream, t, settings, workdir, len(run.retrains) + 2, quarantined
+            )
             new["step"], new["reason"] = t, reason
             run.retrains.append(new)
             progress(f"{policy}: retrain at {format_ts(int(times[t]) * 1000)}: {new['outcome']}")
@@ -179,12 +188,20 @@ def stream_policy(
     return run
 
 
+def _context_steps(model_dir: Path) -> int:
+    """Steps a model needs before it forecasts: its window, or a universal model's warm-up."""
+    card = ModelCard.load(model_dir)
+    return card.warmup if card.kind == UNIVERSAL else card.window
+
+
 def _pipeline(settings: Settings, model_dir: Path, run: Run) -> Pipeline:
     forecaster = OnnxForecaster(model_dir, provider="cpu", step_s=settings.step_s)
     pipeline = build_pipeline(settings, forecaster, Metrics(CollectorRegistry()))
     for sink in pipeline.sinks:
         if isinstance(sink, DriftSink):
             sink.policy = _Recording(sink.policy, run.detections)
+            if pipeline.readings is not None:  # the readings monitors report to the same
+                pipeline.readings.policy = sink.policy
     return pipeline
 
 
@@ -217,12 +234,20 @@ def _batch(stream: GridDataset, t: int) -> Incoming:
 
 
 def _retrain(
-    serving: Path, stream: GridDataset, t: int, settings: Settings, workdir: Path, version: int
+    serving: Path,
+    stream: GridDataset,
+    t: int,
+    settings: Settings,
+    workdir: Path,
+    version: int,
+    quarantined: Collection[str] = (),
 ) -> dict[str, Any]:
     """The retrain worker's procedure on the readings up to step ``t`` (inclusive)."""
     from models.finetuning import FineTuneError, fine_tune
 
     from .challenger import compare
+    from .registry import Version
+    from .retraining import network_model_name
 
     history = max(1, int(settings.retrain_history_s) // stream.step_s)
     first = max(0, t + 1 - history)
@@ -232,19 +257,30 @@ def _retrain(
         start=stream.start + timedelta(seconds=first * stream.step_s),
         channels=stream.channels[:1],
     )
+    recent = without(recent, quarantined)
     holdout_from = recent.n_steps - settings.retrain_holdout_steps
     out = workdir / f"v{version}"
+    card = ModelCard.load(serving)
     try:
-        tuned = fine_tune(
-            serving,
-            recent,
-            holdout_from,
-            out,
-            str(version),
-            max_seconds=settings.retrain_max_s,
-            threads=settings.retrain_threads,
-        )
-    except FineTuneError as exc:
+        if card.kind == UNIVERSAL:  # as the retrain worker fine-tunes one
+            from models.finetune_universal import fine_tune_recent
+
+            name = network_model_name(Version(card.name, "1", serving, card), stream.name)
+            seconds = fine_tune_recent(
+                serving, recent, holdout_from, out, name, str(version),
+                max_seconds=settings.retrain_max_s, threads=settings.retrain_threads,
+            ).seconds  # fmt: skip
+        else:
+            seconds = fine_tune(
+                serving,
+                recent,
+                holdout_from,
+                out,
+                str(version),
+                max_seconds=settings.retrain_max_s,
+                threads=settings.retrain_threads,
+            ).seconds
+    except (FineTuneError, ValueError) as exc:
         return {"outcome": "not enough history", "detail": str(exc)}
     champion = OnnxForecaster(serving, provider="cpu")
     challenger = OnnxForecaster(out, provider="cpu")
@@ -260,7 +296,7 @@ def _retrain(
     return {
         "outcome": "swapped" if verdict.wins else "rejected",
         "dir": str(out),
-        "fine_tuning_s": round(tuned.seconds, 1),
+        "fine_tuning_s": round(seconds, 1),
         **verdict.to_json(),
     }
 

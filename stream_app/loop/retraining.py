@@ -7,7 +7,9 @@ the event was handled, so a crash handles it again):
    version is stale (a retrain already answered that drift) and is skipped.
 2. The recent readings of the model's sensors come from the worker's own :class:`History`,
    filled by reading ``stcast.ticks`` from the start of its retention (no offset-for-time
-   lookups). The newest ``retrain_holdout_steps`` steps are held back.
+   lookups), without the sensors the event names as quarantined (a stuck sensor's readings
+   would teach the model to repeat them). The newest ``retrain_holdout_steps`` steps are held
+   back.
 3. ``models.finetuning.fine_tune`` warm-starts from the serving version's checkpoint on the
    steps before the holdout, within ``retrain_max_s``, in a thread (the tail keeps reading).
 4. :func:`stream_app.loop.challenger.compare` forecasts the holdout with both models through the
@@ -43,7 +45,7 @@ from ..kafka.topics import ensure_topics_sync
 from ..kafka.unreadable import TolerantReader
 from ..offline.datasets import GridDataset
 from ..settings import Settings
-from .history import History
+from .history import History, without
 from .registry import Registry, RegistryError, Version, parse_model_id
 
 log = logging.getLogger(__name__)
@@ -165,8 +167,10 @@ class RetrainWorker:
             )
         await self._catch_up(event)
         try:
-            # cut on the event loop: the tail goes on adding readings while the thread trains
-            recent = self._recent(event, serving)
+            # cut on the event loop: the tail goes on adding readings while the thread trains;
+            # quarantined sensors (stuck, or drifting through retrains) are not learned from
+            quarantined = event.evidence.get("quarantined") or []
+            recent = without(self._recent(event, serving), set(quarantined))
             outcome = await asyncio.to_thread(self._retrain, event, serving, recent)
         except (ValueError, RuntimeError, OSError) as exc:  # too little data, a failed export
             log.exception("retrain for %s failed", event.id)
