@@ -96,6 +96,9 @@ def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics)
         sensor_ttl_s=settings.sensor_ttl_s,
         metrics=metrics,
         neighbours=neighbour_table(settings, forecaster),
+        canary_s=settings.canary_s,
+        canary_margin=settings.canary_margin,
+        canary_min_pairs=settings.canary_min_pairs,
     )
     sink = drift_sink(settings, pipeline, metrics)
     pipeline.watch(sink)

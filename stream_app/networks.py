@@ -206,20 +206,22 @@ class NetworkRouter:
     def forget(self, partitions: Collection[int]) -> int:
         return sum(p.forget(partitions) for p in self.pipelines.values())
 
-    def swap(self, forecaster: Forecaster) -> None:
+    def swap(self, forecaster: Forecaster, *, canary: bool = True, replacing: str = "") -> None:
         """Serve ``forecaster`` in the networks it is for: those serving a model of its name,
-        or the network its name begins with (``pems08-universal`` for ``pems08``)."""
+        or the network its name begins with (``pems08-universal`` for ``pems08``), or, for a
+        rollback, those serving the model it replaces (``replacing``, name@version)."""
         name = forecaster.model_id.partition("@")[0]
         targets = [
             network
             for network, pipeline in self.pipelines.items()
             if pipeline.forecaster.model_id.partition("@")[0] == name
             or name.startswith(f"{network}-")
+            or pipeline.forecaster.model_id == replacing
         ]
         if not targets:
             raise ValueError(f"{forecaster.model_id} is for none of the networks served here")
         for network in targets:
-            self.pipelines[network].swap(forecaster)
+            self.pipelines[network].swap(forecaster, canary=canary)
 
     def _route(
         self, messages: Sequence[Incoming], counting: bool = True

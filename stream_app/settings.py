@@ -143,6 +143,19 @@ class Settings:
         "checks on each sensor's readings, comma-separated (empty: none): stuck (the same value "
         "repeated), range (far outside its range), noise (its noise level rose)",
     )
+    canary_s: float = _setting(
+        21600.0,
+        "after a swap, event time the replaced model keeps forecasting in the shadow to compare "
+        "with the new one on the same targets (0: no canary)",
+    )
+    canary_margin: float = _setting(
+        0.0,
+        "roll back when the new model's MAE at the last horizon step is more than this share "
+        "above the replaced model's on the canary's targets",
+    )
+    canary_min_pairs: int = _setting(
+        100, "fewest scored targets at the last horizon step before a canary decides"
+    )
     retrain_cooldown_s: float = _setting(
         21600.0, "at most one retrain event per network in this much event time"
     )
@@ -201,6 +214,7 @@ class Settings:
             "inference_threads",
             "drift_warmup",
             "retrain_min_sensors",
+            "canary_min_pairs",
             "quarantine_strikes",
             "retrain_holdout_steps",
             "retrain_threads",
@@ -227,6 +241,8 @@ class Settings:
             "retrain_max_s",
             "retrain_min_gain",
             "drift_feedback_gain",
+            "canary_s",
+            "canary_margin",
         )
         for name in non_negative:
             value = getattr(self, name)

@@ -73,6 +73,14 @@ ADDED_WHY: dict[str, tuple[set[str], str]] = {
         {"check"},
         "issue 19: the readings monitors' findings (stuck, range, noise) are counted",
     ),
+    "stcast_canary_verdicts_total": (
+        {"decision"},
+        "issue 19: canaries after a swap, ended by keep or rollback, are visible as a metric",
+    ),
+    "stcast_canary_mae_ratio": (
+        set(),
+        "issue 19: the running comparison of a canary (new over replaced MAE) is visible",
+    ),
     "stcast_forecasts_without_neighbours_total": (
         set(),
         "issue 18: a metric counts forecasts made without neighbours",

@@ -192,6 +192,34 @@ def test_a_challenger_that_does_not_win_is_not_published(
     assert worker.registry.versions("pems08-lstm") == ["1"]
 
 
+class _Announcements(list[dict[str, object]]):
+    async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> None:
+        self.append(json.loads(value))
+
+
+def test_a_canary_rollback_makes_the_previous_version_current_once(
+    serving_dir: Path, tmp_path: Path
+) -> None:
+    worker = RetrainWorker(Settings(model_registry=str(tmp_path / "registry")))
+    worker.registry.publish(serving_dir)
+    worker.registry.publish(_relabel(serving_dir, tmp_path / "v2", "2"))
+    verdict = {"decision": "rollback", "served": "pems08-lstm@2", "previous": "pems08-lstm@1",
+               "served_mae": 30.0, "previous_mae": 27.0, "pairs": 900}  # fmt: skip
+    raw = RetrainEvent(
+        "r1", "pems08", "rollback", (), "2016-07-02T12:00:00Z", "pems08-lstm@2", verdict
+    ).encode()
+    announced = _Announcements()
+    outcome = asyncio.run(worker.handle(raw, announced))  # type: ignore[arg-type]
+    assert (outcome.result, outcome.published) == ("rolled back", "pems08-lstm@1")
+    current = worker.registry.current("pems08-lstm")
+    assert current is not None and current.version == "1"
+    [update] = announced
+    assert update["model"] == "pems08-lstm@1" and update["validation"] == {"rollback": verdict}
+    again = asyncio.run(worker.handle(raw, announced))  # type: ignore[arg-type]
+    assert again.result == "skipped" and "no longer current" in again.detail
+    assert len(announced) == 1
+
+
 def _relabel(source: Path, target: Path, version: str) -> Path:
     shutil.copytree(source, target)
     card = json.loads((target / CARD_FILE).read_text())

@@ -73,7 +73,7 @@ def test_a_refused_update_keeps_the_old_model_and_counts_the_reason(tmp_path: Pa
     pipeline = Pipeline(Persistence(), step_s=300, metrics=metrics)
     swaps: list[object] = []
 
-    async def swap(forecaster: OnnxForecaster) -> None:
+    async def swap(forecaster: OnnxForecaster, rolls_back: str) -> None:
         swaps.append(forecaster)
 
     missing = ModelUpdate("x@9", str(tmp_path / "nowhere"), "0" * 64).encode()
@@ -110,8 +110,9 @@ def test_a_model_announced_mid_replay_serves_from_then_on_and_no_tick_is_lost(
     models_topic = f"{names['ticks']}.models"
     ensure_topics_sync(broker.bootstrap_servers, {models_topic: 1})
     settings = worker_settings(
-        broker, names, model_dir=str(seed_model_dir), step_s=0, models_topic=models_topic
-    )
+        broker, names, model_dir=str(seed_model_dir), step_s=0, models_topic=models_topic,
+        canary_s=0.0,  # the two seed models have random weights: a canary would roll back
+    )  # fmt: skip
     steps = 400
     expected = (steps - 11) * pems08.n_sensors
     log_path = tmp_path / "worker.log"
@@ -161,3 +162,13 @@ async def _announce(bootstrap: str, topic: str, update: ModelUpdate) -> None:
         await producer.send_and_wait(topic, update.encode(), key=b"pems08")
     finally:
         await producer.stop()
+
+
+def test_an_announced_rollback_names_the_model_it_replaces() -> None:
+    plain = ModelUpdate("m@2", "file:///r/m/2", "a" * 64).encode(validation={"wins": True})
+    assert ModelUpdate.decode(plain).rolls_back == ""
+    verdict = {"decision": "rollback", "served": "m@2", "previous": "m@1"}
+    rollback = ModelUpdate("m@1", "file:///r/m/1", "b" * 64).encode(
+        validation={"rollback": verdict}
+    )
+    assert ModelUpdate.decode(rollback).rolls_back == "m@2"

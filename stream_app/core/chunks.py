@@ -40,6 +40,7 @@ class Chunk:
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     generation: dict[int, int] = field(default_factory=dict)  # sensor index -> ticks so far
     interval: tuple[FloatArray, FloatArray] | None = None  # lowest and highest quantiles
+    shadow: FloatArray | None = None  # the replaced model's forecasts, while a canary runs
 
 
 def ticks_of(message: Incoming) -> Iterator[tuple[object, bytes, str]]:

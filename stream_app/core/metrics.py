@@ -123,6 +123,24 @@ class Metrics:
             namespace=PREFIX,
             registry=registry,
         )
+        self.canary_verdicts = Counter(
+            "canary_verdicts",
+            "Canaries ended after a swap: keep (the new model was no worse than the one it "
+            "replaced on the same targets) or rollback",
+            ["decision"],
+            namespace=PREFIX,
+            registry=registry,
+        )
+        for decision in ("keep", "rollback"):
+            self.canary_verdicts.labels(decision=decision)
+        self.canary_ratio = Gauge(
+            "canary_mae_ratio",
+            "While a canary runs: the new model's MAE at the last horizon step over the replaced "
+            "model's, on the same targets (above 1: worse)",
+            net,
+            namespace=PREFIX,
+            registry=registry,
+        )
         self.retrain_events = Counter(
             "retrain_events", "Retrain events emitted", namespace=PREFIX, registry=registry
         )
@@ -197,6 +215,10 @@ class Metrics:
     def set_coverage(self, coverage_by_horizon: Iterable[float], network: str = "") -> None:
         """The live coverage of the forecasts' interval (index 0 = one step ahead)."""
         _set_scored(self.interval_coverage, coverage_by_horizon, self._net(network))
+
+    def set_canary_ratio(self, ratio: float, network: str = "") -> None:
+        labels = self._net(network)
+        (self.canary_ratio.labels(*labels) if labels else self.canary_ratio).set(ratio)
 
     def _net(self, network: str) -> tuple[str, ...]:
         return (network or "default",) if self.per_network else ()

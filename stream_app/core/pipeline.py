@@ -41,8 +41,8 @@ from .records import (
     format_ts,
     tick_from_json,
 )
-from .retrain_events import RetrainEvent
-from .scoring import PendingForecasts, RollingMAE, Scores, ScoreSink
+from .retrain_events import ROLLBACK, RetrainEvent, event_id
+from .scoring import Canary, CanaryVerdict, PendingForecasts, RollingMAE, Scores, ScoreSink
 from .windows import Impute, RollingWindow, Sensors, SensorState
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         stopwatch: Callable[[], float] = time.perf_counter,
         neighbours: NeighbourTable | None = None,
+        canary_s: float = 0.0,
+        canary_margin: float = 0.0,
+        canary_min_pairs: int = 100,
     ) -> None:
         at_step = getattr(forecaster, "at_step", None)
         self.forecaster: Forecaster = at_step(step_s) if at_step is not None else forecaster
@@ -97,6 +100,11 @@ class Pipeline:
         self._retrain_events: list[tuple[bytes, bytes]] = []
         self.feedback: ErrorFeedback | None = None
         self.readings: ReadingSink | None = None
+        self.canary_s = canary_s  # 0: no canary after a swap
+        self.canary_margin = canary_margin
+        self.canary_min_pairs = canary_min_pairs
+        self.canary: Canary | None = None
+        self.verdicts: list[CanaryVerdict] = []  # every canary's outcome, newest last
         self._needs_full, self._warmup = readiness(forecaster)
         if metrics is not None:
             metrics.set_model(forecaster.model_id, forecaster.provider, network)
@@ -122,12 +130,18 @@ class Pipeline:
             self.metrics = metrics
             self._restoring = False
 
-    def swap(self, forecaster: Forecaster) -> None:
+    def swap(self, forecaster: Forecaster, *, canary: bool = True, replacing: str = "") -> None:
         """Serve ``forecaster`` from the next chunk on (call between micro-batches).
 
         The windows stay, so it must read the same window; the errors' monitors start over.
+        With ``canary_s`` set (and ``canary``: not for a rollback), the replaced model keeps
+        forecasting in the shadow for that long (``Canary``); if the new one is worse on the same
+        targets, the pipeline swaps back and emits a ``rollback`` event. A model already served
+        is not swapped in again.
         """
         old = self.forecaster
+        if forecaster.model_id == old.model_id:
+            return
         at_step = getattr(forecaster, "at_step", None)
         if at_step is not None:  # a universal model serves this network's grid
             forecaster = at_step(self.step_s)
@@ -138,6 +152,13 @@ class Pipeline:
                 f"{old.window}, {old.horizon}: restart the workers to change them"
             )
         self.forecaster = forecaster
+        self.canary = None
+        if canary and self.canary_s > 0:
+            self.canary = Canary(
+                old, forecaster.model_id, self.newest_ts_s, forecaster.horizon,
+                duration_s=self.canary_s, margin=self.canary_margin,
+                min_pairs=self.canary_min_pairs,
+            )  # fmt: skip
         self._needs_full, self._warmup = readiness(forecaster)
         self.rolling_mae.reset()
         for sink in self.sinks:
@@ -222,6 +243,8 @@ class Pipeline:
             self.feedback.forget(rows)
         if self.readings is not None:
             self.readings.forget(rows)
+        if self.canary is not None:
+            self.canary.forget(rows)
 
     def step(self, messages: Sequence[Incoming]) -> Iterator[Output]:
         """Process one micro-batch; yield an Output per inference chunk (and one for the rest)."""
@@ -301,8 +324,41 @@ class Pipeline:
         self._settle(chunk, values, finite)
         if chunk.rows:
             self._encode(chunk, values, cast(list[bool], finite.tolist()), output)
+        if chunk.shadow is not None:
+            self._judge()
         output.retrain_events, self._retrain_events = self._retrain_events, []
         return output
+
+    def _judge(self) -> None:
+        """The canary's verdict, once due: keep the new model, or roll back to the previous."""
+        canary = self.canary
+        if canary is None:
+            return
+        if self.metrics is not None:
+            self.metrics.set_canary_ratio(canary.ratio, self.network)
+        verdict = canary.verdict(self.newest_ts_s)
+        if verdict is None:
+            return
+        self.canary = None
+        self.verdicts.append(verdict)
+        record = verdict.to_json()
+        if self.metrics is not None:
+            self.metrics.canary_verdicts.labels(decision=record["decision"]).inc()
+        log.info(
+            "canary of %s against %s over %d targets: MAE %.3f vs %.3f at the last step: %s",
+            verdict.served, verdict.previous, verdict.pairs, verdict.served_mae,
+            verdict.previous_mae, record["decision"],
+        )  # fmt: skip
+        if verdict.rollback and canary.previous is not None:
+            self.swap(canary.previous, canary=False)
+            detected_at = format_ts(round(verdict.decided_s * 1000))
+            network = self.network or "default"
+            self.retrain(
+                RetrainEvent(
+                    event_id(network, verdict.served, detected_at), network, ROLLBACK, (),
+                    detected_at, verdict.served, record,
+                )
+            )  # fmt: skip
 
     def _infer(self, chunk: Chunk) -> FloatArray:
         if not chunk.rows:
@@ -321,6 +377,8 @@ class Pipeline:
         else:
             values = forecaster.forecast(batch)
         self._observe_inference(self.stopwatch() - started, len(batch))
+        if self.canary is not None and self.canary.previous is not None and not self._restoring:
+            chunk.shadow = _median_forecast(self.canary.previous, batch)
         return values
 
     def _neighbour_input(self, chunk: Chunk) -> npt.NDArray[np.float32] | None:
@@ -358,6 +416,8 @@ class Pipeline:
         scores = []
         for generation in range(max(chunk.generation.values(), default=0)):
             now = generations == generation
+            if chunk.shadow is not None and self.canary is not None:
+                self.canary.score(sensors[now], slots[now], actuals[now])
             if self.readings is not None:  # a generation holds a sensor once
                 self.readings.observe(
                     sensors[now], slots[now], actuals[now], report=not self._restoring
@@ -374,6 +434,8 @@ class Pipeline:
                 if chunk.interval is not None:
                     interval = (chunk.interval[0][new], chunk.interval[1][new])
                 self.pending.add(made_by[new], made_at[new], values[new], last[new], interval)
+                if chunk.shadow is not None and self.canary is not None:
+                    self.canary.add(made_by[new], made_at[new], values[new], chunk.shadow[new])
             self._watch(settled)
         self._score(Scores.in_arrival_order(scores))
 
@@ -475,6 +537,15 @@ def readiness(forecaster: Forecaster) -> tuple[bool, int]:
     if card is not None and card.kind == UNIVERSAL:
         return False, card.warmup
     return True, forecaster.window
+
+
+def _median_forecast(forecaster: Forecaster, batch: WindowBatch) -> FloatArray:
+    """What ``forecaster`` serves for ``batch``: its median when it forecasts quantiles."""
+    if isinstance(forecaster, QuantileForecaster) and forecaster.quantiles:
+        quantiles = forecaster.forecast_quantiles(batch)
+        median: FloatArray = quantiles[:, forecaster.quantiles.index(0.5)].copy()
+        return median
+    return forecaster.forecast(batch)
 
 
 def _interval_lists(chunk: Chunk, n: int) -> list[tuple[list[float], list[float]] | None]:

@@ -36,6 +36,7 @@ from .metrics import Metrics
 from .records import format_ts
 
 REASON = "drift"
+ROLLBACK = "rollback"  # a canary found the new model worse than the one it replaced
 STUCK = "stuck"  # readings.STUCK: this module is below the readings monitors
 FIELDS = ("id", "network", "reason", "sensors", "detected_at", "model", "evidence")
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "stcast.retrain")

@@ -73,9 +73,9 @@ async def serve(settings: Settings, pipeline: Core, metrics: Metrics, stop: asyn
     await output.start()
     await consumer.start()
 
-    async def swap(forecaster: Forecaster) -> None:
-        async with core:  # between two micro-batches
-            pipeline.swap(forecaster)
+    async def swap(forecaster: Forecaster, rolls_back: str) -> None:
+        async with core:  # between two micro-batches; no canary for a rollback
+            pipeline.swap(forecaster, canary=not rolls_back, replacing=rolls_back)
 
     models = asyncio.create_task(follow_models(settings, metrics, swap, stop))
     try:

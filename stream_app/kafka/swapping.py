@@ -45,13 +45,17 @@ class ModelUpdate:
     model: str
     uri: str
     sha256: str
+    rolls_back: str = ""  # a rollback: the model it replaces (no canary for it)
 
     @classmethod
     def decode(cls, raw: bytes) -> ModelUpdate:
         try:
             obj: Any = json.loads(raw)
-            return cls(str(obj["model"]), str(obj["uri"]), str(obj["sha256"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            validation = obj.get("validation")
+            rollback = validation.get("rollback") if isinstance(validation, dict) else None
+            rolls_back = str(rollback.get("served", "")) if isinstance(rollback, dict) else ""
+            return cls(str(obj["model"]), str(obj["uri"]), str(obj["sha256"]), rolls_back)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelUpdateError("malformed", f"unreadable model update ({exc})") from exc
 
     def encode(self, **extra: Any) -> bytes:
@@ -90,7 +94,7 @@ def open_update(update: ModelUpdate, settings: Settings) -> OnnxForecaster:
 async def follow_models(
     settings: Settings,
     metrics: Metrics,
-    swap: Callable[[OnnxForecaster], Awaitable[None]],
+    swap: Callable[[OnnxForecaster, str], Awaitable[None]],
     stop: asyncio.Event,
 ) -> None:
     """Swap in each model announced on ``settings.models_topic`` until ``stop`` is set."""
@@ -110,18 +114,19 @@ async def _apply(
     raw: bytes,
     settings: Settings,
     metrics: Metrics,
-    swap: Callable[[OnnxForecaster], Awaitable[None]],
+    swap: Callable[[OnnxForecaster, str], Awaitable[None]],
 ) -> None:
     try:
         update = ModelUpdate.decode(raw)
         forecaster = await asyncio.to_thread(open_update, update, settings)
-        await swap(forecaster)
+        await swap(forecaster, update.rolls_back)
     except ModelUpdateError as exc:
         _refuse(metrics, exc.reason, str(exc))
     except ValueError as exc:  # the pipeline refuses a different window
         _refuse(metrics, "shape", str(exc))
     else:
-        log.info("now serving %s on %s", forecaster.model_id, forecaster.provider)
+        rollback = f" (a rollback from {update.rolls_back})" if update.rolls_back else ""
+        log.info("now serving %s on %s%s", forecaster.model_id, forecaster.provider, rollback)
 
 
 def _refuse(metrics: Metrics, reason: str, detail: str) -> None:

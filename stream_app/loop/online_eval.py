@@ -50,7 +50,7 @@ from ..core.metrics import Metrics
 from ..core.onnx_forecaster import OnnxForecaster
 from ..core.pipeline import Pipeline
 from ..core.records import Incoming, format_ts
-from ..core.retrain_events import Detection, RetrainEvent
+from ..core.retrain_events import ROLLBACK, Detection, RetrainEvent
 from ..offline.datasets import GridDataset
 from ..settings import Settings
 from .history import without
@@ -81,6 +81,10 @@ class Run:
     forecasts: dict[tuple[int, int], list[float]] = field(default_factory=dict)
     detections: list[Detection] = field(default_factory=list)
     retrains: list[dict[str, Any]] = field(default_factory=list)
+    rollbacks: list[dict[str, Any]] = field(default_factory=list)
+    served: list[tuple[int, str]] = field(default_factory=list)  # (from step, model id)
+    directory: dict[str, Path] = field(default_factory=dict)  # model id -> its directory
+    versions: list[dict[str, Any]] = field(default_factory=list)  # ``served_versus_kept``
 
 
 def inject(
@@ -143,6 +147,9 @@ def evaluate_online(
             runs[policy] = stream_policy(
                 policy, model_dir, stream, settings, Path(tmp) / policy, progress
             )
+            if len(runs[policy].served) > 1:
+                progress(f"{policy}: each version that served against the one it replaced")
+                runs[policy].versions = served_versus_kept(runs[policy], stream, settings)
     return report(scenario, seed, stream, fault, runs, warmup_steps)
 
 
@@ -160,6 +167,8 @@ def stream_policy(
     if policy != "stcast":  # error feedback is part of stcast's reaction to drift
         settings = settings.replace(drift_feedback_gain=0.0)
     pipeline = _pipeline(settings, serving, run)
+    directory = {pipeline.forecaster.model_id: serving}
+    run.served.append((0, pipeline.forecaster.model_id))
     column = {sensor: i for i, sensor in enumerate(stream.sensors)}
     day = DAY_S // stream.step_s
     times = stream.timestamps()
@@ -167,11 +176,15 @@ def stream_policy(
     for t in range(stream.n_steps):
         events: list[RetrainEvent] = []
         for output in pipeline.step([_batch(stream, t)]):
-            for _, raw in output.forecasts:
-                forecast = json.loads(raw)
-                step = step_of[forecast["ts"]]
-                run.forecasts[(step, column[forecast["sensor"]])] = forecast["values"]
+            _record(output.forecasts, run.forecasts, step_of, column)
             events += [RetrainEvent.decode(raw) for _, raw in output.retrain_events]
+        for event in [e for e in events if e.reason == ROLLBACK]:  # the pipeline swapped back
+            serving = directory[pipeline.forecaster.model_id]
+            run.served.append((t + 1, pipeline.forecaster.model_id))
+            run.rollbacks.append({"step": t, **event.evidence})
+            progress(f"{policy}: canary at {format_ts(int(times[t]) * 1000)}: rolled back "
+                     f"{event.model} to {pipeline.forecaster.model_id}")  # fmt: skip
+        events = [e for e in events if e.reason != ROLLBACK]
         due = (policy == "stcast" and events) or (policy == "periodic" and t and t % day == 0)
         if due:
             reason = f"{len(events[0].sensors)} sensors drifting" if events else "a day passed"
@@ -185,7 +198,82 @@ def stream_policy(
             if new["outcome"] == "swapped":
                 serving = Path(new["dir"])
                 pipeline.swap(OnnxForecaster(serving, provider="cpu", step_s=stream.step_s))
+                directory[pipeline.forecaster.model_id] = serving
+                run.served.append((t + 1, pipeline.forecaster.model_id))
+    run.directory = directory
     return run
+
+
+def served_versus_kept(
+    run: Run, stream: GridDataset, settings: Settings, horizon_step: int = 12
+) -> list[dict[str, Any]]:
+    """Per version that served after a swap (a retrain's or a rollback's): its MAE at
+    ``horizon_step`` on the forecasts it made, and what the version it replaced, kept serving
+    (a fresh pipeline over the same steps, warmed on the steps before), gives on the same
+    (step, sensor) pairs."""
+    truth = stream.values[:, :, 0]
+    found = []
+    ends = [start for start, _ in run.served[1:]] + [stream.n_steps]
+    for (start, model), end, (_, before) in zip(
+        run.served[1:], ends[1:], run.served[:-1], strict=True
+    ):
+        kept = _forecasts_between(run.directory[before], stream, settings, start, end)
+        pairs = [(s, c) for (s, c) in run.forecasts if start <= s < end and (s, c) in kept]
+        served_mae = _mae_at(run.forecasts, truth, pairs, horizon_step)
+        kept_mae = _mae_at(kept, truth, pairs, horizon_step)
+        found.append({
+            "model": model, "replaced": before, "from_step": start, "to_step": end,
+            "served_mae": served_mae, "kept_mae": kept_mae,
+            "ratio": round(served_mae / kept_mae, 4) if served_mae and kept_mae else None,
+        })  # fmt: skip
+    return found
+
+
+def _forecasts_between(
+    model_dir: Path, stream: GridDataset, settings: Settings, start: int, end: int
+) -> dict[tuple[int, int], list[float]]:
+    """A model's forecasts made at steps ``start`` to ``end`` (exclusive), from a pipeline that
+    read the stream from a full context before ``start`` (no retrains, no canary)."""
+    run = Run()
+    quiet = settings.replace(drift_feedback_gain=0.0, canary_s=0.0)
+    pipeline = _pipeline(quiet, model_dir, run)
+    column = {sensor: i for i, sensor in enumerate(stream.sensors)}
+    times = stream.timestamps()
+    step_of = {format_ts(int(ts) * 1000): t for t, ts in enumerate(times.tolist())}
+    first = max(0, start - ModelCard.load(model_dir).window - 1)
+    forecasts: dict[tuple[int, int], list[float]] = {}
+    for t in range(first, end):
+        for output in pipeline.step([_batch(stream, t)]):
+            if t >= start:
+                _record(output.forecasts, forecasts, step_of, column)
+    return forecasts
+
+
+def _record(
+    records: list[tuple[bytes, bytes]],
+    into: dict[tuple[int, int], list[float]],
+    step_of: dict[str, int],
+    column: dict[str, int],
+) -> None:
+    """Forecast records into ``into[(step, column)]``."""
+    for _, raw in records:
+        forecast = json.loads(raw)
+        into[(step_of[forecast["ts"]], column[forecast["sensor"]])] = forecast["values"]
+
+
+def _mae_at(
+    forecasts: dict[tuple[int, int], list[float]],
+    truth: Float64Array,
+    pairs: list[tuple[int, int]],
+    h: int,
+) -> float | None:
+    errors = []
+    for step, col in pairs:
+        if step + h < len(truth):
+            actual = truth[step + h, col]
+            if actual != 0 and np.isfinite(actual):
+                errors.append(abs(forecasts[(step, col)][h - 1] - actual))
+    return round(float(np.mean(errors)), 4) if errors else None
 
 
 def _context_steps(model_dir: Path) -> int:
@@ -320,6 +408,8 @@ def report(
             "mae_after_drift": _mae_on(run.forecasts, truth, windows),
             "retrains": sum(r["outcome"] == "swapped" for r in run.retrains),
             "retrain_attempts": run.retrains,
+            "rollbacks": run.rollbacks,
+            "versions_served": run.versions,
         }
     return {
         "scenario": scenario,

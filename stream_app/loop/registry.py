@@ -137,6 +137,11 @@ class Registry:
         os.replace(tmp, pointer)
         return chosen
 
+    def retire(self, name: str) -> None:
+        """No version of ``name`` serves any more (its only one was rolled back to the model
+        it was fine-tuned from); its versions stay."""
+        (self.root / name / CURRENT_FILE).unlink(missing_ok=True)
+
 
 def parse_model_id(model_id: str) -> tuple[str, str]:
     """``name@version`` into its parts; ``RegistryError`` when it is not of that form."""

@@ -39,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from ..assembly import DEFAULT_STEP_S
 from ..core.card import UNIVERSAL
 from ..core.onnx_forecaster import OnnxForecaster
-from ..core.retrain_events import RetrainEvent
+from ..core.retrain_events import ROLLBACK, RetrainEvent
 from ..kafka.clients import client_options, producer_options, topic_reader
 from ..kafka.topics import ensure_topics_sync
 from ..kafka.unreadable import TolerantReader
@@ -55,7 +55,8 @@ CATCH_UP_S = 30.0  # longest wait for the history to reach an event's detection 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one retrain event: ``published``, ``rejected`` or ``skipped``."""
+    """What became of one retrain event: ``published``, ``rejected``, ``skipped``, or, for a
+    canary's rollback event, ``rolled back`` (``published``: the version made current)."""
 
     event: str
     result: str
@@ -157,6 +158,8 @@ class RetrainWorker:
             event = RetrainEvent.decode(raw)
         except ValueError as exc:
             return Outcome("?", "skipped", f"unreadable retrain event: {exc}")
+        if event.reason == ROLLBACK:
+            return await self.roll_back(event, producer)
         try:
             serving = self._serving(event)
         except RegistryError as exc:
@@ -180,6 +183,32 @@ class RetrainWorker:
             await announce(producer, self.settings, self.registry.get(name, version),
                            outcome.validation)  # fmt: skip
         return outcome
+
+    async def roll_back(self, event: RetrainEvent, producer: AIOKafkaProducer) -> Outcome:
+        """A worker's canary found ``event.model`` worse than the version it replaced: make that
+        one current again (``stcast models use``) and announce it, once. The workers that sent
+        the same verdict later find the model no longer current and are skipped."""
+        verdict = event.evidence
+        try:
+            name, _ = parse_model_id(event.model)
+            current = self.registry.current(name)
+            if current is None or current.model_id != event.model:
+                return Outcome(event.id, "skipped", f"{event.model} is no longer current")
+            previous_name, previous_version = parse_model_id(str(verdict.get("previous", "")))
+            previous = self.registry.get(previous_name, previous_version)
+        except RegistryError as exc:
+            return Outcome(event.id, "skipped", f"cannot roll back: {exc}")
+        if previous.name == name:
+            self.registry.set_current(name, previous.version)
+        else:  # a network's first fine-tuning of a shared model: back to the shared one
+            self.registry.retire(name)
+        detail = (
+            f"canary: {event.model} MAE {verdict.get('served_mae')} vs {previous.model_id} "
+            f"{verdict.get('previous_mae')} over {verdict.get('pairs')} targets"
+        )
+        await announce(producer, self.settings, previous, {"rollback": verdict})
+        log.warning("rolled back %s to %s: %s", event.model, previous.model_id, detail)
+        return Outcome(event.id, "rolled back", detail, previous.model_id, {"rollback": verdict})
 
     def _serving(self, event: RetrainEvent) -> Version | None:
         name, _ = parse_model_id(event.model)
