@@ -8,12 +8,12 @@ import json
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from stream_app.core.canary import Canary
 from stream_app.core.forecasters import FloatArray, Persistence, WindowBatch
 from stream_app.core.metrics import Metrics
 from stream_app.core.pipeline import Pipeline
 from stream_app.core.records import Incoming, format_ts
 from stream_app.core.retrain_events import ROLLBACK, RetrainEvent
-from stream_app.core.scoring import Canary
 
 STEP_S = 300
 T0_S = 1_467_331_200  # 2016-07-01T00:00:00Z

@@ -13,13 +13,10 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-
-from .card_json import FIX, mapping, required, type_error, typed
-from .card_json import ModelContractError as ModelContractError  # part of this module's API
 
 CARD_FILE = "card.json"
 MODEL_FILE = "model.onnx"
@@ -372,3 +369,50 @@ def _expect_spec(
 
 def _is_dim(dim: Any) -> bool:
     return dim == BATCH_AXIS or (isinstance(dim, int) and not isinstance(dim, bool) and dim > 0)
+
+
+# --- reading the card's JSON strictly: every key present, of its type, or a clear error ---
+
+_T = TypeVar("_T")
+FIX = "fix the card or re-export it with export.cards.write_card"
+
+
+class ModelContractError(ValueError):
+    """A model card that is unreadable, or that disagrees with its model or the configuration."""
+
+
+def mapping(raw: Any, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ModelContractError(f"{where} must be a JSON object, got {type(raw).__name__}: {FIX}")
+    return raw
+
+
+def required(obj: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in obj:
+        raise ModelContractError(f"{where} lacks the key {key!r}: {FIX}")
+    return obj[key]
+
+
+def typed(obj: Mapping[str, Any], key: str, kind: type[_T], where: str) -> _T:
+    value = required(obj, key, where)
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok:
+        raise type_error(where, key, f"a JSON {_JSON_NAMES.get(kind, kind.__name__)}", value)
+    return value  # type: ignore[no-any-return]
+
+
+_JSON_NAMES: dict[type, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    list: "array",
+    dict: "object",
+}
+
+
+def type_error(where: str, key: str, expected: str, value: Any) -> ModelContractError:
+    return ModelContractError(
+        f"{where} key {key!r} must be {expected}, got {type(value).__name__} {value!r:.60}: {FIX}"
+    )

@@ -23,6 +23,7 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 
+from .canary import Canary, CanaryVerdict, median_forecast
 from .card import UNIVERSAL
 from .chunks import Chunk, Output, ticks_of
 from .contexts import NeighbourTable
@@ -42,7 +43,7 @@ from .records import (
     tick_from_json,
 )
 from .retrain_events import ROLLBACK, RetrainEvent, event_id
-from .scoring import Canary, CanaryVerdict, PendingForecasts, RollingMAE, Scores, ScoreSink
+from .scoring import PendingForecasts, RollingMAE, Scores, ScoreSink
 from .windows import Impute, RollingWindow, Sensors, SensorState
 
 log = logging.getLogger(__name__)
@@ -344,6 +345,7 @@ class Pipeline:
         record = verdict.to_json()
         if self.metrics is not None:
             self.metrics.canary_verdicts.labels(decision=record["decision"]).inc()
+            self.metrics.set_canary_ratio(0.0, self.network)  # no canary runs
         log.info(
             "canary of %s against %s over %d targets: MAE %.3f vs %.3f at the last step: %s",
             verdict.served, verdict.previous, verdict.pairs, verdict.served_mae,
@@ -378,7 +380,7 @@ class Pipeline:
             values = forecaster.forecast(batch)
         self._observe_inference(self.stopwatch() - started, len(batch))
         if self.canary is not None and self.canary.previous is not None and not self._restoring:
-            chunk.shadow = _median_forecast(self.canary.previous, batch)
+            chunk.shadow = median_forecast(self.canary.previous, batch)
         return values
 
     def _neighbour_input(self, chunk: Chunk) -> npt.NDArray[np.float32] | None:
@@ -537,15 +539,6 @@ def readiness(forecaster: Forecaster) -> tuple[bool, int]:
     if card is not None and card.kind == UNIVERSAL:
         return False, card.warmup
     return True, forecaster.window
-
-
-def _median_forecast(forecaster: Forecaster, batch: WindowBatch) -> FloatArray:
-    """What ``forecaster`` serves for ``batch``: its median when it forecasts quantiles."""
-    if isinstance(forecaster, QuantileForecaster) and forecaster.quantiles:
-        quantiles = forecaster.forecast_quantiles(batch)
-        median: FloatArray = quantiles[:, forecaster.quantiles.index(0.5)].copy()
-        return median
-    return forecaster.forecast(batch)
 
 
 def _interval_lists(chunk: Chunk, n: int) -> list[tuple[list[float], list[float]] | None]:

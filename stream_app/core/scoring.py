@@ -16,14 +16,13 @@ imputed.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from .forecasters import FloatArray, Forecaster, IntArray
+from .forecasters import FloatArray, IntArray
 
 NEVER = np.iinfo(np.int64).min  # made_at of a ring row that holds no forecast
 
@@ -289,131 +288,3 @@ class RollingMAE:
                 means = self._means = self._errors.sum(axis=2) / self._count
         mean: FloatArray = means[which].copy()
         return mean
-
-
-@dataclass(frozen=True)
-class CanaryVerdict:
-    """The canary's comparison: the served model against the one it replaced, on the same
-    targets; MAE at the last horizon step (what a retrain must not make worse) and over all."""
-
-    served: str
-    previous: str
-    started_s: float
-    decided_s: float
-    pairs: int
-    served_mae: float
-    previous_mae: float
-    served_mae_all: float
-    previous_mae_all: float
-    margin: float
-
-    @property
-    def rollback(self) -> bool:
-        return self.served_mae > self.previous_mae * (1.0 + self.margin)
-
-    @property
-    def ratio(self) -> float:
-        return self.served_mae / self.previous_mae if self.previous_mae > 0 else math.inf
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "decision": "rollback" if self.rollback else "keep",
-            "served": self.served,
-            "previous": self.previous,
-            "pairs": self.pairs,
-            "served_mae": round(self.served_mae, 4),
-            "previous_mae": round(self.previous_mae, 4),
-            "served_mae_all_steps": round(self.served_mae_all, 4),
-            "previous_mae_all_steps": round(self.previous_mae_all, 4),
-            "margin": self.margin,
-        }
-
-
-class Canary:
-    """After a swap, the model that was replaced keeps forecasting the same windows in the
-    shadow (nothing of it is produced), and both are scored on the same targets.
-
-    Both sides' forecasts go into their own ``PendingForecasts`` with the same sensors and
-    slots, so the same actuals settle exactly the same (sensor, slot, horizon) pairs of each.
-    ``verdict`` is given once ``duration_s`` of event time has passed since the swap and the
-    last horizon step has ``min_pairs`` pairs; until then it is None.
-
-    >>> canary = Canary(previous=None, served="m@2", started_s=0.0, horizon=1, duration_s=10,
-    ...                 min_pairs=1)
-    >>> one = np.array([0])
-    >>> canary.add(one, one, np.array([[12.0]]), np.array([[10.5]]))
-    >>> canary.score(one, one + 1, np.array([10.0]))
-    >>> canary.verdict(now_s=10.0).to_json()["decision"]
-    'rollback'
-    """
-
-    def __init__(
-        self,
-        previous: Forecaster | None,
-        served: str,
-        started_s: float,
-        horizon: int,
-        *,
-        duration_s: float = 21_600.0,
-        margin: float = 0.0,
-        min_pairs: int = 100,
-    ) -> None:
-        self.previous = previous  # the Forecaster that was replaced
-        self.served = served
-        self.started_s = started_s
-        self.horizon = horizon
-        self.duration_s = duration_s
-        self.margin = margin
-        self.min_pairs = min_pairs
-        self._pending = (PendingForecasts(horizon), PendingForecasts(horizon))
-        self._sums = np.zeros((2, horizon))
-        self._counts = np.zeros(horizon, dtype=np.int64)
-
-    def add(
-        self, sensors: IntArray, slots: IntArray, served: FloatArray, previous: FloatArray
-    ) -> None:
-        """Both models' forecasts (n, horizon) made at ``slots`` for these sensor rows."""
-        if len(sensors):
-            last = served[:, 0]  # no baseline here: any value keeps the pending rows aligned
-            self._pending[0].add(sensors, slots, served, last)
-            self._pending[1].add(sensors, slots, previous, last)
-
-    def score(self, sensors: IntArray, slots: IntArray, actuals: FloatArray) -> None:
-        """Real readings: add the absolute errors of both sides on the pairs they settle."""
-        if not len(sensors):
-            return
-        served, previous = (pending.score(sensors, slots, actuals) for pending in self._pending)
-        keep = np.isfinite(served.errors) & np.isfinite(previous.errors)
-        steps = served.horizons[keep] - 1
-        np.add.at(self._sums[0], steps, np.abs(served.errors[keep]))
-        np.add.at(self._sums[1], steps, np.abs(previous.errors[keep]))
-        self._counts += np.bincount(steps, minlength=self.horizon)
-
-    def forget(self, rows: list[int]) -> None:
-        for pending in self._pending:
-            pending.clear(rows)
-
-    @property
-    def ratio(self) -> float:
-        """The served model's MAE at the last horizon step over the previous one's, so far."""
-        previous = self._sums[1, -1]
-        return float(self._sums[0, -1] / previous) if previous > 0 else math.nan
-
-    def verdict(self, now_s: float) -> CanaryVerdict | None:
-        """The comparison, once the canary has run its time with enough pairs."""
-        last = int(self._counts[-1])
-        if now_s - self.started_s < self.duration_s or last < max(1, self.min_pairs):
-            return None
-        total = max(int(self._counts.sum()), 1)
-        return CanaryVerdict(
-            self.served,
-            self.previous.model_id if self.previous is not None else "?",
-            self.started_s,
-            now_s,
-            last,
-            float(self._sums[0, -1] / last),
-            float(self._sums[1, -1] / last),
-            float(self._sums[0].sum() / total),
-            float(self._sums[1].sum() / total),
-            self.margin,
-        )

@@ -43,7 +43,15 @@ from ..offline.datasets import GridDataset, load_dataset
 from ..offline.network_context import network_context
 from ..settings import Settings
 from .broker import EmbeddedBroker
-from .demo_report import Observed, demo_report, epoch_s, format_report, retrain_outcomes, step_time
+from .demo_report import (
+    Observed,
+    canary_verdicts,
+    demo_report,
+    epoch_s,
+    format_report,
+    retrain_outcomes,
+    step_time,
+)
 from .replay import replay
 from .services import WorkerProcess, scrape
 
@@ -117,6 +125,7 @@ def run_demo(
                     statuses = (worker.stop(), retrainer.stop())
                     say(f"worker and retrain worker stopped (exit status {statuses})")
         observed.retrains = retrain_outcomes(tmp / "retrain.log")
+        observed.canaries = canary_verdicts(tmp / "worker.log")
         table = network_context(dataset, dataset_path, graph)[0] if graph else None
         seconds = time.monotonic() - started
         report = demo_report(dataset, steps, observed, registry, seconds, table)
@@ -256,20 +265,36 @@ async def _read_loop_topics(
                     obj = json.loads(record.value)
                     if tp.topic == settings.retrain_topic:
                         into.events.append(obj)
-                        say(
-                            f"  DRIFT   retrain event: {len(obj['sensors'])} sensors drifting "
-                            f"at {obj['detected_at']} under {obj['model']}"
-                        )
+                        say(_loop_event(obj))
                     else:
                         into.updates.append(obj)
-                        v = obj.get("validation", {})
-                        say(
-                            f"  MODEL   {obj['model']} published: holdout MAE "
-                            f"{v.get('challenger_mae', float('nan')):.2f} vs the serving "
-                            f"model's {v.get('champion_mae', float('nan')):.2f}; workers swap"
-                        )
+                        say(_model_update(obj))
     finally:
         await consumer.stop()
+
+
+def _loop_event(event: dict[str, Any]) -> str:
+    if event.get("reason") == "rollback":
+        v = event["evidence"]
+        return (
+            f"  CANARY  {v['served']} served worse than {v['previous']} on the same targets "
+            f"(MAE {v['served_mae']:.2f} vs {v['previous_mae']:.2f}): rolled back"
+        )
+    return (
+        f"  DRIFT   retrain event: {len(event['sensors'])} sensors drifting "
+        f"at {event['detected_at']} under {event['model']}"
+    )
+
+
+def _model_update(update: dict[str, Any]) -> str:
+    v = update.get("validation", {})
+    if "rollback" in v:
+        return f"  MODEL   {update['model']} announced again (a rollback); workers swap back"
+    return (
+        f"  MODEL   {update['model']} published: holdout MAE "
+        f"{v.get('challenger_mae', float('nan')):.2f} vs the serving "
+        f"model's {v.get('champion_mae', float('nan')):.2f}; workers swap"
+    )
 
 
 async def _live_view(plan: _Plan, worker: WorkerProcess, observed: Observed, say: _Say) -> None:

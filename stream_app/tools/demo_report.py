@@ -29,14 +29,24 @@ class Observed:
     swaps: list[tuple[str, int]] = field(default_factory=list)  # (model, first data step)
     newest_step: int = -1
     retrains: list[str] = field(default_factory=list)  # the retrain worker's outcome lines
+    canaries: list[str] = field(default_factory=list)  # the worker's canary verdicts
 
 
 def retrain_outcomes(log_path: Path) -> list[str]:
-    """The retrain worker's one line per event (published, rejected or skipped, and why)."""
+    """The retrain worker's one line per event (published, rejected, skipped or rolled back,
+    and why)."""
+    return _log_lines(log_path, "retraining: retrain event ")
+
+
+def canary_verdicts(log_path: Path) -> list[str]:
+    """The worker's one line per canary: the new model against the one it replaced."""
+    return _log_lines(log_path, "pipeline: canary of ")
+
+
+def _log_lines(log_path: Path, marker: str) -> list[str]:
     if not log_path.is_file():
         return []
     lines = log_path.read_text(errors="replace").splitlines()
-    marker = "retraining: retrain event "
     return [line.split(marker, 1)[1] for line in lines if marker in line]
 
 
@@ -86,8 +96,11 @@ def demo_report(
         "drift_events": [
             {"detected_at": e["detected_at"], "sensors": len(e["sensors"]), "model": e["model"]}
             for e in observed.events
+            if e.get("reason") != "rollback"
         ],
         "retrains": observed.retrains,
+        "canaries": observed.canaries,
+        "rollbacks": [e["evidence"] for e in observed.events if e.get("reason") == "rollback"],
         "models_published": [
             {"model": u["model"], "validation": u.get("validation", {})} for u in observed.updates
         ],
@@ -147,6 +160,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"drift events: {len(report['drift_events'])}; models published: "
         + (", ".join(m["model"] for m in report["models_published"]) or "none"),
         *(f"  retrain event {line}" for line in report["retrains"]),
+        *(f"  canary of {line}" for line in report["canaries"]),
         "MAE (flow, zero readings ignored):",
     ]
     for name, by in report["mae"].items():
