@@ -70,3 +70,23 @@ def test_online_report_on_a_short_stream(pems08: GridDataset, tmp_path: Path) ->
     detection = report["detection"]
     assert report["faulted_sensors"] == 4
     assert 0 < detection["detected_fraction"] <= 1 and detection["median_delay_steps"] <= 12
+
+
+def test_each_served_version_is_compared_with_the_one_it_replaced_on_the_same_forecasts(
+    pems08: GridDataset, tmp_path: Path
+) -> None:
+    from stream_app.bundled import model_path
+    from stream_app.loop.online_eval import served_versus_kept, stream_policy
+
+    small = replace(pems08, values=pems08.values[:420, :12], sensors=pems08.sensors[:12])
+    settings = Settings(step_s=small.step_s, canary_s=0.0)
+    model = model_path("universal")
+    run = stream_policy("frozen", model, small, settings, tmp_path, lambda line: None)
+    # pretend a twin of the model was swapped in at step 350: it must do exactly as well
+    run.served = [(0, "universal@1"), (350, "twin@2")]
+    run.directory = {"universal@1": model, "twin@2": model}
+    [version] = served_versus_kept(run, small, settings)
+    assert (version["model"], version["replaced"]) == ("twin@2", "universal@1")
+    assert (version["from_step"], version["to_step"]) == (350, 420)
+    assert version["served_mae"] is not None and version["served_mae"] > 0
+    assert version["served_mae"] == version["kept_mae"] and version["ratio"] == 1.0
