@@ -138,7 +138,9 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
     if args.announce:
         from .loop.retraining import announce_now
 
-        announce_now(settings, chosen, {"by": f"stcast models {args.action}"})
+        # a version chosen by hand is served without a canary; a new one published gets one
+        validation = {"by": f"stcast models {args.action}", "canary": args.action != "use"}
+        announce_now(settings, chosen, validation)
         print(f"announced {chosen.model_id} on {settings.models_topic}")
     return 0
 

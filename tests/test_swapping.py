@@ -73,7 +73,7 @@ def test_a_refused_update_keeps_the_old_model_and_counts_the_reason(tmp_path: Pa
     pipeline = Pipeline(Persistence(), step_s=300, metrics=metrics)
     swaps: list[object] = []
 
-    async def swap(forecaster: OnnxForecaster, rolls_back: str) -> None:
+    async def swap(forecaster: OnnxForecaster, update: ModelUpdate) -> None:
         swaps.append(forecaster)
 
     missing = ModelUpdate("x@9", str(tmp_path / "nowhere"), "0" * 64).encode()
@@ -166,9 +166,14 @@ async def _announce(bootstrap: str, topic: str, update: ModelUpdate) -> None:
 
 def test_an_announced_rollback_names_the_model_it_replaces() -> None:
     plain = ModelUpdate("m@2", "file:///r/m/2", "a" * 64).encode(validation={"wins": True})
-    assert ModelUpdate.decode(plain).rolls_back == ""
+    assert (ModelUpdate.decode(plain).rolls_back, ModelUpdate.decode(plain).canary) == ("", True)
     verdict = {"decision": "rollback", "served": "m@2", "previous": "m@1"}
     rollback = ModelUpdate("m@1", "file:///r/m/1", "b" * 64).encode(
         validation={"rollback": verdict}
     )
-    assert ModelUpdate.decode(rollback).rolls_back == "m@2"
+    decoded = ModelUpdate.decode(rollback)
+    assert (decoded.rolls_back, decoded.canary) == ("m@2", False)
+    by_hand = ModelUpdate("m@1", "file:///r/m/1", "b" * 64).encode(
+        validation={"by": "stcast models use", "canary": False}
+    )
+    assert ModelUpdate.decode(by_hand).canary is False

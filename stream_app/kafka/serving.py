@@ -47,7 +47,7 @@ from ..settings import Settings
 from .clients import client_options, producer_options
 from .producing import BatchProducer
 from .restoring import restore_partition
-from .swapping import follow_models
+from .swapping import ModelUpdate, follow_models
 from .unreadable import TolerantReader, UnreadablePolicy
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,9 @@ async def serve(settings: Settings, pipeline: Core, metrics: Metrics, stop: asyn
     await output.start()
     await consumer.start()
 
-    async def swap(forecaster: Forecaster, rolls_back: str) -> None:
-        async with core:  # between two micro-batches; no canary for a rollback
-            pipeline.swap(forecaster, canary=not rolls_back, replacing=rolls_back)
+    async def swap(forecaster: Forecaster, update: ModelUpdate) -> None:
+        async with core:  # between two micro-batches
+            pipeline.swap(forecaster, canary=update.canary, replacing=update.rolls_back)
 
     models = asyncio.create_task(follow_models(settings, metrics, swap, stop))
     try:

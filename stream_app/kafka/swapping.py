@@ -45,16 +45,19 @@ class ModelUpdate:
     model: str
     uri: str
     sha256: str
-    rolls_back: str = ""  # a rollback: the model it replaces (no canary for it)
+    rolls_back: str = ""  # a canary's rollback: the model it replaces
+    canary: bool = True  # no canary for a rollback, nor for an operator's ``stcast models use``
 
     @classmethod
     def decode(cls, raw: bytes) -> ModelUpdate:
         try:
             obj: Any = json.loads(raw)
             validation = obj.get("validation")
-            rollback = validation.get("rollback") if isinstance(validation, dict) else None
+            validation = validation if isinstance(validation, dict) else {}
+            rollback = validation.get("rollback")
             rolls_back = str(rollback.get("served", "")) if isinstance(rollback, dict) else ""
-            return cls(str(obj["model"]), str(obj["uri"]), str(obj["sha256"]), rolls_back)
+            canary = not rolls_back and validation.get("canary") is not False
+            return cls(str(obj["model"]), str(obj["uri"]), str(obj["sha256"]), rolls_back, canary)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelUpdateError("malformed", f"unreadable model update ({exc})") from exc
 
@@ -94,7 +97,7 @@ def open_update(update: ModelUpdate, settings: Settings) -> OnnxForecaster:
 async def follow_models(
     settings: Settings,
     metrics: Metrics,
-    swap: Callable[[OnnxForecaster, str], Awaitable[None]],
+    swap: Callable[[OnnxForecaster, ModelUpdate], Awaitable[None]],
     stop: asyncio.Event,
 ) -> None:
     """Swap in each model announced on ``settings.models_topic`` until ``stop`` is set."""
@@ -114,12 +117,12 @@ async def _apply(
     raw: bytes,
     settings: Settings,
     metrics: Metrics,
-    swap: Callable[[OnnxForecaster, str], Awaitable[None]],
+    swap: Callable[[OnnxForecaster, ModelUpdate], Awaitable[None]],
 ) -> None:
     try:
         update = ModelUpdate.decode(raw)
         forecaster = await asyncio.to_thread(open_update, update, settings)
-        await swap(forecaster, update.rolls_back)
+        await swap(forecaster, update)
     except ModelUpdateError as exc:
         _refuse(metrics, exc.reason, str(exc))
     except ValueError as exc:  # the pipeline refuses a different window

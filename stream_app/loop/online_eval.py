@@ -370,8 +370,8 @@ def _retrain(
             ).seconds
     except (FineTuneError, ValueError) as exc:
         return {"outcome": "not enough history", "detail": str(exc)}
-    champion = OnnxForecaster(serving, provider="cpu")
-    challenger = OnnxForecaster(out, provider="cpu")
+    champion = OnnxForecaster(serving, provider="cpu", step_s=stream.step_s)
+    challenger = OnnxForecaster(out, provider="cpu", step_s=stream.step_s)
     masked = champion.card.training.get("protocol", "basicts") == "basicts"
     verdict = compare(
         champion,
