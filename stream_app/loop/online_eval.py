@@ -188,7 +188,9 @@ def stream_policy(
         due = (policy == "stcast" and events) or (policy == "periodic" and t and t % day == 0)
         if due:
             reason = f"{len(events[0].sensors)} sensors drifting" if events else "a day passed"
-            quarantined = {s for e in events for s in e.evidence.get("quarantined") or []}
+            quarantined = _quarantined(pipeline) | {
+                s for e in events for s in e.evidence.get("quarantined") or []
+            }
             new = _retrain(
                 serving, stream, t, settings, workdir, len(run.retrains) + 2, quarantined
             )
@@ -274,6 +276,15 @@ def _mae_at(
             if actual != 0 and np.isfinite(actual):
                 errors.append(abs(forecasts[(step, col)][h - 1] - actual))
     return round(float(np.mean(errors)), 4) if errors else None
+
+
+def _quarantined(pipeline: Pipeline) -> set[str]:
+    """The sensors the pipeline's retrain policy holds in quarantine now (a daily retrain
+    leaves them out as a drift-triggered one does)."""
+    for sink in pipeline.sinks:
+        if isinstance(sink, DriftSink) and isinstance(sink.policy, _Recording):
+            return set(sink.policy.policy.quarantined)
+    return set()
 
 
 def _context_steps(model_dir: Path) -> int:
