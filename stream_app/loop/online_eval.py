@@ -16,6 +16,10 @@ Policies, on the same (possibly faulted) stream:
   stream waits for the retrain (in stream time it is instant).
 - ``periodic``: the same retrain, blindly once a day of data, whatever the monitors say.
 
+Both swap with the worker's canary (``STCAST_CANARY_S``): a version found worse than the one it
+replaced is rolled back as in a worker. ``versions_served`` then compares every version that
+served after a swap with the one it replaced, kept (``served_versus_kept``).
+
 Scenarios: ``holiday`` (the data as it is: in the PEMS08 slice, the 4 July holiday) and faults
 injected on a seeded random tenth of the sensors from a seeded onset: ``shift`` (+3 standard
 deviations of the sensor's readings), ``stuck`` (the onset's reading repeated), ``variance``
