@@ -28,7 +28,7 @@ from .card import UNIVERSAL
 from .chunks import Chunk, Output, ticks_of
 from .contexts import NeighbourTable
 from .feedback import ErrorFeedback
-from .forecasters import FloatArray, Forecaster, QuantileForecaster, WindowBatch
+from .forecasters import FloatArray, Forecaster, IntArray, QuantileForecaster, WindowBatch
 from .metrics import Metrics
 from .readings import ReadingSink
 from .records import (
@@ -322,9 +322,10 @@ class Pipeline:
         output = Output(dead_letters=chunk.dead_letters)
         values = self._infer(chunk)
         finite: BoolArray = np.all(np.isfinite(values), axis=1)
-        self._settle(chunk, values, finite)
+        made_by = np.array([state.index for state in chunk.states], dtype=np.int64)
+        self._settle(chunk, values, finite, made_by)
         if chunk.rows:
-            self._encode(chunk, values, cast(list[bool], finite.tolist()), output)
+            self._encode(chunk, values, cast(list[bool], finite.tolist()), made_by, output)
         if chunk.shadow is not None:
             self._judge()
         output.retrain_events, self._retrain_events = self._retrain_events, []
@@ -404,14 +405,16 @@ class Pipeline:
         card = getattr(self.forecaster, "card", None)
         return card is not None and card.kind == UNIVERSAL
 
-    def _settle(self, chunk: Chunk, values: FloatArray, usable: BoolArray) -> None:
+    def _settle(
+        self, chunk: Chunk, values: FloatArray, usable: BoolArray, made_by: IntArray
+    ) -> None:
         """Score and remember, generation by generation (see the module docstring), as if the
         ticks had come one by one: the error feedback learns from a generation's scores before
         it corrects (``values``, in place) that generation's forecasts, and the sinks see them
         after, so a sensor's detection corrects its next forecast wherever the micro-batches
-        split the stream. The rolling MAE gets the chunk's scores in arrival order."""
+        split the stream. The rolling MAE gets the chunk's scores in arrival order. ``made_by``
+        holds each forecast row's sensor row."""
         sensors, slots, actuals, generations = chunk.actuals.arrays()
-        made_by = np.array([state.index for state in chunk.states], dtype=np.int64)
         made_at = np.array(chunk.slots, dtype=np.int64)
         made_in = np.array(chunk.row_generations, dtype=np.int64)
         last = np.array([row[-1] for row in chunk.rows])  # the persistence baseline's forecast
@@ -441,13 +444,20 @@ class Pipeline:
             self._watch(settled)
         self._score(Scores.in_arrival_order(scores))
 
-    def _encode(self, chunk: Chunk, values: FloatArray, finite: list[bool], output: Output) -> None:
+    def _encode(
+        self,
+        chunk: Chunk,
+        values: FloatArray,
+        finite: list[bool],
+        made_by: IntArray,
+        output: Output,
+    ) -> None:
         step_ms = self._step_ms
         emitted_at = format_ts(int(self.clock() * 1000))
         model, step_s = self.forecaster.model_id, self.step_s
         rows = zip(chunk.states, chunk.slots, values.tolist(), finite, chunk.imputed, strict=True)
         bounds = _interval_lists(chunk, len(chunk.rows))
-        stuck = self._stuck(chunk)
+        stuck = self._stuck(made_by)
         for i, (state, slot, row, is_finite, imputed) in enumerate(rows):
             ts = self._ts_text.get(slot) or self._remember_ts(slot, slot * step_ms)
             if not is_finite:
@@ -462,12 +472,11 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.forecasts.inc(len(output.forecasts))
 
-    def _stuck(self, chunk: Chunk) -> list[bool] | None:
+    def _stuck(self, made_by: IntArray) -> list[bool] | None:
         """Per forecast row: is its sensor stuck now (None: nothing is, or no monitors)."""
         if self.readings is None:
             return None
-        rows = np.fromiter((state.index for state in chunk.states), np.int64, len(chunk.states))
-        stuck = self.readings.monitors.stuck(rows)
+        stuck = self.readings.monitors.stuck(made_by)
         return cast(list[bool], stuck.tolist()) if stuck.any() else None
 
     def _model_failed(
