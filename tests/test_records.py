@@ -48,9 +48,15 @@ def test_network_is_kept() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"{not json", b"", b'{"sensor": "s", "ts": 0, "value": 1', b'{"sensor": "\xff"}', b"\xc3("],
-    ids=["syntax", "empty", "truncated", "non-utf8-in-string", "invalid-utf8"],
-)
+    [
+        b"{not json", b"", b'{"sensor": "s", "ts": 0, "value": 1', b'{"sensor": "\xff"}', b"\xc3(",
+        b'{"sensor": "\\ud800", "ts": 0, "value": 1}', b'{"x": ' + b"[" * 100_000 + b"]" * 100_000,
+    ],
+    ids=[
+        "syntax", "empty", "truncated", "non-utf8-in-string", "invalid-utf8", "lone-surrogate",
+        "nested-too-deep",
+    ],
+)  # fmt: skip
 def test_malformed_bytes(raw: bytes) -> None:
     assert reason_of(raw) is Reason.MALFORMED
 

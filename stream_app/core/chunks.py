@@ -1,10 +1,26 @@
-"""What one inference chunk carries: the windows to forecast going in, the records coming out."""
+"""What one inference chunk carries: the windows to forecast going in, the records coming out,
+and the ticks that messages hold.
+
+Two decoders read a message's ticks and must agree on every verdict. ``ticks_of`` is the
+reference: ``json`` into dicts, then ``records.tick_from_json``. ``columnar_ticks`` is the hot
+path: one typed ``msgspec`` decode per message into rows whose fields already have the types a
+tick needs, so only what types cannot say (an empty sensor, a timestamp's text, an integer too
+large for a float) is left to check. It answers only for messages it can read exactly as the
+reference would: anything it cannot type (a missing field, a wrong type, NaN spelled out, a
+number out of range, nesting too deep, text that is not UTF-8) comes back as None and takes the
+reference path, which says why. ``tests/test_decode_fuzz.py`` holds the two to the same
+verdicts over generated messages, valid and broken.
+"""
 
 from __future__ import annotations
 
+import json
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+import msgspec
+from msgspec import UNSET, UnsetType
 
 from .forecasters import FloatArray
 from .records import Incoming, Reason, Rejected, decode_json
@@ -43,21 +59,78 @@ class Chunk:
     shadow: FloatArray | None = None  # the replaced model's forecasts, while a canary runs
 
 
-def ticks_of(message: Incoming) -> Iterator[tuple[object, bytes, str]]:
-    """(tick object, its raw bytes, where) for a message: itself or each element of a batch.
+def ticks_of(message: Incoming) -> Iterator[tuple[object, int]]:
+    """(tick object, index) for a message: itself (index -1) or each element of a batch.
 
-    A message that cannot be read at all comes out as one ``Rejected`` in place of a tick;
-    a batch element's raw bytes are empty, to be re-encoded only if it is rejected.
+    A message that cannot be read at all comes out as one ``Rejected`` in place of a tick.
     """
     try:
         obj = decode_json(message.value)
     except Rejected as rejected:
-        yield rejected, message.value, ""
+        yield rejected, -1
         return
     if not (isinstance(obj, dict) and "ticks" in obj):
-        yield obj, message.value, ""
+        yield obj, -1
     elif not isinstance(obj["ticks"], list):
-        yield Rejected(Reason.BAD_TYPE, "ticks must be a JSON array"), message.value, ""
+        yield Rejected(Reason.BAD_TYPE, "ticks must be a JSON array"), -1
     else:
-        for index, item in enumerate(obj["ticks"]):
-            yield item, b"", f"ticks[{index}]: "
+        yield from ((item, index) for index, item in enumerate(obj["ticks"]))
+
+
+NOT_DECODED = object()  # a batch element the reference decoder has not read
+
+
+def dead_letter_raw(message: Incoming, index: int, item: object = NOT_DECODED) -> tuple[bytes, str]:
+    """What a dead letter keeps of a rejected tick, and where in its message it was: the
+    message's bytes, or a batch element re-encoded (read again here if only the columnar
+    decoder read it: a rare path)."""
+    if index < 0:
+        return message.value, ""
+    if item is NOT_DECODED:
+        item = decode_json(message.value)["ticks"][index]
+    return json.dumps(item).encode(), f"ticks[{index}]: "
+
+
+class TickRow(msgspec.Struct, gc=False):
+    """A batch element typed as a tick needs it (``ts`` still to be parsed)."""
+
+    sensor: str
+    ts: str | int
+    value: int | float | None
+    network: str | None = None
+
+
+class _Message(msgspec.Struct, gc=False):
+    """A message: a single tick (its fields) or a tick batch (``ticks``)."""
+
+    sensor: str | UnsetType = UNSET
+    ts: str | int | UnsetType = UNSET
+    value: int | float | UnsetType | None = UNSET
+    network: str | None = None
+    ticks: list[TickRow] | UnsetType = UNSET
+
+
+_DECODER = msgspec.json.Decoder(_Message)
+
+
+def columnar_ticks(raw: bytes) -> tuple[list[TickRow] | list[_Message], bool] | None:
+    """A message's ticks, typed, and whether it is a batch; or None where only the reference
+    decoder can say what it is.
+
+    msgspec does not check the UTF-8 of the fields it skips, so text that is not ASCII is
+    checked first, as ``json`` would see it.
+    """
+    if not raw.isascii():
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        message = _DECODER.decode(raw)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+    if message.ticks is not UNSET:
+        return message.ticks, True
+    if message.sensor is UNSET or message.ts is UNSET or message.value is UNSET:
+        return None
+    return [message], False

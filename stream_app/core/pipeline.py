@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from .canary import Canary, CanaryVerdict, median_forecast
 from .card import UNIVERSAL
-from .chunks import Chunk, Output, ticks_of
+from .chunks import NOT_DECODED, Chunk, Output, columnar_ticks, dead_letter_raw, ticks_of
 from .contexts import NeighbourTable
 from .feedback import ErrorFeedback
 from .forecasters import FloatArray, Forecaster, IntArray, QuantileForecaster, WindowBatch
@@ -41,6 +41,7 @@ from .records import (
     encode_forecast,
     format_ts,
     tick_from_json,
+    tick_from_row,
 )
 from .retrain_events import ROLLBACK, RetrainEvent, event_id
 from .scoring import PendingForecasts, RollingMAE, Scores, ScoreSink
@@ -73,6 +74,7 @@ class Pipeline:
         canary_s: float = 0.0,
         canary_margin: float = 0.0,
         canary_min_pairs: int = 100,
+        columnar: bool = True,
     ) -> None:
         at_step = getattr(forecaster, "at_step", None)
         self.forecaster: Forecaster = at_step(step_s) if at_step is not None else forecaster
@@ -93,6 +95,7 @@ class Pipeline:
         self._sensors = Sensors(lambda: RollingWindow(forecaster.window, max_gap_steps, impute))
         self._swept_ms = 0
         self._parse_ts = TimestampParser()
+        self.columnar = columnar  # False: every message through the reference decoder
         self._step_ms = step_s * 1000
         self._ts_text: dict[int, str] = {}
         self._newest_ms = 0
@@ -253,16 +256,15 @@ class Pipeline:
         ticks = imputed = 0
         for message in messages:
             consumed_at = self.stopwatch()
-            for item, raw, where in ticks_of(message):
+            for tick, index, item in self._ticks_in(message):
                 ticks += 1
                 try:
-                    if isinstance(item, Rejected):
-                        raise item
-                    tick = tick_from_json(item, self._parse_ts)
+                    if isinstance(tick, Rejected):
+                        raise tick
                     state = self._state_for(tick, message.partition)
                     imputed += self._place(tick, state, consumed_at, chunk)
                 except Rejected as rejected:
-                    raw = json.dumps(item).encode() if where else raw
+                    raw, where = dead_letter_raw(message, index, item)
                     self._dead_letter(chunk, message, rejected, raw, where)
                 if len(chunk.rows) >= self.batch_size and self.neighbours is None:
                     yield self._flush(chunk)
@@ -275,6 +277,29 @@ class Pipeline:
         last = self._flush(chunk)
         if last:
             yield last
+
+    def _ticks_in(self, message: Incoming) -> Iterator[tuple[Tick | Rejected, int, object]]:
+        """(tick or why not, its index in a batch or -1, the reference decoder's object for it)
+        per tick of a message: through the columnar decoder where it can read the message,
+        else through the reference one (``chunks``)."""
+        parse = self._parse_ts
+        read = columnar_ticks(message.value) if self.columnar else None
+        if read is not None:
+            rows, batched = read
+            for index, row in enumerate(rows):
+                try:
+                    yield tick_from_row(row, parse), index if batched else -1, NOT_DECODED
+                except Rejected as rejected:
+                    yield rejected, index if batched else -1, NOT_DECODED
+            return
+        for item, index in ticks_of(message):
+            if isinstance(item, Rejected):
+                yield item, index, item
+                continue
+            try:
+                yield tick_from_json(item, parse), index, item
+            except Rejected as rejected:
+                yield rejected, index, item
 
     def _state_for(self, tick: Tick, partition: int) -> SensorState:
         """The tick's sensor, once the tick is known to belong here (a rejected tick adds none)."""

@@ -118,6 +118,8 @@ def decode_json(raw: bytes) -> Any:
         return json.loads(raw.decode("utf-8"))  # json.loads(bytes) would also take UTF-16/32
     except (UnicodeDecodeError, ValueError) as exc:
         raise Rejected(Reason.MALFORMED, f"not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise Rejected(Reason.MALFORMED, "JSON nested too deeply to read") from None
 
 
 def tick_from_json(obj: Any, parse_ts: TimestampParser) -> Tick:
@@ -130,10 +132,29 @@ def tick_from_json(obj: Any, parse_ts: TimestampParser) -> Tick:
         raise Rejected(Reason.MISSING_FIELD, f"tick has no {exc.args[0]!r}") from None
     if not isinstance(sensor, str) or not sensor:
         raise Rejected(Reason.BAD_TYPE, f"sensor must be a non-empty string, not {sensor!r}")
+    if not sensor.isascii() and not _is_unicode(sensor):  # JSON can escape a lone surrogate
+        raise Rejected(Reason.MALFORMED, f"sensor {sensor!r} is not valid Unicode")
     network = obj.get("network")
     if network is not None and not isinstance(network, str):
         raise Rejected(Reason.BAD_TYPE, f"network must be a string, not {network!r}")
     return Tick(sensor, parse_ts.parse(ts), _reading(value), network)
+
+
+def tick_from_row(row: Any, parse_ts: TimestampParser) -> Tick:
+    """A tick from a row the columnar decoder typed (``chunks.TickRow``): the checks of
+    ``tick_from_json`` that types cannot make, in the same order, with the same details."""
+    sensor = row.sensor
+    if not sensor:
+        raise Rejected(Reason.BAD_TYPE, f"sensor must be a non-empty string, not {sensor!r}")
+    return Tick(sensor, parse_ts.parse(row.ts), _reading(row.value), row.network)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _reading(value: object) -> float | None:

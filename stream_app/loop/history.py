@@ -42,7 +42,7 @@ class History:
         skipped. A reading known to be missing (``null``) stays missing.
         """
         added = 0
-        for obj, _, _ in ticks_of(message):
+        for obj, _ in ticks_of(message):
             if isinstance(obj, Rejected):
                 continue
             try:

@@ -1,0 +1,88 @@
+"""The worker's pure core in one process, without Kafka: where a tick's time goes.
+
+    python benchmarks/hot_path.py [--model-dir DIR] [--steps N] [--profile single|batched]
+
+Feeds the bundled PEMS08 flows, encoded exactly as ``stcast replay`` sends them, to the
+pipeline the worker builds (drift, readings monitors and all), and prints ticks per second for
+single-tick messages and for tick batches beside the model's inference ceiling on the same
+windows. With ``--profile`` it prints cProfile's top functions for that kind of message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import tempfile
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from stream_app.assembly import build_core
+from stream_app.core.metrics import Metrics
+from stream_app.core.onnx_forecaster import OnnxForecaster
+from stream_app.core.records import Incoming
+from stream_app.offline.datasets import bundled_dataset_path, load_dataset
+from stream_app.settings import Settings
+from stream_app.tools.bench import _seed_model, inference_ceiling
+from stream_app.tools.replay import encode_step
+
+
+def messages(dataset, steps: int, batched: bool) -> list[list[Incoming]]:  # type: ignore[no-untyped-def]
+    """Micro-batches as the worker consumes them: ``batch_size`` (256) messages each."""
+    flat = [
+        Incoming("ticks", 0, offset, key, value)
+        for offset, (key, value) in enumerate(
+            pair for t in range(steps) for pair in encode_step(dataset, t, batched=batched)
+        )
+    ]
+    return [flat[i : i + 256] for i in range(0, len(flat), 256)]
+
+
+def run(settings: Settings, micro_batches: list[list[Incoming]]) -> tuple[float, int]:
+    core = build_core(settings, Metrics(CollectorRegistry()))
+    ticks = 0
+    started = time.perf_counter()
+    for batch in micro_batches:
+        for _ in core.step(batch):
+            pass
+    elapsed = time.perf_counter() - started
+    ticks = sum(len(m.value) > 0 for b in micro_batches for m in b)
+    return elapsed, ticks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-dir", default="")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--profile", choices=("single", "batched"))
+    parser.add_argument("--sort", choices=("tottime", "cumulative"), default="tottime")
+    args = parser.parse_args()
+    dataset = load_dataset(bundled_dataset_path())
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model_dir or str(_seed_model(Path(tmp) / "m", dataset))
+        settings = Settings.from_env().replace(
+            model_dir=model_dir, inference_threads=1, log_level="warning"
+        )
+        forecaster = OnnxForecaster(Path(model_dir), provider="cpu", threads=1)
+        ceiling = inference_ceiling(forecaster, dataset, settings)
+        print(f"inference ceiling   {ceiling:10,.0f} windows/s")
+        n = args.steps * dataset.n_sensors
+        for kind in ("single", "batched"):
+            batches = messages(dataset, args.steps, batched=kind == "batched")
+            if args.profile == kind:
+                profiler = cProfile.Profile()
+                profiler.enable()
+            elapsed, _ = run(settings, batches)
+            if args.profile == kind:
+                profiler.disable()
+                pstats.Stats(profiler).sort_stats(args.sort).print_stats(25)
+            print(
+                f"{kind:<8} in process {n / elapsed:10,.0f} ticks/s ({n / elapsed / ceiling:.2f}"
+                " of the ceiling)"
+            )
+
+
+if __name__ == "__main__":
+    main()
