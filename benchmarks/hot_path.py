@@ -40,8 +40,9 @@ def messages(dataset, steps: int, batched: bool) -> list[list[Incoming]]:  # typ
     return [flat[i : i + 256] for i in range(0, len(flat), 256)]
 
 
-def run(settings: Settings, micro_batches: list[list[Incoming]]) -> tuple[float, int]:
-    core = build_core(settings, Metrics(CollectorRegistry()))
+def run(settings: Settings, micro_batches: list[list[Incoming]], kind: str) -> tuple[float, int]:
+    records = "batch" if kind == "batched" else "each"
+    core = build_core(settings.replace(forecast_records=records), Metrics(CollectorRegistry()))
     ticks = 0
     started = time.perf_counter()
     for batch in micro_batches:
@@ -74,7 +75,7 @@ def main() -> None:
             if args.profile == kind:
                 profiler = cProfile.Profile()
                 profiler.enable()
-            elapsed, _ = run(settings, batches)
+            elapsed, _ = run(settings, batches, kind)
             if args.profile == kind:
                 profiler.disable()
                 pstats.Stats(profiler).sort_stats(args.sort).print_stats(25)

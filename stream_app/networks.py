@@ -10,6 +10,7 @@ graph). The file is TOML or JSON::
     step_s = 300
     graph = "graphs/pems08.csv"
     keyed = "network"
+    forecast_records = "batch"       # one forecast batch record per tick batch (default: each)
     default = true                   # ticks that name no network (else: the first listed)
 
     [[network]]
@@ -42,7 +43,7 @@ from .core.pipeline import Pipeline
 from .core.records import Incoming, Reason, Rejected, decode_json, encode_dead_letter
 from .settings import Settings, env_name
 
-KEYS = ("name", "step_s", "model", "graph", "keyed", "default")
+KEYS = ("name", "step_s", "model", "graph", "keyed", "forecast_records", "default")
 KEYED = ("sensor", "network")
 
 
@@ -60,6 +61,7 @@ class NetworkSpec:
     graph: str = ""
     keyed: str = "sensor"
     default: bool = False
+    forecast_records: str = "each"
 
     def settings(self, base: Settings) -> Settings:
         """``base`` with this network's own grid, model, graph and keying."""
@@ -69,6 +71,7 @@ class NetworkSpec:
             model_dir=self.model,
             graph=self.graph,
             keyed=self.keyed,
+            forecast_records=self.forecast_records,
         )
 
 
@@ -76,7 +79,12 @@ def declared_networks(settings: Settings) -> list[NetworkSpec]:
     """The networks of ``STCAST_NETWORKS``, or the one the flags describe; the default first."""
     if not settings.networks:
         one = NetworkSpec(
-            settings.network, settings.step_s, settings.model_dir, settings.graph, settings.keyed
+            settings.network,
+            settings.step_s,
+            settings.model_dir,
+            settings.graph,
+            settings.keyed,
+            forecast_records=settings.forecast_records,
         )
         return [one]
     return load_networks(Path(settings.networks))
@@ -154,7 +162,10 @@ def _spec(entry: Any, index: int, path: Path) -> NetworkSpec:
     default = entry.get("default", False)
     if not isinstance(default, bool):
         raise NetworksError(f"{where} ({name}): 'default' must be true or false")
-    return NetworkSpec(name, step, model, graph, keyed, default)
+    records = entry.get("forecast_records", "each")
+    if records not in ("each", "batch"):
+        raise NetworksError(f"{where} ({name}): 'forecast_records' must be 'each' or 'batch'")
+    return NetworkSpec(name, step, model, graph, keyed, default, records)
 
 
 def _relative(value: str, path: Path) -> str:

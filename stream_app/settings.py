@@ -91,6 +91,12 @@ class Settings:
         "neighbours), or by network (a step's tick batch reaches one worker: neighbours)",
         choices=("sensor", "network"),
     )
+    forecast_records: str = _setting(
+        "each",
+        "how a tick batch's forecasts leave: a record each, or one forecast batch record "
+        '{"forecasts": [...]} per tick batch, keyed like it (single ticks: a record each)',
+        choices=("each", "batch"),
+    )
     window: int = _setting(12, "window length in grid steps for a baseline (a model's card wins)")
     horizon: int = _setting(12, "forecast horizon in grid steps for a baseline")
     step_s: int = _setting(0, "grid step in seconds (0: take it from the model card; 300 else)")

@@ -20,7 +20,7 @@ from stream_app.core.chunks import Output
 from stream_app.core.forecasters import FloatArray, Forecaster, WindowBatch
 from stream_app.core.metrics import Metrics
 from stream_app.core.pipeline import Pipeline
-from stream_app.core.records import Incoming, format_ts
+from stream_app.core.records import Incoming, forecasts_in, format_ts
 
 T0_S = 1_467_331_200  # 2016-07-01T00:00:00Z, the first PEMS08 step
 STEP_S = 300
@@ -144,6 +144,18 @@ def test_single_ticks_give_exact_forecasts() -> None:
 def test_tick_batches_give_the_same_forecasts() -> None:
     messages = [batch([tick(s, step, SERIES[s][step]) for s in "ab"], step) for step in range(4)]
     assert forecasts(run(make_pipeline(), messages)) == EXPECTED
+
+
+def test_a_tick_batch_can_be_answered_by_one_forecast_batch_record() -> None:
+    registry = CollectorRegistry()
+    pipeline = make_pipeline(registry=registry, forecast_batch=True)
+    messages = [batch([tick(s, step, SERIES[s][step]) for s in "ab"], step) for step in range(4)]
+    messages.append(single(tick("c", 0, 1.0), offset=9))  # a single tick is not a batch
+    records = [record for output in run(pipeline, messages) for record in output.forecasts]
+    assert [key for key, _ in records] == [b"net", b"net"]  # steps 2 and 3: two sensors each
+    assert [forecast for _, value in records for forecast in forecasts_in(value)] == EXPECTED
+    assert json.loads(records[0][1])["forecasts"] == EXPECTED[:2]
+    assert registry.get_sample_value("stcast_forecasts_total") == 4
 
 
 def test_one_step_call_per_message_gives_the_same_forecasts() -> None:

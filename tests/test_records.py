@@ -6,6 +6,7 @@ import base64
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 
 from stream_app.core.records import (
@@ -16,7 +17,9 @@ from stream_app.core.records import (
     TimestampParser,
     decode_json,
     encode_dead_letter,
-    encode_forecast,
+    encode_json,
+    forecast_batch,
+    forecasts_in,
     format_ts,
     tick_from_json,
 )
@@ -189,28 +192,30 @@ def test_format_ts(ms: int, text: str) -> None:
     assert format_ts(ms) == text
 
 
-def test_encode_forecast_has_exactly_the_design_fields() -> None:
-    raw = encode_forecast(
-        json.dumps('pems08/"17"'),
-        "2016-07-01T00:05:00Z",
-        300,
-        [133.0, 0.5, -2.25, 123456789.0],
-        "seed-lstm@3",
-        "2024-01-02T03:04:05Z",
-        2,
-    )
-    record = json.loads(raw)
-    assert record == {
+def test_forecast_values_go_from_float32_arrays_to_text() -> None:
+    record = {
         "sensor": 'pems08/"17"',
-        "ts": "2016-07-01T00:05:00Z",
+        "values": np.array([133.0, 0.1, -2.25, 123456789.0, 1e-7], dtype=np.float32),
         "step_s": 300,
-        "values": [133.0, 0.5, -2.25, 123456790.0],  # 8 significant digits
-        "model": "seed-lstm@3",
-        "emitted_at": "2024-01-02T03:04:05Z",
-        "imputed": 2,
     }
-    assert list(record) == ["sensor", "ts", "step_s", "values", "model", "emitted_at", "imputed"]
-    assert isinstance(record["step_s"], int) and isinstance(record["imputed"], int)
+    raw = encode_json(record)
+    assert (
+        raw
+        == b'{"sensor":"pems08/\\"17\\"","values":[133.0,0.1,-2.25,123456790.0,1e-7],"step_s":300}'
+    )
+    assert json.loads(raw)["values"][1] == 0.1  # the shortest text of the float32 nearest 0.1
+
+
+def test_a_forecast_batch_is_keyed_like_its_tick_batch_and_read_back_whole() -> None:
+    ticks = Incoming("stcast.ticks", 0, 5, b"pems08", b"")
+    records = [{"sensor": "a", "values": np.zeros(2, np.float32)}, {"sensor": "b"}]
+    key, value = forecast_batch(records, ticks)
+    assert key == b"pems08"
+    assert json.loads(value) == {
+        "forecasts": [{"sensor": "a", "values": [0.0, 0.0]}, {"sensor": "b"}]
+    }
+    assert [f["sensor"] for f in forecasts_in(value)] == ["a", "b"]
+    assert forecasts_in(b'{"sensor": "c", "values": [1.0]}') == [{"sensor": "c", "values": [1.0]}]
 
 
 WHERE = Incoming(topic="stcast.ticks", partition=3, offset=41, key=b"pems08/17", value=b"")

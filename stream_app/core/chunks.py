@@ -30,7 +30,8 @@ from .windows import SensorState
 
 @dataclass
 class Output:
-    """What one chunk produces: forecasts (key, value) with the consume time of their ticks."""
+    """What one chunk produces: forecast records (key, value), and the consume time of each
+    forecast's tick (a forecast batch record holds several)."""
 
     forecasts: list[tuple[bytes, bytes]] = field(default_factory=list)
     consumed_at: list[float] = field(default_factory=list)
@@ -53,6 +54,7 @@ class Chunk:
     row_generations: list[int] = field(default_factory=list)
     imputed: list[int] = field(default_factory=list)
     consumed_at: list[float] = field(default_factory=list)
+    origins: list[Incoming | None] = field(default_factory=list)  # tick batch, when answered so
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     generation: dict[int, int] = field(default_factory=dict)  # sensor index -> ticks so far
     interval: tuple[FloatArray, FloatArray] | None = None  # lowest and highest quantiles

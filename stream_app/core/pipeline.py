@@ -38,7 +38,8 @@ from .records import (
     Tick,
     TimestampParser,
     encode_dead_letter,
-    encode_forecast,
+    encode_json,
+    forecast_batch,
     format_ts,
     tick_from_json,
     tick_from_row,
@@ -75,6 +76,7 @@ class Pipeline:
         canary_margin: float = 0.0,
         canary_min_pairs: int = 100,
         columnar: bool = True,
+        forecast_batch: bool = False,
     ) -> None:
         at_step = getattr(forecaster, "at_step", None)
         self.forecaster: Forecaster = at_step(step_s) if at_step is not None else forecaster
@@ -96,6 +98,7 @@ class Pipeline:
         self._swept_ms = 0
         self._parse_ts = TimestampParser()
         self.columnar = columnar  # False: every message through the reference decoder
+        self.forecast_batch = forecast_batch  # a tick batch answered by one forecast batch
         self._step_ms = step_s * 1000
         self._ts_text: dict[int, str] = {}
         self._newest_ms = 0
@@ -262,7 +265,8 @@ class Pipeline:
                     if isinstance(tick, Rejected):
                         raise tick
                     state = self._state_for(tick, message.partition)
-                    imputed += self._place(tick, state, consumed_at, chunk)
+                    origin = message if self.forecast_batch and index >= 0 else None
+                    imputed += self._place(tick, state, consumed_at, chunk, origin)
                 except Rejected as rejected:
                     raw, where = dead_letter_raw(message, index, item)
                     self._dead_letter(chunk, message, rejected, raw, where)
@@ -312,7 +316,14 @@ class Pipeline:
             )
         return self._sensors.get(tick.sensor, partition)
 
-    def _place(self, tick: Tick, state: SensorState, consumed_at: float, chunk: Chunk) -> int:
+    def _place(
+        self,
+        tick: Tick,
+        state: SensorState,
+        consumed_at: float,
+        chunk: Chunk,
+        origin: Incoming | None = None,
+    ) -> int:
         slot = (tick.ts_ms + self._step_ms // 2) // self._step_ms
         window = state.window
         filled = window.add(slot, tick.value)
@@ -333,6 +344,7 @@ class Pipeline:
                 chunk.row_generations.append(generation)
                 chunk.imputed.append(window.imputed)
                 chunk.consumed_at.append(consumed_at)
+                chunk.origins.append(origin)
         return filled
 
     def _dead_letter(
@@ -477,25 +489,46 @@ class Pipeline:
         made_by: IntArray,
         output: Output,
     ) -> None:
+        """The chunk's forecast records, values straight from the float32 arrays (``orjson``):
+        a record each, or, for the ticks of a tick batch with ``forecast_batch``, one forecast
+        batch record per batch (its rows are consecutive in the chunk)."""
         step_ms = self._step_ms
         emitted_at = format_ts(int(self.clock() * 1000))
         model, step_s = self.forecaster.model_id, self.step_s
-        rows = zip(chunk.states, chunk.slots, values.tolist(), finite, chunk.imputed, strict=True)
-        bounds = _interval_lists(chunk, len(chunk.rows))
+        rows = zip(chunk.states, chunk.slots, finite, chunk.imputed, chunk.origins, strict=True)
+        numbers = values.astype(np.float32)
+        low = high = None
+        if chunk.interval is not None:
+            low, high = (bound.astype(np.float32) for bound in chunk.interval)
         stuck = self._stuck(made_by)
-        for i, (state, slot, row, is_finite, imputed) in enumerate(rows):
+        batch: list[dict[str, object]] = []
+        batch_origin: Incoming | None = None
+        for i, (state, slot, is_finite, imputed, origin) in enumerate(rows):
+            if batch and origin is not batch_origin:
+                output.forecasts.append(forecast_batch(batch, batch_origin))
+                batch = []
             ts = self._ts_text.get(slot) or self._remember_ts(slot, slot * step_ms)
             if not is_finite:
                 self._model_failed(state, ts, list(chunk.rows[i]), output)
                 continue
-            record = encode_forecast(
-                state.quoted, ts, step_s, row, model, emitted_at, imputed, bounds[i],
-                "stuck" if stuck is not None and stuck[i] else None,
-            )  # fmt: skip
-            output.forecasts.append((state.key, record))
+            record: dict[str, object] = {
+                "sensor": state.sensor, "ts": ts, "step_s": step_s, "values": numbers[i],
+                "model": model, "emitted_at": emitted_at, "imputed": imputed,
+            }  # fmt: skip
+            if low is not None and high is not None:
+                record["quantiles"] = {"0.1": low[i], "0.9": high[i]}
+            if stuck is not None and stuck[i]:
+                record["quarantined"] = "stuck"
             output.consumed_at.append(chunk.consumed_at[i])
+            if origin is None:
+                output.forecasts.append((state.key, encode_json(record)))
+            else:
+                batch.append(record)
+                batch_origin = origin
+        if batch:
+            output.forecasts.append(forecast_batch(batch, batch_origin))
         if self.metrics is not None:
-            self.metrics.forecasts.inc(len(output.forecasts))
+            self.metrics.forecasts.inc(len(output.consumed_at))
 
     def _stuck(self, made_by: IntArray) -> list[bool] | None:
         """Per forecast row: is its sensor stuck now (None: nothing is, or no monitors)."""
@@ -573,11 +606,3 @@ def readiness(forecaster: Forecaster) -> tuple[bool, int]:
     if card is not None and card.kind == UNIVERSAL:
         return False, card.warmup
     return True, forecaster.window
-
-
-def _interval_lists(chunk: Chunk, n: int) -> list[tuple[list[float], list[float]] | None]:
-    """Per forecast, its interval's low and high values (None: the model gives none)."""
-    if chunk.interval is None:
-        return [None] * n
-    low, high = chunk.interval
-    return list(zip(low.tolist(), high.tolist(), strict=True))

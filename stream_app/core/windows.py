@@ -17,7 +17,6 @@ not of all sensors ever seen.
 
 from __future__ import annotations
 
-import json
 import math
 from array import array
 from collections.abc import Callable, Iterator
@@ -180,13 +179,12 @@ class RollingWindow:
 class SensorState:
     """Everything the worker keeps for one sensor."""
 
-    __slots__ = ("index", "key", "partition", "quoted", "sensor", "window")
+    __slots__ = ("index", "key", "partition", "sensor", "window")
 
     def __init__(self, sensor: str, index: int, window: RollingWindow, partition: int) -> None:
         self.sensor = sensor
         self.index = index
         self.key = sensor.encode()
-        self.quoted = json.dumps(sensor)
         self.window = window
         self.partition = partition
 
