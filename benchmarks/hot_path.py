@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,21 +24,22 @@ from stream_app.assembly import build_core
 from stream_app.core.metrics import Metrics
 from stream_app.core.onnx_forecaster import OnnxForecaster
 from stream_app.core.records import Incoming
+from stream_app.kafka.worker import GIL_SWITCH_INTERVAL_S
 from stream_app.offline.datasets import bundled_dataset_path, load_dataset
 from stream_app.settings import Settings
 from stream_app.tools.bench import _seed_model, inference_ceiling
 from stream_app.tools.replay import encode_step
 
 
-def messages(dataset, steps: int, batched: bool) -> list[list[Incoming]]:  # type: ignore[no-untyped-def]
-    """Micro-batches as the worker consumes them: ``batch_size`` (256) messages each."""
+def messages(dataset, steps: int, batched: bool, size: int) -> list[list[Incoming]]:  # type: ignore[no-untyped-def]
+    """Micro-batches as the worker consumes them: ``size`` messages each."""
     flat = [
         Incoming("ticks", 0, offset, key, value)
         for offset, (key, value) in enumerate(
             pair for t in range(steps) for pair in encode_step(dataset, t, batched=batched)
         )
     ]
-    return [flat[i : i + 256] for i in range(0, len(flat), 256)]
+    return [flat[i : i + size] for i in range(0, len(flat), size)]
 
 
 def run(settings: Settings, micro_batches: list[list[Incoming]], kind: str) -> tuple[float, int]:
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--profile", choices=("single", "batched"))
     parser.add_argument("--sort", choices=("tottime", "cumulative"), default="tottime")
     args = parser.parse_args()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as a worker does
     dataset = load_dataset(bundled_dataset_path())
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir or str(_seed_model(Path(tmp) / "m", dataset))
@@ -71,7 +74,9 @@ def main() -> None:
         print(f"inference ceiling   {ceiling:10,.0f} windows/s")
         n = args.steps * dataset.n_sensors
         for kind in ("single", "batched"):
-            batches = messages(dataset, args.steps, batched=kind == "batched")
+            batches = messages(
+                dataset, args.steps, kind == "batched", settings.micro_batch_messages
+            )
             if args.profile == kind:
                 profiler = cProfile.Profile()
                 profiler.enable()

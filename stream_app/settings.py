@@ -114,7 +114,12 @@ class Settings:
     sensor_ttl_s: float = _setting(
         21600.0, "a sensor silent this long (event time) is forgotten, bounding memory"
     )
-    batch_size: int = _setting(256, "most messages per micro-batch and windows per inference")
+    batch_size: int = _setting(256, "most windows per inference")
+    micro_batch: int = _setting(
+        0,
+        "most messages per micro-batch (0: 4 x batch_size); with several inference batches in "
+        "one, each is inferred while the next is placed",
+    )
     batch_wait_s: float = _setting(0.01, "longest wait for a micro-batch to fill, seconds")
     provider: str = _setting(
         "auto", "onnxruntime execution provider", choices=("auto", "cuda", "cpu")
@@ -229,6 +234,7 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ValueError(f"{env_name(name)} must be at least 1")
         non_negative = (
+            "micro_batch",
             "max_gap_steps",
             "step_s",
             "batch_wait_s",
@@ -262,6 +268,11 @@ class Settings:
                 f"{env_name('sasl_username')} and {env_name('sasl_password')}"
             )
         return self
+
+    @property
+    def micro_batch_messages(self) -> int:
+        """Most messages per micro-batch: ``micro_batch``, else four inference batches."""
+        return self.micro_batch if self.micro_batch > 0 else 4 * self.batch_size
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes).validated()

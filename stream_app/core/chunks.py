@@ -59,6 +59,7 @@ class Chunk:
     generation: dict[int, int] = field(default_factory=dict)  # sensor index -> ticks so far
     interval: tuple[FloatArray, FloatArray] | None = None  # lowest and highest quantiles
     shadow: FloatArray | None = None  # the replaced model's forecasts, while a canary runs
+    newest_ms: int = 0  # the pipeline's event time when the chunk was launched
 
 
 def ticks_of(message: Incoming) -> Iterator[tuple[object, int]]:

@@ -18,6 +18,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
@@ -112,6 +114,7 @@ class Pipeline:
         self.canary_min_pairs = canary_min_pairs
         self.canary: Canary | None = None
         self.verdicts: list[CanaryVerdict] = []  # every canary's outcome, newest last
+        self._inference: ThreadPoolExecutor | None = None  # made on the first chunk
         self._needs_full, self._warmup = readiness(forecaster)
         if metrics is not None:
             metrics.set_model(forecaster.model_id, forecaster.provider, network)
@@ -256,6 +259,7 @@ class Pipeline:
     def step(self, messages: Sequence[Incoming]) -> Iterator[Output]:
         """Process one micro-batch; yield an Output per inference chunk (and one for the rest)."""
         chunk = Chunk()
+        running: tuple[Chunk, Future[Inferred] | None] | None = None  # inferring meanwhile
         ticks = imputed = 0
         for message in messages:
             consumed_at = self.stopwatch()
@@ -271,14 +275,18 @@ class Pipeline:
                     raw, where = dead_letter_raw(message, index, item)
                     self._dead_letter(chunk, message, rejected, raw, where)
                 if len(chunk.rows) >= self.batch_size and self.neighbours is None:
-                    yield self._flush(chunk)
+                    done, running = self._rotate(chunk, running)
+                    yield from done
                     chunk = Chunk()
             # with neighbours, a message (a whole step) is placed before it is inferred
             if len(chunk.rows) >= self.batch_size and self.neighbours is not None:
-                yield self._flush(chunk)
+                done, running = self._rotate(chunk, running)
+                yield from done
                 chunk = Chunk()
+        if running is not None:
+            yield self._finish(*running)
         self._count(ticks, imputed)
-        last = self._flush(chunk)
+        last = self._finish(chunk, self._launch(chunk))
         if last:
             yield last
 
@@ -355,16 +363,60 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.rejected.labels(reason=str(rejected.reason)).inc()
 
-    def _flush(self, chunk: Chunk) -> Output:
+    def _rotate(
+        self, chunk: Chunk, running: tuple[Chunk, Future[Inferred] | None] | None
+    ) -> tuple[list[Output], tuple[Chunk, Future[Inferred] | None]]:
+        """Start inferring ``chunk``; finish the one inferring meanwhile (see ``_launch``)."""
+        if running is not None and self.canary is not None:  # its verdict may swap back first
+            return [self._finish(*running)], (chunk, self._launch(chunk))
+        launched = self._launch(chunk)
+        return ([self._finish(*running)] if running is not None else []), (chunk, launched)
+
+    def _launch(self, chunk: Chunk) -> Future[Inferred] | None:
+        """Start the chunk's inference on the pipeline's inference thread, so that the next
+        chunk's ticks are placed and the previous one settled meanwhile (onnxruntime releases
+        the GIL). What it reads is fixed here: the windows (copied when placed), the
+        neighbours' context and the models; the chunk is settled in order by ``_finish``."""
+        chunk.newest_ms = self._newest_ms
+        if not chunk.rows:
+            return None
+        slots = np.array(chunk.slots, dtype=np.int64)
+        batch = WindowBatch(
+            np.array(chunk.rows), slots * self.step_s, tuple(chunk.sensors),
+            self._neighbour_input(chunk),
+        )  # fmt: skip
+        previous = None
+        if self.canary is not None and self.canary.previous is not None and not self._restoring:
+            previous = self.canary.previous
+        if self._inference is None:
+            self._inference = ThreadPoolExecutor(1, thread_name_prefix="stcast-inference")
+        return self._inference.submit(infer, self.forecaster, batch, previous, self.stopwatch)
+
+    def _finish(self, chunk: Chunk, launched: Future[Inferred] | None) -> Output:
+        """Score, remember and encode an inferred chunk, at the event time it had when it was
+        launched (the next chunk's ticks may be placed already)."""
         output = Output(dead_letters=chunk.dead_letters)
-        values = self._infer(chunk)
-        finite: BoolArray = np.all(np.isfinite(values), axis=1)
-        made_by = np.array([state.index for state in chunk.states], dtype=np.int64)
-        self._settle(chunk, values, finite, made_by)
-        if chunk.rows:
-            self._encode(chunk, values, cast(list[bool], finite.tolist()), made_by, output)
-        if chunk.shadow is not None:
-            self._judge()
+        if launched is None:
+            values: FloatArray = np.zeros((0, self.forecaster.horizon))
+        else:
+            inferred = launched.result()
+            values, chunk.interval, chunk.shadow = (
+                inferred.values,
+                inferred.interval,
+                inferred.shadow,
+            )
+            self._observe_inference(inferred.seconds, len(values))
+        newest_ms, self._newest_ms = self._newest_ms, chunk.newest_ms
+        try:
+            finite: BoolArray = np.all(np.isfinite(values), axis=1)
+            made_by = np.array([state.index for state in chunk.states], dtype=np.int64)
+            self._settle(chunk, values, finite, made_by)
+            if chunk.rows:
+                self._encode(chunk, values, cast(list[bool], finite.tolist()), made_by, output)
+            if chunk.shadow is not None:
+                self._judge()
+        finally:
+            self._newest_ms = max(newest_ms, self._newest_ms)
         output.retrain_events, self._retrain_events = self._retrain_events, []
         return output
 
@@ -399,27 +451,6 @@ class Pipeline:
                     detected_at, verdict.served, record,
                 )
             )  # fmt: skip
-
-    def _infer(self, chunk: Chunk) -> FloatArray:
-        if not chunk.rows:
-            return np.zeros((0, self.forecaster.horizon))
-        slots = np.array(chunk.slots, dtype=np.int64)
-        neighbours = self._neighbour_input(chunk)
-        batch = WindowBatch(
-            np.array(chunk.rows), slots * self.step_s, tuple(chunk.sensors), neighbours
-        )
-        started = self.stopwatch()
-        forecaster = self.forecaster
-        if isinstance(forecaster, QuantileForecaster) and forecaster.quantiles:
-            quantiles = forecaster.forecast_quantiles(batch)
-            chunk.interval = (quantiles[:, 0], quantiles[:, -1])
-            values: FloatArray = quantiles[:, forecaster.quantiles.index(0.5)].copy()
-        else:
-            values = forecaster.forecast(batch)
-        self._observe_inference(self.stopwatch() - started, len(batch))
-        if self.canary is not None and self.canary.previous is not None and not self._restoring:
-            chunk.shadow = median_forecast(self.canary.previous, batch)
-        return values
 
     def _neighbour_input(self, chunk: Chunk) -> npt.NDArray[np.float32] | None:
         """The neighbours' context of a universal model's windows (None: none to give)."""
@@ -594,6 +625,38 @@ class Pipeline:
         self.metrics.sensors_active.set(len(self._sensors))
         if self._newest_ms:
             self.metrics.event_lag_seconds.set(self.clock() - self._newest_ms / 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Inferred:
+    """What a chunk's inference gave: the point forecasts, the interval's bounds when the
+    model gives quantiles, the replaced model's forecasts while a canary runs, and the time."""
+
+    values: FloatArray
+    interval: tuple[FloatArray, FloatArray] | None
+    shadow: FloatArray | None
+    seconds: float
+
+
+def infer(
+    forecaster: Forecaster,
+    batch: WindowBatch,
+    previous: Forecaster | None,
+    stopwatch: Callable[[], float],
+) -> Inferred:
+    """One chunk's forecasts (run on the inference thread): the median is the point forecast
+    of a quantile model; ``previous`` (a canary's replaced model) forecasts in the shadow."""
+    started = stopwatch()
+    interval = None
+    if isinstance(forecaster, QuantileForecaster) and forecaster.quantiles:
+        quantiles = forecaster.forecast_quantiles(batch)
+        interval = (quantiles[:, 0], quantiles[:, -1])
+        values: FloatArray = quantiles[:, forecaster.quantiles.index(0.5)].copy()
+    else:
+        values = forecaster.forecast(batch)
+    seconds = stopwatch() - started
+    shadow = median_forecast(previous, batch) if previous is not None else None
+    return Inferred(values, interval, shadow, seconds)
 
 
 def readiness(forecaster: Forecaster) -> tuple[bool, int]:

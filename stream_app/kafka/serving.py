@@ -16,7 +16,9 @@ Consumer lag is exported per owned partition every ``LAG_INTERVAL_S``: the high 
 the last fetch response carried minus the consumer's position. Both are known locally, so it
 costs no request (Tansu's answers to ListOffsets are unreliable anyway).
 
-Each micro-batch is at most ``batch_size`` records, waiting at most ``batch_wait_s`` for them.
+Each micro-batch is at most ``micro_batch_messages`` records (four inference batches by default,
+so that one is inferred while the next is placed: ``Pipeline``), waiting at most
+``batch_wait_s`` for them.
 Delivery is at-least-once: a micro-batch's offsets are committed only once the broker has
 acknowledged every forecast and dead letter it caused, and in consumption order. Up to
 ``max_in_flight`` micro-batches await their acks while the next ones are processed. A failed
@@ -81,7 +83,8 @@ async def serve(settings: Settings, pipeline: Core, metrics: Metrics, stop: asyn
     try:
         while not stop.is_set():
             records, unreadable = await reader.getmany(
-                timeout_ms=int(settings.batch_wait_s * 1000), max_records=settings.batch_size
+                timeout_ms=int(settings.batch_wait_s * 1000),
+                max_records=settings.micro_batch_messages,
             )
             if records or unreadable:
                 messages, offsets = incoming(records)

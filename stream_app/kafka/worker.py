@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -18,10 +19,16 @@ from .serving import serve
 from .topics import ensure_topics_sync
 
 log = logging.getLogger(__name__)
+# A chunk's inference (onnxruntime, without the GIL) overlaps the placing of the next chunk's
+# ticks (Python). When it ends, its thread waits for the GIL to hand the forecasts back: with
+# Python's default 5 ms switch interval that wait is longer than a 256-window inference, and
+# the two serialise again (single ticks in process: 40,919 ticks/s at 5 ms, 48,974 at 0.5 ms).
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def run_worker(settings: Settings) -> int:
     """Run a worker until SIGTERM or Ctrl-C; return the exit status."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     metrics = Metrics(CollectorRegistry(), per_network=bool(settings.networks))
     core = build_core(settings, metrics)
     ensure_topics_sync(

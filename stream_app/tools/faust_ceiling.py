@@ -61,7 +61,9 @@ def main(expected: int, out: Path) -> None:
 
     @app.agent(ticks, name="stcast.faust-ceiling")
     async def count(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_size, settings.batch_wait_s):
+        async for events in stream.take_events(
+            settings.micro_batch_messages, settings.batch_wait_s
+        ):
             if not seen["n"]:
                 seen["first"] = time.perf_counter()
             seen["n"] += len(events)
