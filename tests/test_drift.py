@@ -12,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from river.drift import PageHinkley
 
 from stream_app.core.drift import (
     DEFAULT_COOLDOWN,
@@ -21,9 +24,12 @@ from stream_app.core.drift import (
     DriftDetector,
     DriftMonitor,
     DriftSink,
+    ObjectMonitors,
+    PageHinkleyTable,
     card_scale,
     describe,
     make_detector,
+    monitor_table,
 )
 from stream_app.core.forecasters import Persistence
 from stream_app.core.metrics import Metrics
@@ -438,3 +444,48 @@ def test_the_step_at_which_the_pipeline_detects_a_seeded_level_shift(
             pass
     firings = [(d.sensor, round((d.detected_at - T0) / STEP_S)) for d in found]
     assert firings == ([] if step is None else [("s0", step)])
+
+
+# --- the Page-Hinkley table: river's arithmetic on arrays ------------------------------------
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    mode=st.sampled_from(["up", "down", "both"]),
+    warmup=st.integers(0, 40),
+    cooldown=st.integers(0, 20),
+)
+def test_the_page_hinkley_table_fires_exactly_as_river_monitors_do(
+    seed: int, mode: str, warmup: int, cooldown: int
+) -> None:
+    """Updates of up to 30 rows, some repeated within an update, level shifts up and down,
+    rows forgotten and started again: the same detections, in the same order, with the same
+    evidence to the last bit."""
+    rng = np.random.default_rng(seed)
+    detector = PageHinkley(threshold=3.0, delta=0.05, min_instances=10, mode=mode)
+    table = PageHinkleyTable(detector, warmup, cooldown)
+    objects = ObjectMonitors(detector, warmup, cooldown)
+    level = np.ones(30)
+    fired_total = 0
+    for _ in range(300):
+        level[rng.integers(0, 30, 2)] = rng.choice([0.2, 1.0, 4.0], 2)
+        rows = rng.integers(0, 30, rng.integers(1, 25))
+        values = level[rows] * rng.gamma(2.0, 0.5, len(rows))
+        assert table.start(rows) == sorted(objects.start(rows))
+        expected = objects.update(rows, values)
+        assert repr(table.update(rows, values)) == repr(expected)  # NaN equals NaN in repr
+        fired_total += len(expected)
+        assert table.seen(np.arange(30)[[r in objects.rows() for r in range(30)]]).tolist() == (
+            [objects.seen(np.array([r]))[0] for r in sorted(objects.rows())]
+        )
+        if rng.random() < 0.05:
+            gone = rng.integers(0, 30, 3).tolist()
+            assert table.forget(gone) == objects.forget(gone)
+    assert len(table) == len(objects)
+    assert fired_total > 0 or warmup > 35
+
+
+def test_a_sink_uses_the_table_for_page_hinkley_and_objects_for_the_rest() -> None:
+    assert isinstance(monitor_table(make_detector("page-hinkley"), 5, 5), PageHinkleyTable)
+    assert isinstance(monitor_table(make_detector("adwin"), 5, 5), ObjectMonitors)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from river.drift import ADWIN, PageHinkley
@@ -183,6 +183,183 @@ class DriftMonitor:
         self._before = [0.0, 0]
 
 
+Fired = tuple[int, float, float]  # a row whose monitor fired, its error before and after
+
+
+class ObjectMonitors:
+    """A ``DriftMonitor`` per row, any river detector underneath, updated value by value."""
+
+    def __init__(self, detector: DriftDetector, warmup: int, cooldown: int) -> None:
+        self.detector, self.warmup, self.cooldown = detector, warmup, cooldown
+        self._by_row: dict[int, DriftMonitor] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_row)
+
+    def rows(self) -> list[int]:
+        return list(self._by_row)
+
+    def start(self, rows: IntArray) -> list[int]:
+        """Give the rows without a monitor a fresh one; return them."""
+        new = [row for row in dict.fromkeys(rows.tolist()) if row not in self._by_row]
+        for row in new:
+            self._by_row[row] = DriftMonitor(self.detector.clone(), self.warmup, self.cooldown)
+        return new
+
+    def update(self, rows: IntArray, values: FloatArray) -> list[Fired]:
+        fired = []
+        for row, value in zip(rows.tolist(), values.tolist(), strict=True):
+            monitor = self._by_row[row]
+            monitor.update(value)
+            if monitor.drift_detected:
+                fired.append((row, monitor.error_before, monitor.error_after))
+        return fired
+
+    def seen(self, rows: IntArray) -> IntArray:
+        return np.array([self._by_row[row].seen for row in rows.tolist()], dtype=np.int64)
+
+    def forget(self, rows: Iterable[int]) -> list[int]:
+        return [row for row in rows if self._by_row.pop(row, None) is not None]
+
+
+class PageHinkleyTable:
+    """River's Page-Hinkley test behind ``DriftMonitor``'s warm-up, cooldown and evidence, for
+    every row at once: an update is a few array operations for all the rows it touches, not a
+    Python call per value. The arithmetic is river's, operation for operation, so detections
+    and evidence are exactly those of ``ObjectMonitors`` (``tests/test_drift.py`` compares
+    them); a row that comes several times in one update takes its values in order.
+    """
+
+    def __init__(self, detector: PageHinkley, warmup: int, cooldown: int, recent: int = 12) -> None:
+        self.min_instances, self.delta = detector.min_instances, detector.delta
+        self.threshold, self.alpha, self.mode = detector.threshold, detector.alpha, detector.mode
+        self.warmup, self.cooldown, self.recent = warmup, cooldown, recent
+        self._on = np.zeros(0, dtype=bool)
+        self._seen = np.zeros(0, dtype=np.int64)
+        self._fired_at = np.zeros(0, dtype=np.int64)
+        self._n, self._mean = np.zeros(0), np.zeros(0)
+        self._increase, self._decrease = np.zeros(0), np.zeros(0)
+        self._min_increase, self._max_decrease = np.zeros(0), np.zeros(0)
+        self._detected = np.zeros(0, dtype=bool)  # the test's own flag, reset by the next value
+        self._ring = np.zeros((0, recent))  # the newest ``recent`` values, oldest at ``_next``
+        self._kept = np.zeros(0, dtype=np.int64)
+        self._next = np.zeros(0, dtype=np.int64)
+        self._before = np.zeros(0)  # sum of the values that left the ring since the last firing
+        self._before_n = np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self._on.sum())
+
+    def rows(self) -> list[int]:
+        rows: list[int] = np.flatnonzero(self._on).tolist()
+        return rows
+
+    def start(self, rows: IntArray) -> list[int]:
+        self._grow_to(int(rows.max()) + 1)
+        new = np.unique(rows[~self._on[rows]])
+        self._on[new] = True
+        self._seen[new], self._fired_at[new] = 0, -self.cooldown - 1
+        self._clear_test(new)
+        self._kept[new] = self._next[new] = self._before_n[new] = 0
+        self._before[new] = 0.0
+        return cast(list[int], new.tolist())
+
+    def update(self, rows: IntArray, values: FloatArray) -> list[Fired]:
+        order = np.argsort(rows, kind="stable")
+        ranked = rows[order]
+        first = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+        if len(first) == len(rows):  # every row once: the usual case
+            fired = self._update_once(np.arange(len(rows)), rows, values)
+        else:  # the k-th value of each row in round k
+            occurrence = np.empty(len(rows), dtype=np.int64)
+            counts = np.diff(first, append=len(rows))
+            occurrence[order] = np.arange(len(rows)) - np.repeat(first, counts)
+            fired = []
+            for k in range(int(occurrence.max()) + 1):
+                at = np.flatnonzero(occurrence == k)
+                fired += self._update_once(at, rows[at], values[at])
+            fired.sort()
+        return [(row, before, after) for _, row, before, after in fired]
+
+    def seen(self, rows: IntArray) -> IntArray:
+        return self._seen[rows]
+
+    def forget(self, rows: Iterable[int]) -> list[int]:
+        gone = [row for row in dict.fromkeys(rows) if row < len(self._on) and self._on[row]]
+        self._on[gone] = False
+        return gone
+
+    def _update_once(
+        self, at: IntArray, rows: IntArray, x: FloatArray
+    ) -> list[tuple[int, int, float, float]]:
+        """Each of ``rows`` (distinct) takes its value: river's ``PageHinkley.update``, then
+        ``DriftMonitor.update``; (position, row, before, after) for each that fires."""
+        self._seen[rows] += 1
+        self._clear_test(rows[self._detected[rows]])  # river starts over after a detection
+        n = self._n[rows] + 1.0
+        mean = self._mean[rows]
+        mean = mean + (1.0 / n) * (x - mean)
+        deviation = x - mean
+        increase = self.alpha * self._increase[rows] + deviation - self.delta
+        decrease = self.alpha * self._decrease[rows] + deviation + self.delta
+        lowest = np.minimum(self._min_increase[rows], increase)
+        highest = np.maximum(self._max_decrease[rows], decrease)
+        self._n[rows], self._mean[rows] = n, mean
+        self._increase[rows], self._decrease[rows] = increase, decrease
+        self._min_increase[rows], self._max_decrease[rows] = lowest, highest
+        rises, falls = increase - lowest > self.threshold, highest - decrease > self.threshold
+        hit = rises if self.mode == "up" else falls if self.mode == "down" else rises | falls
+        self._detected[rows] = detected = (n >= self.min_instances) & hit
+        self._remember(rows, x)
+        seen = self._seen[rows]
+        fire = detected & (seen > self.warmup) & (seen - self._fired_at[rows] > self.cooldown)
+        return [
+            (int(position), row, *self._fire(row))
+            for position, row in zip(at[fire].tolist(), rows[fire].tolist(), strict=True)
+        ]
+
+    def _remember(self, rows: IntArray, x: FloatArray) -> None:
+        full = rows[self._kept[rows] == self.recent]
+        self._before[full] += self._ring[full, self._next[full]]
+        self._before_n[full] += 1
+        self._ring[rows, self._next[rows]] = x
+        self._next[rows] = (self._next[rows] + 1) % self.recent
+        self._kept[rows] = np.minimum(self._kept[rows] + 1, self.recent)
+
+    def _fire(self, row: int) -> tuple[float, float]:
+        count = int(self._before_n[row])
+        before = float(self._before[row]) / count if count else float("nan")
+        kept, start = int(self._kept[row]), int(self._next[row])
+        ring: list[float] = self._ring[row].tolist()
+        recent = ring[start:] + ring[:start] if kept == self.recent else ring[:kept]
+        self._fired_at[row] = self._seen[row]
+        self._before[row], self._before_n[row] = 0.0, 0
+        return before, sum(recent) / len(recent)
+
+    def _clear_test(self, rows: IntArray) -> None:
+        self._n[rows] = self._mean[rows] = self._increase[rows] = self._decrease[rows] = 0.0
+        self._min_increase[rows], self._max_decrease[rows] = np.inf, -1.0
+        self._detected[rows] = False
+
+    def _grow_to(self, size: int) -> None:
+        if size <= len(self._on):
+            return
+        extra = max(size, 2 * len(self._on)) - len(self._on)
+        for name, value in list(vars(self).items()):
+            if isinstance(value, np.ndarray):
+                pad = ((0, extra),) + ((0, 0),) * (value.ndim - 1)
+                setattr(self, name, np.pad(value, pad))
+
+
+def monitor_table(
+    detector: DriftDetector, warmup: int, cooldown: int
+) -> ObjectMonitors | PageHinkleyTable:
+    """Page-Hinkley as arrays; any other detector as objects."""
+    if type(detector) is PageHinkley:
+        return PageHinkleyTable(detector, warmup, cooldown)
+    return ObjectMonitors(detector, warmup, cooldown)
+
+
 class DriftSink:
     """A ``ScoreSink`` with a ``DriftMonitor`` per sensor row, made on the row's first score.
 
@@ -217,7 +394,7 @@ class DriftSink:
         self.scale = scale
         self.metrics = metrics
         self.on_detection: Callable[[int], None] | None = None  # e.g. ErrorFeedback.activate
-        self._monitors: dict[int, DriftMonitor] = {}
+        self._monitors = monitor_table(self.detector, warmup, cooldown)
         self._sums = np.zeros((0, horizon))  # per row and horizon: sum of |error|, then frozen
         self._counts = np.zeros((0, horizon))
         self._frozen = np.zeros(0, dtype=bool)
@@ -235,11 +412,8 @@ class DriftSink:
         self._start_monitors(rows)
         self._learn_scale(sensors, horizons - 1, absolute)
         values = self._standardised(sensors, horizons - 1, absolute, starts)
-        for row, value in zip(rows.tolist(), values.tolist(), strict=True):
-            monitor = self._monitors[row]
-            monitor.update(value)
-            if monitor.drift_detected:
-                self._detected(row, monitor)
+        for row, before, after in self._monitors.update(rows, values):
+            self._detected(row, before, after)
         self._freeze(rows)
         if self.policy is not None:
             self.policy.advance(self.now())
@@ -266,14 +440,13 @@ class DriftSink:
 
     def forget(self, rows: Iterable[int]) -> None:
         """Drop the monitors of rows the pipeline let go: they will name other sensors."""
-        for row in rows:
-            if self._monitors.pop(row, None) is not None:
-                self._sums[row] = self._counts[row] = 0.0
-                self._frozen[row] = False
+        for row in self._monitors.forget(rows):
+            self._sums[row] = self._counts[row] = 0.0
+            self._frozen[row] = False
 
     def reset(self) -> None:
         """Start every monitor afresh (``clone()`` of the prototype): a new model serves."""
-        self.forget(list(self._monitors))
+        self.forget(self._monitors.rows())
         if self.policy is not None:
             self.policy.model_swapped()
 
@@ -289,12 +462,8 @@ class DriftSink:
 
     def _start_monitors(self, rows: IntArray) -> None:
         self._grow_to(int(rows.max()) + 1)
-        for row in rows.tolist():
-            if row not in self._monitors:
-                self._monitors[row] = DriftMonitor(
-                    self.detector.clone(), self.warmup, self.cooldown
-                )
-                self._use_known_scale(row)
+        for row in self._monitors.start(rows):
+            self._use_known_scale(row)
 
     def _use_known_scale(self, row: int) -> None:
         known = self.scale(self.sensor_of(row)) if self.scale is not None else None
@@ -318,17 +487,17 @@ class DriftSink:
         np.add.at(self._counts, (sensors[learning], steps[learning]), 1.0)
 
     def _freeze(self, rows: IntArray) -> None:
-        for row in np.unique(rows[~self._frozen[rows]]).tolist():
-            self._frozen[row] = self._monitors[row].seen >= self.warmup
+        learning = np.unique(rows[~self._frozen[rows]])
+        self._frozen[learning] = self._monitors.seen(learning) >= self.warmup
 
-    def _detected(self, row: int, monitor: DriftMonitor) -> None:
+    def _detected(self, row: int, before: float, after: float) -> None:
         if self.metrics is not None:
             self.metrics.drift_detected.inc()
         if self.on_detection is not None:
             self.on_detection(row)
         if self.policy is not None:
             sensor, now = self.sensor_of(row), self.now()
-            self.policy.update(Detection(sensor, now, monitor.error_before, monitor.error_after))
+            self.policy.update(Detection(sensor, now, before, after))
 
     def _grow_to(self, size: int) -> None:
         if size > len(self._frozen):
