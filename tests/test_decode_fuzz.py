@@ -6,25 +6,35 @@ past a float, nesting thousands deep, lone surrogates, control characters, bytes
 UTF-8, timestamps at the edges of the range. Each micro-batch goes through a pipeline on the
 columnar path and one on the reference path (``Pipeline(columnar=False)``): their forecasts,
 dead letters (reason, detail, raw bytes) and counters must be identical, byte for byte, and
-neither may raise. ``test_enough_messages`` proves the run fed at least 10,000 messages.
+neither may raise. ``test_enough_messages`` proves the run fed at least 10,000 messages, and a
+real worker on the broker is fed the first 3,000 of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
+from brokered import publish, read_all, topics, worker_settings
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from test_pipeline import TOPIC, FakeForecaster, make_pipeline, ts
 
 from stream_app.core.chunks import columnar_ticks
+from stream_app.core.forecasters import Persistence
+from stream_app.core.pipeline import Pipeline
 from stream_app.core.records import Incoming
+from stream_app.tools.broker import EmbeddedBroker
+from stream_app.tools.services import WorkerProcess
 
 EXAMPLES = 250
 PER_EXAMPLE = 40  # the fewest messages an example feeds: 250 x 40 = 10,000
 FED: list[int] = []
+CORPUS: list[bytes] = []  # the generated messages, for the worker test at the end
 
 _MAX_MS = 4_102_444_800_000
 
@@ -210,6 +220,7 @@ def test_columnar_and_reference_agree(values: list[bytes]) -> None:
     assert columnar == reference
     assert counted == counted_reference
     FED.append(len(messages))
+    CORPUS.extend(values)
 
 
 def test_enough_messages() -> None:
@@ -235,3 +246,39 @@ def test_the_columnar_decoder_reads_what_it_should() -> None:
     assert _share(lambda raw: columnar_ticks(raw) is None, bad) == 1.0
     rows, batched = columnar_ticks(good[1]) or ([], False)
     assert batched and rows[0].sensor == "a" and rows[0].value is None
+
+
+@pytest.mark.integration
+def test_a_worker_fed_the_generated_messages_never_crashes(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """The first 3,000 generated messages through a real worker on the broker: it stays up,
+    logs no traceback, and forecasts and dead-letters exactly what the reference path does."""
+    if not CORPUS:
+        test_columnar_and_reference_agree()  # run alone: generate them
+    values = CORPUS[:3000]
+    reference = Pipeline(
+        Persistence(horizon=2, window=3), step_s=300, network="pems08", columnar=False
+    )
+    expected = {"forecasts": 0, "dead": 0}
+    messages = [Incoming(TOPIC, 0, offset, b"k", v) for offset, v in enumerate(values)]
+    for output in reference.step(messages):
+        expected["forecasts"] += len(output.forecasts)
+        expected["dead"] += len(output.dead_letters)
+    # the examples reuse the same 13 steps, so after the first most good ticks are late
+    assert expected["forecasts"] > 0 and expected["dead"] > 1000
+
+    names = topics(broker)
+    log_path = tmp_path / "worker.log"
+    settings = worker_settings(broker, names, window=3, horizon=2)
+    with WorkerProcess(settings, log_path=log_path) as worker:
+        asyncio.run(publish(broker.bootstrap_servers, names["ticks"], [(b"k", v) for v in values]))
+        dead = asyncio.run(read_all(broker.bootstrap_servers, names["dlq"], expected["dead"], 120))
+        forecasts = asyncio.run(
+            read_all(broker.bootstrap_servers, names["forecasts"], expected["forecasts"], 60)
+        )
+        alive = worker.poll() is None
+        status = worker.stop()
+    assert alive and status == 0
+    assert "Traceback" not in log_path.read_text()
+    assert (len(forecasts), len(dead)) == (expected["forecasts"], expected["dead"])

@@ -158,6 +158,12 @@ def test_a_tick_batch_can_be_answered_by_one_forecast_batch_record() -> None:
     assert registry.get_sample_value("stcast_forecasts_total") == 4
 
 
+def test_values_beyond_float32_are_written_as_they_are() -> None:
+    messages = [single(tick("a", step, 1e300 * (step + 1)), offset=step) for step in range(3)]
+    (record,) = forecasts(run(make_pipeline(), messages))
+    assert record["values"] == [3e300, 3e300]  # not null (+1 and +2 vanish at this magnitude)
+
+
 def test_one_step_call_per_message_gives_the_same_forecasts() -> None:
     pipeline = make_pipeline()
     outputs = []

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -527,10 +527,10 @@ class Pipeline:
         emitted_at = format_ts(int(self.clock() * 1000))
         model, step_s = self.forecaster.model_id, self.step_s
         rows = zip(chunk.states, chunk.slots, finite, chunk.imputed, chunk.origins, strict=True)
-        numbers = values.astype(np.float32)
+        numbers = _compact(values)
         low = high = None
         if chunk.interval is not None:
-            low, high = (bound.astype(np.float32) for bound in chunk.interval)
+            low, high = (_compact(bound) for bound in chunk.interval)
         stuck = self._stuck(made_by)
         batch: list[dict[str, object]] = []
         batch_origin: Incoming | None = None
@@ -657,6 +657,14 @@ def infer(
     seconds = stopwatch() - started
     shadow = median_forecast(previous, batch) if previous is not None else None
     return Inferred(values, interval, shadow, seconds)
+
+
+def _compact(values: FloatArray) -> npt.NDArray[np.floating[Any]]:
+    """``values`` as float32 (all a float32 model computes, and shorter text), unless some are
+    beyond float32's range (readings of 1e300 repeated by a baseline): then as they are."""
+    with np.errstate(over="ignore"):
+        narrow = values.astype(np.float32)
+    return narrow if np.isfinite(narrow).sum() == np.isfinite(values).sum() else values
 
 
 def readiness(forecaster: Forecaster) -> tuple[bool, int]:
