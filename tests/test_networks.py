@@ -18,6 +18,7 @@ from stream_app.offline.datasets import (
     load_dataset,
     shared_data_dir,
 )
+from stream_app.settings import Settings
 from stream_app.tools.broker import EmbeddedBroker
 from stream_app.tools.replay import replay
 from stream_app.tools.services import WorkerProcess
@@ -51,6 +52,13 @@ def test_a_json_file_works_the_same(tmp_path: Path) -> None:
     assert load_networks(write(tmp_path, "n.json", text)) == [NetworkSpec("a", 60, "none")]
 
 
+def test_a_network_may_answer_its_tick_batches_with_forecast_batches(tmp_path: Path) -> None:
+    text = json.dumps({"networks": [{"name": "a", "step_s": 60, "forecast_records": "batch"}]})
+    (spec,) = load_networks(write(tmp_path, "n.json", text))
+    assert spec.forecast_records == "batch"
+    assert spec.settings(Settings()).forecast_records == "batch"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -60,6 +68,10 @@ def test_a_json_file_works_the_same(tmp_path: Path) -> None:
         ('{"networks": [{"name": "a", "step_s": "5m"}]}', "'step_s' must be a positive"),
         ('{"networks": [{"name": "a", "step_s": 60, "speed": 1}]}', "unknown keys ['speed']"),
         ('{"networks": [{"name": "a", "step_s": 60, "keyed": "zone"}]}', "'keyed' must be one"),
+        (
+            '{"networks": [{"name": "a", "step_s": 60, "forecast_records": "all"}]}',
+            "'forecast_records' must be 'each' or 'batch'",
+        ),
         (
             '{"networks": [{"name": "a", "step_s": 60, "graph": "no.csv", "keyed": "network"}]}',
             "does not exist",
