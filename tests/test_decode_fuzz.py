@@ -149,9 +149,29 @@ def tick_object(draw: st.DrawFn) -> str:
 
 
 @st.composite
+def clean_batch(draw: st.DrawFn) -> str:
+    """A gateway's tick batch: one timestamp, distinct sensors, numbers (the fast path)."""
+    sensors = draw(st.lists(st.sampled_from("abcdef"), min_size=1, max_size=6, unique=True))
+    stamp = draw(
+        st.one_of(
+            st.integers(0, 12).map(lambda step: json.dumps(ts(step))),
+            st.sampled_from(['"2099-12-31T23:59:59Z"', "1467331500000", '"not a time"']),
+        )
+    )
+    network = draw(st.sampled_from(["", ',"network":"net"', ',"network":null']))
+    ticks = [
+        f'{{"sensor":"{sensor}","ts":{stamp},"value":{draw(VALUES)}{network}}}'
+        for sensor in sensors
+    ]
+    return '{"ticks":[' + ",".join(ticks) + "]}"
+
+
+@st.composite
 def message_text(draw: st.DrawFn) -> bytes:
-    kind = draw(st.integers(0, 19))
-    if kind < 10:
+    kind = draw(st.integers(0, 21))
+    if kind >= 20:
+        body = draw(clean_batch())
+    elif kind < 10:
         body = draw(tick_object())
     elif kind < 15:
         elements = draw(

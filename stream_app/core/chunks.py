@@ -116,7 +116,10 @@ class _Message(msgspec.Struct, gc=False):
 _DECODER = msgspec.json.Decoder(_Message)
 
 
-def columnar_ticks(raw: bytes) -> tuple[list[TickRow] | list[_Message], bool] | None:
+Decoded = tuple[list[TickRow] | list[_Message], bool]  # the ticks, and whether a batch
+
+
+def columnar_ticks(raw: bytes) -> Decoded | None:
     """A message's ticks, typed, and whether it is a batch; or None where only the reference
     decoder can say what it is.
 

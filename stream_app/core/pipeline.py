@@ -27,7 +27,16 @@ import numpy.typing as npt
 
 from .canary import Canary, CanaryVerdict, median_forecast
 from .card import UNIVERSAL
-from .chunks import NOT_DECODED, Chunk, Output, columnar_ticks, dead_letter_raw, ticks_of
+from .chunks import (
+    NOT_DECODED,
+    Chunk,
+    Decoded,
+    Output,
+    TickRow,
+    columnar_ticks,
+    dead_letter_raw,
+    ticks_of,
+)
 from .contexts import NeighbourTable
 from .feedback import ErrorFeedback
 from .forecasters import FloatArray, Forecaster, IntArray, QuantileForecaster, WindowBatch
@@ -51,6 +60,7 @@ from .scoring import PendingForecasts, RollingMAE, Scores, ScoreSink
 from .windows import Impute, RollingWindow, Sensors, SensorState
 
 log = logging.getLogger(__name__)
+_BIG = 2**1000  # an integer reading smaller than this in magnitude is a finite float
 BoolArray = npt.NDArray[np.bool_]
 
 
@@ -263,14 +273,37 @@ class Pipeline:
         ticks = imputed = 0
         for message in messages:
             consumed_at = self.stopwatch()
-            for tick, index, item in self._ticks_in(message):
+            read = columnar_ticks(message.value) if self.columnar else None
+            step = self._one_step(read)
+            if step is not None:  # a gateway's tick batch: checked once, placed in a row
+                ts_ms, rows = step
+                ticks += len(rows)
+                origin = message if self.forecast_batch else None
+                get, partition = self._sensors.get, message.partition
+                for index, row in enumerate(rows):
+                    try:
+                        imputed += self._place(
+                            row.sensor, ts_ms, float(cast(float, row.value)),
+                            get(row.sensor, partition),
+                            consumed_at, chunk, origin,
+                        )  # fmt: skip
+                    except Rejected as rejected:  # late or duplicate
+                        raw, where = dead_letter_raw(message, index)
+                        self._dead_letter(chunk, message, rejected, raw, where)
+                    if len(chunk.rows) >= self.batch_size and self.neighbours is None:
+                        done, running = self._rotate(chunk, running)
+                        yield from done
+                        chunk = Chunk()
+            for tick, index, item in () if step is not None else self._ticks_in(message, read):
                 ticks += 1
                 try:
                     if isinstance(tick, Rejected):
                         raise tick
                     state = self._state_for(tick, message.partition)
                     origin = message if self.forecast_batch and index >= 0 else None
-                    imputed += self._place(tick, state, consumed_at, chunk, origin)
+                    imputed += self._place(
+                        tick.sensor, tick.ts_ms, tick.value, state, consumed_at, chunk, origin
+                    )
                 except Rejected as rejected:
                     raw, where = dead_letter_raw(message, index, item)
                     self._dead_letter(chunk, message, rejected, raw, where)
@@ -290,12 +323,40 @@ class Pipeline:
         if last:
             yield last
 
-    def _ticks_in(self, message: Incoming) -> Iterator[tuple[Tick | Rejected, int, object]]:
+    def _one_step(self, read: Decoded | None) -> tuple[int, list[TickRow]] | None:
+        """A tick batch whose ticks can only be placed (or found late or duplicate): one
+        timestamp, not in the future, distinct sensors, finite numbers, no other network.
+        Its time and rows; None for anything else, which goes tick by tick."""
+        if read is None or not read[1] or not read[0]:
+            return None
+        rows = cast(list[TickRow], read[0])
+        first, network, seen = rows[0].ts, self.network, set()
+        for row in rows:
+            value = row.value
+            if (
+                row.ts != first
+                or not (type(value) is float or (type(value) is int and -_BIG < value < _BIG))
+                or not row.sensor
+                or row.sensor in seen
+                or (network and row.network is not None and row.network != network)
+            ):
+                return None
+            seen.add(row.sensor)
+        try:
+            ts_ms = self._parse_ts.parse(first)
+        except Rejected:
+            return None
+        if ts_ms > (self.clock() + self.future_tolerance_s) * 1000:
+            return None
+        return ts_ms, rows
+
+    def _ticks_in(
+        self, message: Incoming, read: Decoded | None
+    ) -> Iterator[tuple[Tick | Rejected, int, object]]:
         """(tick or why not, its index in a batch or -1, the reference decoder's object for it)
-        per tick of a message: through the columnar decoder where it can read the message,
-        else through the reference one (``chunks``)."""
+        per tick of a message: as the columnar decoder ``read`` it, or, where it could not,
+        through the reference decoder (``chunks``)."""
         parse = self._parse_ts
-        read = columnar_ticks(message.value) if self.columnar else None
         if read is not None:
             rows, batched = read
             for index, row in enumerate(rows):
@@ -326,27 +387,29 @@ class Pipeline:
 
     def _place(
         self,
-        tick: Tick,
+        sensor: str,
+        ts_ms: int,
+        value: float | None,
         state: SensorState,
         consumed_at: float,
         chunk: Chunk,
         origin: Incoming | None = None,
     ) -> int:
-        slot = (tick.ts_ms + self._step_ms // 2) // self._step_ms
+        slot = (ts_ms + self._step_ms // 2) // self._step_ms
         window = state.window
-        filled = window.add(slot, tick.value)
-        if tick.value is None:
+        filled = window.add(slot, value)
+        if value is None:
             return filled
         generation = chunk.generation.get(state.index, 0)
         chunk.generation[state.index] = generation + 1
-        chunk.actuals.add(state.index, slot, tick.value, generation)
+        chunk.actuals.add(state.index, slot, value, generation)
         if slot == window.newest:
-            self._newest_ms = max(self._newest_ms, tick.ts_ms)
+            self._newest_ms = max(self._newest_ms, ts_ms)
             if slot > self._newest_slot.get(state.partition, slot - 1):
                 self._newest_slot[state.partition] = slot
             if window.is_full if self._needs_full else window.observed >= self._warmup:
                 chunk.states.append(state)
-                chunk.sensors.append(tick.sensor)
+                chunk.sensors.append(sensor)
                 chunk.rows.append(window.buffer[:])
                 chunk.slots.append(slot)
                 chunk.row_generations.append(generation)
