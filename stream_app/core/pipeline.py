@@ -274,9 +274,9 @@ class Pipeline:
         for message in messages:
             consumed_at = self.stopwatch()
             read = columnar_ticks(message.value) if self.columnar else None
-            step = self._one_step(read)
-            if step is not None:  # a gateway's tick batch: checked once, placed in a row
-                ts_ms, rows = step
+            gateway = self._one_step(read)
+            if gateway is not None:  # a gateway's tick batch: checked once, placed in a row
+                ts_ms, rows = gateway
                 ticks += len(rows)
                 origin = message if self.forecast_batch else None
                 get, partition = self._sensors.get, message.partition
@@ -284,8 +284,7 @@ class Pipeline:
                     try:
                         imputed += self._place(
                             row.sensor, ts_ms, float(cast(float, row.value)),
-                            get(row.sensor, partition),
-                            consumed_at, chunk, origin,
+                            get(row.sensor, partition), consumed_at, chunk, origin,
                         )  # fmt: skip
                     except Rejected as rejected:  # late or duplicate
                         raw, where = dead_letter_raw(message, index)
@@ -294,23 +293,24 @@ class Pipeline:
                         done, running = self._rotate(chunk, running)
                         yield from done
                         chunk = Chunk()
-            for tick, index, item in () if step is not None else self._ticks_in(message, read):
-                ticks += 1
-                try:
-                    if isinstance(tick, Rejected):
-                        raise tick
-                    state = self._state_for(tick, message.partition)
-                    origin = message if self.forecast_batch and index >= 0 else None
-                    imputed += self._place(
-                        tick.sensor, tick.ts_ms, tick.value, state, consumed_at, chunk, origin
-                    )
-                except Rejected as rejected:
-                    raw, where = dead_letter_raw(message, index, item)
-                    self._dead_letter(chunk, message, rejected, raw, where)
-                if len(chunk.rows) >= self.batch_size and self.neighbours is None:
-                    done, running = self._rotate(chunk, running)
-                    yield from done
-                    chunk = Chunk()
+            else:
+                for tick, index, item in self._ticks_in(message, read):
+                    ticks += 1
+                    try:
+                        if isinstance(tick, Rejected):
+                            raise tick
+                        state = self._state_for(tick, message.partition)
+                        origin = message if self.forecast_batch and index >= 0 else None
+                        imputed += self._place(
+                            tick.sensor, tick.ts_ms, tick.value, state, consumed_at, chunk, origin
+                        )
+                    except Rejected as rejected:
+                        raw, where = dead_letter_raw(message, index, item)
+                        self._dead_letter(chunk, message, rejected, raw, where)
+                    if len(chunk.rows) >= self.batch_size and self.neighbours is None:
+                        done, running = self._rotate(chunk, running)
+                        yield from done
+                        chunk = Chunk()
             # with neighbours, a message (a whole step) is placed before it is inferred
             if len(chunk.rows) >= self.batch_size and self.neighbours is not None:
                 done, running = self._rotate(chunk, running)
