@@ -83,15 +83,24 @@ def ticks_of(message: Incoming) -> Iterator[tuple[object, int]]:
 NOT_DECODED = object()  # a batch element the reference decoder has not read
 
 
-def dead_letter_raw(message: Incoming, index: int, item: object = NOT_DECODED) -> tuple[bytes, str]:
-    """What a dead letter keeps of a rejected tick, and where in its message it was: the
-    message's bytes, or a batch element re-encoded (read again here if only the columnar
-    decoder read it: a rare path)."""
-    if index < 0:
-        return message.value, ""
-    if item is NOT_DECODED:
-        item = decode_json(message.value)["ticks"][index]
-    return json.dumps(item).encode(), f"ticks[{index}]: "
+class DeadLetterRaw:
+    """What a dead letter keeps of a message's rejected ticks, and where in it each was: the
+    message's bytes, or a batch element re-encoded. Where only the columnar decoder read the
+    message, the reference decoder reads it here, once however many of its ticks are rejected
+    (a redelivered batch is all duplicates)."""
+
+    def __init__(self, message: Incoming) -> None:
+        self.message = message
+        self._elements: list[object] | None = None
+
+    def __call__(self, index: int, item: object = NOT_DECODED) -> tuple[bytes, str]:
+        if index < 0:
+            return self.message.value, ""
+        if item is NOT_DECODED:
+            if self._elements is None:
+                self._elements = decode_json(self.message.value)["ticks"]
+            item = self._elements[index]
+        return json.dumps(item).encode(), f"ticks[{index}]: "
 
 
 class TickRow(msgspec.Struct, gc=False):

@@ -30,11 +30,11 @@ from .card import UNIVERSAL
 from .chunks import (
     NOT_DECODED,
     Chunk,
+    DeadLetterRaw,
     Decoded,
     Output,
     TickRow,
     columnar_ticks,
-    dead_letter_raw,
     ticks_of,
 )
 from .contexts import NeighbourTable
@@ -274,6 +274,7 @@ class Pipeline:
         for message in messages:
             consumed_at = self.stopwatch()
             read = columnar_ticks(message.value) if self.columnar else None
+            raw_of: DeadLetterRaw | None = None  # made on the message's first rejection
             gateway = self._one_step(read)
             if gateway is not None:  # a gateway's tick batch: checked once, placed in a row
                 ts_ms, rows = gateway
@@ -287,7 +288,8 @@ class Pipeline:
                             get(row.sensor, partition), consumed_at, chunk, origin,
                         )  # fmt: skip
                     except Rejected as rejected:  # late or duplicate
-                        raw, where = dead_letter_raw(message, index)
+                        raw_of = raw_of or DeadLetterRaw(message)
+                        raw, where = raw_of(index)
                         self._dead_letter(chunk, message, rejected, raw, where)
                     if len(chunk.rows) >= self.batch_size and self.neighbours is None:
                         done, running = self._rotate(chunk, running)
@@ -305,7 +307,8 @@ class Pipeline:
                             tick.sensor, tick.ts_ms, tick.value, state, consumed_at, chunk, origin
                         )
                     except Rejected as rejected:
-                        raw, where = dead_letter_raw(message, index, item)
+                        raw_of = raw_of or DeadLetterRaw(message)
+                        raw, where = raw_of(index, item)
                         self._dead_letter(chunk, message, rejected, raw, where)
                     if len(chunk.rows) >= self.batch_size and self.neighbours is None:
                         done, running = self._rotate(chunk, running)
@@ -479,7 +482,7 @@ class Pipeline:
             if chunk.shadow is not None:
                 self._judge()
         finally:
-            self._newest_ms = max(newest_ms, self._newest_ms)
+            self._newest_ms = newest_ms
         output.retrain_events, self._retrain_events = self._retrain_events, []
         return output
 
