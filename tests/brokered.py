@@ -35,7 +35,7 @@ def worker_settings(broker: EmbeddedBroker, names: dict[str, str], **extra: Any)
     }
 
 
-async def publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+async def publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes | None]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:

@@ -3,17 +3,19 @@
 Hypothesis writes messages as JSON text by hand, so that they can be everything DESIGN.md's
 reasons name and more: duplicate keys, escaped key names, NaN and Infinity spelled out, numbers
 past a float, nesting thousands deep, lone surrogates, control characters, bytes that are not
-UTF-8, timestamps at the edges of the range. Each micro-batch goes through a pipeline on the
-columnar path and one on the reference path (``Pipeline(columnar=False)``): their forecasts,
-dead letters (reason, detail, raw bytes) and counters must be identical, byte for byte, and
-neither may raise. ``test_enough_messages`` proves the run fed at least 10,000 messages, and a
-real worker on the broker is fed the first 3,000 of them.
+UTF-8, timestamps at the edges of the range, records without a value. Each micro-batch goes
+through a pipeline on the columnar path and one on the reference path
+(``Pipeline(columnar=False)``): their forecasts, dead letters (reason, detail, raw bytes) and
+counters must be identical, byte for byte, and neither may raise. ``test_enough_messages``
+proves the run fed at least 10,000 messages, and a real worker on the broker is fed the first
+3,000 of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from stream_app.tools.services import WorkerProcess
 EXAMPLES = 250
 PER_EXAMPLE = 40  # the fewest messages an example feeds: 250 x 40 = 10,000
 FED: list[int] = []
-CORPUS: list[bytes] = []  # the generated messages, for the worker test at the end
+CORPUS: list[bytes | None] = []  # the generated messages, for the worker test at the end
 
 _MAX_MS = 4_102_444_800_000
 
@@ -167,8 +169,10 @@ def clean_batch(draw: st.DrawFn) -> str:
 
 
 @st.composite
-def message_text(draw: st.DrawFn) -> bytes:
-    kind = draw(st.integers(0, 21))
+def message_text(draw: st.DrawFn) -> bytes | None:
+    kind = draw(st.integers(0, 22))
+    if kind == 22:
+        return None  # a record without a value (a tombstone)
     if kind >= 20:
         body = draw(clean_batch())
     elif kind < 10:
@@ -233,7 +237,7 @@ def _outputs(columnar: bool, messages: list[Incoming]) -> tuple[list[object], di
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(st.lists(message_text(), min_size=PER_EXAMPLE, max_size=PER_EXAMPLE + 20))
-def test_columnar_and_reference_agree(values: list[bytes]) -> None:
+def test_columnar_and_reference_agree(values: list[bytes | None]) -> None:
     messages = [Incoming(TOPIC, 0, offset, b"k", v) for offset, v in enumerate(values)]
     columnar, counted = _outputs(True, messages)
     reference, counted_reference = _outputs(False, messages)
@@ -281,10 +285,12 @@ def test_a_worker_fed_the_generated_messages_never_crashes(
         Persistence(horizon=2, window=3), step_s=300, network="pems08", columnar=False
     )
     expected = {"forecasts": 0, "dead": 0}
+    expected_dead: list[bytes] = []
     messages = [Incoming(TOPIC, 0, offset, b"k", v) for offset, v in enumerate(values)]
     for output in reference.step(messages):
         expected["forecasts"] += len(output.forecasts)
         expected["dead"] += len(output.dead_letters)
+        expected_dead += [record for _, record in output.dead_letters]
     # the examples reuse the same 13 steps, so after the first most good ticks are late
     assert expected["forecasts"] > 0 and expected["dead"] > 1000
 
@@ -301,4 +307,13 @@ def test_a_worker_fed_the_generated_messages_never_crashes(
         status = worker.stop()
     assert alive and status == 0
     assert "Traceback" not in log_path.read_text()
+    got = Counter(_where(record.value) for record in dead)
+    want = Counter(_where(record) for record in expected_dead)
+    assert got == want, f"missing {want - got}, extra {got - want}"
     assert (len(forecasts), len(dead)) == (expected["forecasts"], expected["dead"])
+
+
+def _where(record: bytes) -> tuple[int, str, str]:
+    """A dead letter's offset, reason and detail."""
+    letter = json.loads(record)
+    return letter["offset"], letter["reason"], letter["detail"]

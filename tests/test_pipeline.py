@@ -247,6 +247,20 @@ def test_empty_message_is_malformed() -> None:
     assert (letter["reason"], letter["raw"]) == ("malformed", "")
 
 
+@pytest.mark.parametrize("columnar", [True, False])
+def test_a_record_without_a_value_is_malformed_not_a_crash(columnar: bool) -> None:
+    """A tombstone (a record whose value is null) is a dead letter; the worker must not die on
+    it, or it would die again on every restart."""
+    message = Incoming(TOPIC, 0, 7, b"k", None)
+    [letter] = dead_letters(run(make_pipeline(columnar=columnar), [message]))
+    assert (letter["reason"], letter["detail"], letter["raw"], letter["offset"]) == (
+        "malformed",
+        "the record has no value (null)",
+        "",
+        7,
+    )
+
+
 def test_a_bad_element_of_a_tick_batch_is_dead_lettered_alone() -> None:
     pipeline = make_pipeline()
     run(pipeline, [batch([tick(s, step, 1.0) for s in "ab"], step) for step in range(2)])

@@ -93,7 +93,7 @@ class DeadLetterRaw:
         self.message = message
         self._elements: list[object] | None = None
 
-    def __call__(self, index: int, item: object = NOT_DECODED) -> tuple[bytes, str]:
+    def __call__(self, index: int, item: object = NOT_DECODED) -> tuple[bytes | None, str]:
         if index < 0:
             return self.message.value, ""
         if item is NOT_DECODED:
@@ -128,13 +128,15 @@ _DECODER = msgspec.json.Decoder(_Message)
 Decoded = tuple[list[TickRow] | list[_Message], bool]  # the ticks, and whether a batch
 
 
-def columnar_ticks(raw: bytes) -> Decoded | None:
+def columnar_ticks(raw: bytes | None) -> Decoded | None:
     """A message's ticks, typed, and whether it is a batch; or None where only the reference
     decoder can say what it is.
 
     msgspec does not check the UTF-8 of the fields it skips, so text that is not ASCII is
     checked first, as ``json`` would see it.
     """
+    if raw is None:
+        return None
     if not raw.isascii():
         try:
             raw.decode("utf-8")

@@ -422,7 +422,7 @@ class Pipeline:
         return filled
 
     def _dead_letter(
-        self, chunk: Chunk, message: Incoming, rejected: Rejected, raw: bytes, where: str
+        self, chunk: Chunk, message: Incoming, rejected: Rejected, raw: bytes | None, where: str
     ) -> None:
         record = encode_dead_letter(message, rejected.reason, where + rejected.detail, raw)
         chunk.dead_letters.append((message.key, record))

@@ -69,7 +69,7 @@ class Incoming:
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a record without a value (a tombstone)
 
 
 _EPOCH_MS_MAX = 4_102_444_800_000  # 2100-01-01: beyond it, epoch ms is a unit mistake
@@ -114,8 +114,10 @@ class TimestampParser:
         return ms
 
 
-def decode_json(raw: bytes) -> Any:
+def decode_json(raw: bytes | None) -> Any:
     """Parse a message value, or raise ``Rejected(malformed)``."""
+    if raw is None:
+        raise Rejected(Reason.MALFORMED, "the record has no value (null)")
     try:
         return json.loads(raw.decode("utf-8"))  # json.loads(bytes) would also take UTF-16/32
     except (UnicodeDecodeError, ValueError) as exc:
@@ -213,7 +215,7 @@ def forecasts_in(value: bytes) -> list[dict[str, Any]]:
     return batch if isinstance(batch, list) else [record]
 
 
-def encode_dead_letter(message: Incoming, reason: Reason, detail: str, raw: bytes) -> bytes:
+def encode_dead_letter(message: Incoming, reason: Reason, detail: str, raw: bytes | None) -> bytes:
     """A dead-letter record that keeps the original bytes (as text, or base64 when not UTF-8)."""
     record: dict[str, Any] = {
         "reason": str(reason),
@@ -223,6 +225,7 @@ def encode_dead_letter(message: Incoming, reason: Reason, detail: str, raw: byte
         "offset": message.offset,
         "key": _text_or_none(message.key),
     }
+    raw = raw or b""  # a record without a value keeps an empty text
     try:
         record["raw"] = raw.decode()
     except UnicodeDecodeError:

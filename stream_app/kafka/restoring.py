@@ -105,7 +105,7 @@ def spans(messages: list[Incoming], span_ms: int) -> bool:
     return bool(times) and max(times) - times[0] >= span_ms
 
 
-def event_time_ms(value: bytes, parse: TimestampParser) -> int | None:
+def event_time_ms(value: bytes | None, parse: TimestampParser) -> int | None:
     """The ``ts`` of a tick, or of a tick batch's first tick; None when unreadable."""
     try:
         obj: Any = decode_json(value)
