@@ -89,27 +89,29 @@ def table(results: list[dict[str, Any]]) -> str:
     """Markdown: per set, mean MAE over the reported horizons of every method, the ratios."""
     lines = [
         "| set | protocol | universal (zero-shot) | persistence | seasonal naive | window mean | "
-        "tuned (from scratch) | / seasonal naive | / persistence | coverage 0.1-0.9 |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "tuned (from scratch) | / seasonal naive | / persistence | coverage 0.1-0.9 | served |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     ratios: dict[str, list[float]] = {"seasonal_naive": [], "persistence": []}
     for r in results:
         z = r["zero_shot"]
         tuned = f"{mean_mae(r['tuned'], 'model'):.4g}" if "tuned" in r else "-"
         rel = z["relative_mae"]
+        share = z["coverage"].get("served", {}).get("overall")
+        served = "-" if share is None else f"{share:.3f}"
         for key in ratios:
             ratios[key].append(rel[key])
         lines.append(
             f"| {r['set']} | {r['protocol']} | {mean_mae(z, 'model'):.4g} | "
             f"{mean_mae(z, 'persistence'):.4g} | {mean_mae(z, 'seasonal_naive'):.4g} | "
             f"{mean_mae(z, 'window_mean'):.4g} | {tuned} | {rel['seasonal_naive']:.3f} | "
-            f"{rel['persistence']:.3f} | {z['coverage']['overall']:.3f} |"
+            f"{rel['persistence']:.3f} | {z['coverage']['overall']:.3f} | {served} |"
         )
     means = {k: math.exp(sum(map(math.log, v)) / len(v)) for k, v in ratios.items() if v}
     if means:
         lines.append(
             f"| geometric mean ({len(results)} sets) | | | | | | | "
-            f"{means['seasonal_naive']:.3f} | {means['persistence']:.3f} | |"
+            f"{means['seasonal_naive']:.3f} | {means['persistence']:.3f} | | |"
         )
     return "\n".join(lines)
 

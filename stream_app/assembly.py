@@ -100,6 +100,7 @@ def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics)
         canary_margin=settings.canary_margin,
         canary_min_pairs=settings.canary_min_pairs,
         forecast_batch=settings.forecast_records == "batch",
+        interval_rate=settings.interval_rate,
     )
     sink = drift_sink(settings, pipeline, metrics)
     pipeline.watch(sink)

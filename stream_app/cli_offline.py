@@ -203,6 +203,7 @@ def evaluate_command(args: argparse.Namespace, settings: Settings) -> int:
         threads=settings.inference_threads,
         neighbours=neighbours,
         calendar_known=calendar,
+        interval_rate=settings.interval_rate,
     )
     if args.json:
         print(json.dumps(report.to_json(), allow_nan=False))

@@ -126,6 +126,12 @@ class Settings:
     )
     inference_threads: int = _setting(1, "onnxruntime intra-op threads")
     mae_window: int = _setting(2000, "scored errors per horizon in the rolling MAE")
+    interval_rate: float = _setting(
+        0.05,
+        "how fast the served 0.1-0.9 interval's width follows its live coverage toward 0.8 "
+        "(log-width change per grid step of the whole network per unit of excess miss rate; "
+        "0: serve the model's interval as it is)",
+    )
     metrics_host: str = _setting("127.0.0.1", "bind address of the Prometheus endpoint")
     metrics_port: int = _setting(9108, "port of the Prometheus endpoint (0: do not serve)")
     log_level: str = _setting("info", "log level", choices=("debug", "info", "warning", "error"))
@@ -255,6 +261,7 @@ class Settings:
             "drift_feedback_gain",
             "canary_s",
             "canary_margin",
+            "interval_rate",
         )
         for name in non_negative:
             value = getattr(self, name)

@@ -601,3 +601,53 @@ def test_whole_pems08_replay_gives_one_forecast_per_full_window(flows: np.ndarra
     assert last["sensor"] == f"pems08/{sensors - 1}"
     assert last["ts"] == ts(steps - 1)
     assert last["values"] == [flows[-1, -1] + 1, flows[-1, -1] + 2]
+
+
+class NarrowInterval:
+    """Forecasts 10 with a 0.1-0.9 interval of 10 +- 0.5: for readings of 10 plus standard
+    normal noise it should be 10 +- 1.28, so it holds about 38 % of them."""
+
+    provider = "python"
+    model_id = "narrow@1"
+    window = 3
+    horizon = 2
+    quantiles = (0.1, 0.5, 0.9)
+
+    def forecast(self, windows: WindowBatch) -> FloatArray:
+        return self.forecast_quantiles(windows)[:, 1]
+
+    def forecast_quantiles(self, windows: WindowBatch) -> FloatArray:
+        out = np.full((len(windows), 3, self.horizon), 10.0)
+        out[:, 0] -= 0.5
+        out[:, 2] += 0.5
+        return out
+
+
+@pytest.mark.parametrize(("rate", "low", "high"), [(0.05, 0.76, 0.84), (0.0, 0.33, 0.43)])
+def test_the_served_interval_is_calibrated_online_to_its_promise(
+    rate: float, low: float, high: float
+) -> None:
+    """20 sensors, 1,500 steps of noise: the interval served over the last 1,000 steps covers
+    about 80 % of the readings (the model's own covers 38 %); rate 0 serves the model's."""
+    rng = np.random.default_rng(3)
+    pipeline = Pipeline(NarrowInterval(), step_s=STEP_S, network="net", interval_rate=rate)
+    served: list[dict[str, Any]] = []
+    readings = 10.0 + rng.standard_normal((1500, 20))
+    for step, row in enumerate(readings):
+        message = batch([tick(f"s{i}", step, float(v)) for i, v in enumerate(row)], step)
+        forecasts = [f for out in pipeline.step([message]) for _, v in out.forecasts
+                     for f in forecasts_in(v)]  # fmt: skip
+        if step >= 500:
+            served += forecasts
+    at = {(f["sensor"], f["ts"]): f for f in served}
+    inside = []
+    for step in range(500, 1498):
+        for i in range(20):
+            f = at.get((f"s{i}", ts(step)))
+            if f is not None:
+                actual = readings[step + 1, i]
+                inside.append(f["quantiles"]["0.1"][0] <= actual <= f["quantiles"]["0.9"][0])
+    coverage = float(np.mean(inside))
+    assert len(inside) > 15_000
+    assert low <= coverage <= high, coverage
+    assert pipeline.rolling_mae.coverage[0] == pytest.approx(coverage, abs=0.04)

@@ -56,7 +56,7 @@ from .records import (
     tick_from_row,
 )
 from .retrain_events import ROLLBACK, RetrainEvent, event_id
-from .scoring import PendingForecasts, RollingMAE, Scores, ScoreSink
+from .scoring import IntervalCalibration, PendingForecasts, RollingMAE, Scores, ScoreSink
 from .windows import Impute, RollingWindow, Sensors, SensorState
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class Pipeline:
         canary_min_pairs: int = 100,
         columnar: bool = True,
         forecast_batch: bool = False,
+        interval_rate: float = 0.05,
     ) -> None:
         at_step = getattr(forecaster, "at_step", None)
         self.forecaster: Forecaster = at_step(step_s) if at_step is not None else forecaster
@@ -106,6 +107,9 @@ class Pipeline:
         self.stopwatch = stopwatch
         self.sensor_ttl_s = sensor_ttl_s
         self.pending = PendingForecasts(forecaster.horizon)
+        self.calibration = IntervalCalibration(
+            forecaster.horizon, miss=interval_miss(forecaster), rate=interval_rate
+        )
         self._sensors = Sensors(lambda: RollingWindow(forecaster.window, max_gap_steps, impute))
         self._swept_ms = 0
         self._parse_ts = TimestampParser()
@@ -181,6 +185,8 @@ class Pipeline:
             )  # fmt: skip
         self._needs_full, self._warmup = readiness(forecaster)
         self.rolling_mae.reset()
+        self.calibration.reset()
+        self.calibration.miss = interval_miss(forecaster)
         for sink in self.sinks:
             sink.reset()
         if self.feedback is not None:
@@ -552,6 +558,8 @@ class Pipeline:
         made_at = np.array(chunk.slots, dtype=np.int64)
         made_in = np.array(chunk.row_generations, dtype=np.int64)
         last = np.array([row[-1] for row in chunk.rows])  # the persistence baseline's forecast
+        model = values.copy() if chunk.interval is not None else values  # before corrections
+        sensor_count = len(self._sensors)
         scores = []
         for generation in range(max(chunk.generation.values(), default=0)):
             now = generations == generation
@@ -562,6 +570,7 @@ class Pipeline:
                     sensors[now], slots[now], actuals[now], report=not self._restoring
                 )
             settled = self.pending.score(sensors[now], slots[now], actuals[now])
+            self.calibration.update(settled, sensor_count)
             scores.append(settled.at(np.flatnonzero(now)))
             new = (made_in == generation) & usable
             if self.feedback is not None:
@@ -570,8 +579,11 @@ class Pipeline:
                     values[new] = self.feedback.correct(made_by[new], values[new])
             if new.any():
                 interval = None
-                if chunk.interval is not None:
-                    interval = (chunk.interval[0][new], chunk.interval[1][new])
+                if chunk.interval is not None:  # served, and so scored, as calibrated now
+                    interval = self.calibration.apply(
+                        values[new], model[new], chunk.interval[0][new], chunk.interval[1][new]
+                    )
+                    chunk.interval[0][new], chunk.interval[1][new] = interval
                 self.pending.add(made_by[new], made_at[new], values[new], last[new], interval)
                 if chunk.shadow is not None and self.canary is not None:
                     self.canary.add(made_by[new], made_at[new], values[new], chunk.shadow[new])
@@ -731,6 +743,13 @@ def _compact(values: FloatArray) -> npt.NDArray[np.floating[Any]]:
     with np.errstate(over="ignore"):
         narrow = values.astype(np.float32)
     return narrow if np.isfinite(narrow).sum() == np.isfinite(values).sum() else values
+
+
+def interval_miss(forecaster: Forecaster) -> float:
+    """The share of actuals a quantile model's outermost levels should leave out (0.2 for 0.1
+    and 0.9); 0.2 for a model without quantiles, whose interval is never served."""
+    levels: tuple[float, ...] = tuple(getattr(forecaster, "quantiles", ()))
+    return 1.0 - (levels[-1] - levels[0]) if len(levels) >= 2 else 0.2
 
 
 def readiness(forecaster: Forecaster) -> tuple[bool, int]:

@@ -193,6 +193,73 @@ class Scores:
         )
 
 
+class IntervalCalibration:
+    """The forecasts' interval kept at its promise online: a width factor per horizon step that
+    holds the share of actuals outside the interval at ``miss`` (0.2 for 0.1-0.9).
+
+    Adaptive conformal inference (Gibbs and Candes, 2021) for a whole network: each scored
+    actual moves the factor's logarithm by ``rate / sensors`` times (outside - ``miss``), so a
+    grid step of the whole network moves it by ``rate`` times the excess of its miss rate,
+    however many sensors the network has. The interval is scaled about the point forecast and
+    moves with it when the error feedback corrects that forecast (``apply``). A pre-trained
+    model's interval is right on average over its corpus, not on a given network: too narrow
+    where a day is unlike the one before, too wide on a smooth series.
+
+    >>> calibration = IntervalCalibration(horizon=1, rate=0.5)
+    >>> outside = Scores(np.zeros(4, dtype=np.int64), np.ones(4, dtype=np.int64), np.zeros(4),
+    ...                  np.arange(4), inside=np.array([0.0, 0.0, 1.0, 1.0]))
+    >>> calibration.update(outside, sensors=4)  # half outside where a fifth should be
+    >>> round(float(calibration.scale[0]), 3)  # exp(0.5 / 4 * (2 * 0.8 - 2 * 0.2))
+    1.162
+    >>> calibration.apply(np.array([[10.0]]), np.array([[10.0]]), np.array([[8.0]]),
+    ...                   np.array([[13.0]]))[1].round(3).tolist()
+    [[13.486]]
+    """
+
+    def __init__(
+        self,
+        horizon: int,
+        miss: float = 0.2,
+        rate: float = 0.05,
+        bounds: tuple[float, float] = (0.25, 8.0),
+    ) -> None:
+        self.horizon = horizon
+        self.miss = miss
+        self.rate = rate
+        self._log_bounds = (float(np.log(bounds[0])), float(np.log(bounds[1])))
+        self.log_scale = np.zeros(horizon)
+
+    @property
+    def scale(self) -> FloatArray:
+        """The width factor per horizon step (index 0 = one step ahead)."""
+        scale: FloatArray = np.exp(self.log_scale)
+        return scale
+
+    def update(self, scores: Scores, sensors: int) -> None:
+        """Learn from the scores whose forecasts had an interval (``scores.inside``)."""
+        if scores.inside is None or not len(scores) or self.rate <= 0:
+            return
+        known = ~np.isnan(scores.inside)
+        if not known.any():
+            return
+        excess = (1.0 - scores.inside[known]) - self.miss
+        sums = np.bincount(scores.horizons[known] - 1, weights=excess, minlength=self.horizon)
+        moved = self.log_scale + self.rate / max(sensors, 1) * sums[: self.horizon]
+        self.log_scale = np.clip(moved, *self._log_bounds)
+
+    def apply(
+        self, point: FloatArray, model_point: FloatArray, low: FloatArray, high: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """The (n, horizon) bounds to serve around the point forecasts ``point``, from the
+        model's bounds and its own point forecasts ``model_point`` (before any correction)."""
+        scale = self.scale
+        return point + scale * (low - model_point), point + scale * (high - model_point)
+
+    def reset(self) -> None:
+        """A new model serves: its interval starts as the model gives it."""
+        self.log_scale = np.zeros(self.horizon)
+
+
 class ScoreSink(Protocol):
     """Receives the scores as they settle, a micro-batch's generation by generation, so every
     sensor's in order (drift monitors)."""

@@ -21,6 +21,7 @@ import numpy as np
 from ..core.card import UNIVERSAL, ModelCard
 from ..core.forecasters import FloatArray, Forecaster, IntArray, WindowBatch
 from ..core.onnx_forecaster import OnnxForecaster
+from ..core.scoring import IntervalCalibration, Scores
 from .datasets import GridDataset
 from .eval_baselines import Samples, baseline_forecasts, evaluation_samples, target_series
 from .eval_metrics import HIGHER_IS_BETTER, score
@@ -91,6 +92,7 @@ def evaluate(
     chunk: int = CHUNK,
     neighbours: Neighbours | None = None,
     calendar_known: bool = True,
+    interval_rate: float = 0.05,
 ) -> Report:
     """Score the model in ``model_dir`` (if any) and the baselines on ``dataset``'s test part.
 
@@ -99,7 +101,8 @@ def evaluate(
     except that ``seasonal_naive`` leaves out a target whose season-earlier reading is missing.
     A model with a longer context than the protocol's window (the universal model) reads it
     from the series, as a live worker holds it, with ``neighbours`` (each sensor's, from the
-    network's graph) when given; its 0.1-0.9 interval's coverage is reported.
+    network's graph) when given; its 0.1-0.9 interval's coverage is reported, as the model
+    gives it and as a worker serves it (``served``: calibrated online at ``interval_rate``).
     """
     parts = split(dataset, protocol)
     forecaster = None
@@ -115,6 +118,9 @@ def evaluate(
             quantiles = quantiles[:, :, : parts.horizon]
             forecasts["model"] = quantiles[:, forecaster.card.quantiles.index(0.5)]
             coverage = interval_coverage(quantiles, forecaster.card.quantiles, samples, parts)
+            coverage["served"] = served_coverage(
+                quantiles, forecaster.card.quantiles, samples, parts, interval_rate
+            )
         else:
             forecasts["model"] = model_forecasts(forecaster, dataset, samples, chunk)
     metrics = {m: score(forecasts[m], samples.targets, parts) for m in METHODS if m in forecasts}
@@ -243,6 +249,57 @@ def interval_coverage(
     }
 
 
+def served_coverage(
+    quantiles: FloatArray,
+    levels: Sequence[float],
+    samples: Samples,
+    parts: Split,
+    rate: float,
+) -> dict[str, Any]:
+    """The coverage of the interval a worker serves: calibrated online (``IntervalCalibration``)
+    from the test part's first window on, every step's forecasts widened or narrowed by what
+    the actuals that arrived before them taught, as a live pipeline does (it scores the
+    readings of a step before it forecasts from them)."""
+    horizon = quantiles.shape[2]
+    median = quantiles[:, levels.index(0.5)] if 0.5 in levels else quantiles.mean(axis=1)
+    low, high = quantiles[:, 0].copy(), quantiles[:, -1].copy()
+    targets = samples.targets
+    scored = np.isfinite(targets) & ((targets != 0) if parts.masked else True)
+    calibration = IntervalCalibration(horizon, miss=1.0 - (levels[-1] - levels[0]), rate=rate)
+    sensors = len(np.unique(samples.sensors))
+    times = samples.target_steps()  # (pairs, horizon): the step each target arrives
+    pair, step = np.nonzero(scored)
+    by_arrival = np.argsort(times[pair, step], kind="stable")
+    pair, step = pair[by_arrival], step[by_arrival]
+    arrivals = times[pair, step]
+    order = np.argsort(samples.ends, kind="stable")
+    ends = samples.ends[order]
+    for now in np.unique(np.concatenate([arrivals, ends])):
+        a, b = np.searchsorted(arrivals, [now, now + 1])
+        if b > a:  # score what arrives now, with the interval it was served with
+            p, h = pair[a:b], step[a:b]
+            inside = ((targets[p, h] >= low[p, h]) & (targets[p, h] <= high[p, h])).astype(float)
+            calibration.update(
+                Scores(samples.sensors[p], h + 1, np.zeros(b - a), np.arange(b - a),
+                       inside=inside),
+                sensors,
+            )  # fmt: skip
+        c, d = np.searchsorted(ends, [now, now + 1])
+        if d > c:  # then forecast from it
+            made = order[c:d]
+            low[made], high[made] = calibration.apply(
+                median[made], median[made], low[made], high[made]
+            )
+    inside = (targets >= low) & (targets <= high) & scored
+    per_step = inside.sum(axis=0) / np.maximum(scored.sum(axis=0), 1)
+    return {
+        "rate": rate,
+        "overall": float(inside.sum() / max(int(scored.sum()), 1)),
+        "per_step": [float(v) for v in per_step],
+        "scale": [float(v) for v in calibration.scale],
+    }
+
+
 def mae_from_forecasts(
     dataset: GridDataset, parts: Split, forecasts: Iterable[tuple[str, int, Sequence[float]]]
 ) -> list[float]:
@@ -284,7 +341,19 @@ def format_table(report: Report) -> str:
         f"(window x sensor), {report.skipped} skipped for gaps in the window"
     )
     names = next(iter(report.metrics.values()), {}).keys()
-    return "\n\n".join([head, *(_block(report, name) for name in names)]) + "\n"
+    blocks = [head, *(_block(report, name) for name in names)]
+    if report.coverage is not None:
+        low, high = report.coverage["levels"]
+        line = (
+            f"The model's {low}-{high} interval holds {report.coverage['overall']:.1%} of the "
+            "scored targets"
+        )
+        served = report.coverage.get("served")
+        if served is not None:
+            rate, share = served["rate"], served["overall"]
+            line += f"; as served (calibrated online at rate {rate}), {share:.1%}"
+        blocks.append(line + ".")
+    return "\n\n".join(blocks) + "\n"
 
 
 def _block(report: Report, name: str) -> str:
