@@ -42,3 +42,23 @@ def test_demo_reports_every_forecast_and_leaves_no_process_or_port(seed_model_di
     host, port = report["stopped"]["broker"].rsplit(":", 1)
     with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), 2):
         pass
+
+
+def test_the_report_gives_the_served_interval_coverage_per_model(tmp_path: Path) -> None:
+    """The share of readings the served 0.1-0.9 interval held at +60 min, per model version."""
+    from stream_app.loop.registry import Registry
+    from stream_app.offline.datasets import bundled_dataset_path, load_dataset
+    from stream_app.tools.demo_report import Observed, demo_report, format_report
+
+    dataset = load_dataset(bundled_dataset_path())
+    truth = dataset.values[:, :, 0]
+    observed = Observed()
+    for step in range(100, 110):  # @1 (sensor 0) held 10 readings of 10, @2 (sensor 1) 5
+        for n, model, miss in ((0, "m@1", False), (1, "m@2", step % 2 == 1)):
+            sensor, actual = dataset.sensors[n], float(truth[step + 12, n])
+            observed.forecasts[(sensor, step)] = ([0.0] * 12, model)
+            low = actual + 1 if miss else actual - 1
+            observed.bounds[(sensor, step)] = (low, low + 2)
+    report = demo_report(dataset, 300, observed, Registry(tmp_path), 1.0)
+    assert report["interval_coverage"] == {"horizon": "+60 min", "m@1": 1.0, "m@2": 0.5}
+    assert "at +60 min: m@1 100.0%, m@2 50.0%" in format_report(report)

@@ -44,6 +44,7 @@ from ..offline.network_context import network_context
 from ..settings import Settings
 from .broker import EmbeddedBroker
 from .demo_report import (
+    REPORTED_HORIZONS,
     Observed,
     canary_verdicts,
     demo_report,
@@ -245,6 +246,13 @@ async def _read_forecasts(settings: Settings, dataset: GridDataset, into: Observ
                         forecast["model"],
                     )
                     into.newest_step = max(into.newest_step, step)
+                    quantiles = forecast.get("quantiles")
+                    if quantiles and len(forecast["values"]) >= REPORTED_HORIZONS[-1]:
+                        h = REPORTED_HORIZONS[-1] - 1
+                        into.bounds[(forecast["sensor"], step)] = (
+                            quantiles["0.1"][h],
+                            quantiles["0.9"][h],
+                        )
                     if forecast["model"] != serving:
                         serving = forecast["model"]
                         into.swaps.append((serving, step))
@@ -316,10 +324,13 @@ async def _live_view(plan: _Plan, worker: WorkerProcess, observed: Observed, say
         )
         newest = observed.newest_step
         serving = observed.swaps[-1][0] if observed.swaps else "-"
+        covered = samples.get(f'stcast_interval_coverage{{horizon="{horizon}"}}')
+        known = covered is not None and np.isfinite(covered)
+        interval = f", 80 % interval holds {covered:.0%}" if known else ""
         say(
             f"  {step_time(plan.dataset, max(newest, 0))}  {rate:>8,.0f} ticks/s  "
             f"MAE +{horizon * plan.dataset.step_s // 60} min {model_mae:6.1f} vs persistence "
-            f"{naive_mae:6.1f}, seasonal naive {season_mae:6.1f}  drift events "
+            f"{naive_mae:6.1f}, seasonal naive {season_mae:6.1f}{interval}  drift events "
             f"{len(observed.events)}  retrains {len(observed.updates)}  serving {serving}"
         )
 

@@ -28,6 +28,8 @@ class Observed:
     updates: list[dict[str, Any]] = field(default_factory=list)
     swaps: list[tuple[str, int]] = field(default_factory=list)  # (model, first data step)
     newest_step: int = -1
+    # the served 0.1-0.9 interval at the last reported horizon (+60 min at 5-minute steps)
+    bounds: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
     retrains: list[str] = field(default_factory=list)  # the retrain worker's outcome lines
     canaries: list[str] = field(default_factory=list)  # the worker's canary verdicts
 
@@ -81,6 +83,13 @@ def demo_report(
         name, version = first.split("@")
         kept = registry.get(name, version)
         _what_the_first_would_have_done(dataset, observed, kept, errors, neighbours)
+    coverage: dict[str, list[bool]] = defaultdict(list)
+    h = REPORTED_HORIZONS[-1]
+    for (sensor, step), (low, high) in observed.bounds.items():
+        if step + h < len(truth):
+            actual = truth[step + h, column[sensor]]
+            if actual != 0 and np.isfinite(actual):
+                coverage[observed.forecasts[(sensor, step)][1]].append(low <= actual <= high)
     accuracy = {
         name: {
             f"+{h * dataset.step_s // 60} min": round(float(np.mean(by[h])), 2) for h in sorted(by)
@@ -93,6 +102,10 @@ def demo_report(
         "forecasts": len(observed.forecasts),
         "seconds": round(seconds, 1),
         "mae": accuracy,
+        "interval_coverage": {
+            "horizon": f"+{h * dataset.step_s // 60} min",
+            **{model: round(float(np.mean(inside)), 3) for model, inside in coverage.items()},
+        },
         "drift_events": [
             {"detected_at": e["detected_at"], "sensors": len(e["sensors"]), "model": e["model"]}
             for e in observed.events
@@ -165,6 +178,13 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for name, by in report["mae"].items():
         lines.append(f"  {name:<50} " + "  ".join(f"{k} {v:6.2f}" for k, v in by.items()))
+    coverage = dict(report.get("interval_coverage", {}))
+    horizon = coverage.pop("horizon", "")
+    if coverage:
+        lines.append(
+            f"0.1-0.9 interval as served, share of the readings it held at {horizon}: "
+            + ", ".join(f"{model} {share:.1%}" for model, share in coverage.items())
+        )
     return "\n".join(lines)
 
 
