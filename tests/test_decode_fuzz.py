@@ -309,7 +309,8 @@ def test_a_worker_fed_the_generated_messages_never_crashes(
     assert "Traceback" not in log_path.read_text()
     got = Counter(_where(record.value) for record in dead)
     want = Counter(_where(record) for record in expected_dead)
-    assert got == want, f"missing {want - got}, extra {got - want}"
+    notes = [line for line in log_path.read_text().splitlines() if " INFO " not in line]
+    assert got == want, f"missing {want - got}, extra {got - want}; worker log: {notes[-20:]}"
     assert (len(forecasts), len(dead)) == (expected["forecasts"], expected["dead"])
 
 
