@@ -144,7 +144,7 @@ class Settings:
     drift_threshold: float = _setting(
         25.0, "Page-Hinkley threshold, in multiples of the sensor's usual error"
     )
-    drift_delta: float = _setting(3.0, "Page-Hinkley tolerance: rises below this are ignored")
+    drift_delta: float = _setting(2.0, "Page-Hinkley tolerance: rises below this are ignored")
     drift_adwin_delta: float = _setting(1e-16, "ADWIN significance (smaller: fewer, surer)")
     drift_warmup: int = _setting(
         288, "scored actuals per sensor before its monitor may fire (its usual error is learned)"

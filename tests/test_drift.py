@@ -124,7 +124,7 @@ def first_index(detections: list[Detection]) -> int:
 # --- golden: these numbers must not move ------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "index"), [("page-hinkley", 409), ("adwin", 414)])
+@pytest.mark.parametrize(("name", "index"), [("page-hinkley", 407), ("adwin", 414)])
 def test_the_index_at_which_a_seeded_level_shift_is_detected(name: str, index: int) -> None:
     sink, found, now = make_sink(make_detector(name))
     feed(sink, now, shifted_errors(600))
@@ -135,7 +135,7 @@ def test_the_index_at_which_a_seeded_level_shift_is_detected(name: str, index: i
 
 def test_the_defaults_are_the_calibrated_ones() -> None:
     assert describe(make_detector()) == {
-        "name": "page-hinkley", "min_instances": 30, "delta": 3.0, "threshold": 25.0,
+        "name": "page-hinkley", "min_instances": 30, "delta": 2.0, "threshold": 25.0,
         "alpha": 0.9999, "mode": "up",
     }  # fmt: skip
     assert describe(make_detector("adwin"))["delta"] == 1e-16
@@ -213,13 +213,18 @@ def test_reset_on_a_model_swap_starts_every_monitor_afresh() -> None:
     assert len(found) == 4
 
 
-def test_the_default_page_hinkley_tolerates_errors_that_grow_fourfold_adwin_does_not() -> None:
-    """The price of at most one false alarm per sensor-week on PEMS08 (whose holiday raises
-    errors about that much for hours): a bias of 3 sd, |error| about 3.75 times the usual."""
-    for name, fires in (("page-hinkley", False), ("adwin", True)):
+def test_the_default_page_hinkley_tolerates_errors_that_grow_threefold_adwin_does_not() -> None:
+    """The price of at most one false alarm per sensor-week on PEMS08 (whose holiday and the
+    Tuesday after it raise errors about that much for hours): a bias of 2.5 sd, |error| about
+    3.2 times the usual, is tolerated; 3 sd (3.75 times) is not."""
+    for name, shift, fires in (
+        ("page-hinkley", 2.5, False),
+        ("page-hinkley", 3.0, True),
+        ("adwin", 2.5, True),
+    ):
         sink, found, now = make_sink(make_detector(name))
-        feed(sink, now, shifted_errors(600, shift=3.0))
-        assert bool(found) is fires, name
+        feed(sink, now, shifted_errors(600, shift=shift))
+        assert bool(found) is fires, (name, shift)
 
 
 def test_the_scale_is_learned_in_the_warmup_then_frozen() -> None:
@@ -227,7 +232,11 @@ def test_the_scale_is_learned_in_the_warmup_then_frozen() -> None:
     feed(sink, now, shifted_errors(50))
     feed(sink, now, 10 * shifted_errors(100))
     feed(sink, now, 50 * shifted_errors(40))
-    assert [first_index([d]) for d in found] == [55, 151]
+    assert [first_index([d]) for d in found] == [
+        54,
+        151,
+        189,
+    ]  # 189: the rise lasts past the cooldown
     assert found[1].error_before == pytest.approx(10.0, rel=0.15)  # still in warm-up units
 
 
