@@ -117,7 +117,7 @@ class DriftMonitor:
     ...     monitor.update(1.0 if i < 55 else 9.0)
     ...     if monitor.drift_detected:
     ...         print(i, monitor.error_before, round(monitor.error_after, 2))
-    60 1.0 5.0
+    59 1.0 4.33
     """
 
     def __init__(
