@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from ..assembly import DEFAULT_STEP_S
 from ..core.card import UNIVERSAL
 from ..core.onnx_forecaster import OnnxForecaster
+from ..core.records import format_ts
 from ..core.retrain_events import ROLLBACK, RetrainEvent
 from ..kafka.clients import client_options, producer_options, topic_reader
 from ..kafka.topics import ensure_topics_sync
@@ -244,11 +245,14 @@ class RetrainWorker:
             verdict = compare(
                 serving.path, Path(tmp), recent, holdout_from, settings.retrain_min_gain
             )
-            validation = {**verdict, "event": event.id, **tuned}
+            times = recent.timestamps()
+            held = {"from": format_ts(int(times[holdout_from]) * 1000),
+                    "to": format_ts(int(times[-1]) * 1000)}  # fmt: skip
+            validation = {**verdict, "event": event.id, **tuned, "holdout": held}
             if not verdict["wins"]:
-                return Outcome(event.id, "rejected", _versus(verdict), validation=validation)
+                return Outcome(event.id, "rejected", _versus(validation), validation=validation)
             published = self.registry.publish(Path(tmp))
-        return Outcome(event.id, "published", _versus(verdict), published.model_id, validation)
+        return Outcome(event.id, "published", _versus(validation), published.model_id, validation)
 
     def _fine_tune(
         self,
@@ -269,7 +273,11 @@ class RetrainWorker:
                 serving.path, recent, holdout_from, out, name, version,
                 max_seconds=settings.retrain_max_s, threads=settings.retrain_threads,
             )  # fmt: skip
-            return {"fine_tuning_s": round(result.seconds, 1), "epochs": result.epochs}
+            return {
+                "fine_tuning_s": round(result.seconds, 1),
+                "epochs": result.epochs,
+                "best_epoch": result.best_epoch,  # 0: the serving weights were best
+            }
         from models.finetuning import fine_tune
 
         tuned = fine_tune(
@@ -281,7 +289,11 @@ class RetrainWorker:
             max_seconds=settings.retrain_max_s,
             threads=settings.retrain_threads,
         )
-        return {"fine_tuning_s": round(tuned.seconds, 1), "samples": tuned.samples}
+        return {
+            "fine_tuning_s": round(tuned.seconds, 1),
+            "samples": tuned.samples,
+            "epochs": tuned.epochs,
+        }
 
 
 def network_model_name(serving: Version, network: str) -> str:
@@ -338,10 +350,21 @@ def announce_now(settings: Settings, version: Version, validation: dict[str, Any
 
 
 def _versus(verdict: dict[str, Any]) -> str:
-    return (
+    """The comparison in words: the two MAEs, the windows and hours they cover, the tuning."""
+    text = (
         f"holdout MAE {verdict['challenger_mae']:.3f} (challenger) vs "
         f"{verdict['champion_mae']:.3f} (serving), {verdict['holdout_pairs']} windows"
     )
+    held = verdict.get("holdout")
+    if held:
+        text += f" from {held['from']} to {held['to']}"
+    if "epochs" in verdict:
+        text += f"; fine-tuned {verdict['epochs']} epochs"
+        if "best_epoch" in verdict:
+            text += f", kept epoch {verdict['best_epoch']}"
+    if "fine_tuning_s" in verdict:
+        text += f" in {verdict['fine_tuning_s']} s"
+    return text
 
 
 def _summary(outcome: Outcome) -> tuple[str, str, str]:
