@@ -191,7 +191,7 @@ def test_a_challenger_that_does_not_win_is_not_published(
     assert outcome.validation["holdout_pairs"] == 25 * 170  # windows ending 263..287
     # the hours it was judged on, and how the fine-tuning went, are in the outcome's line
     assert "from 2016-07-01T22:00:00Z to 2016-07-02T00:55:00Z" in outcome.detail
-    assert f"fine-tuned {outcome.validation['epochs']} epochs" in outcome.detail
+    assert f"fine-tuned {outcome.validation['epochs']} epoch" in outcome.detail
     assert worker.registry.versions("pems08-lstm") == ["1"]
 
 

@@ -359,7 +359,8 @@ def _versus(verdict: dict[str, Any]) -> str:
     if held:
         text += f" from {held['from']} to {held['to']}"
     if "epochs" in verdict:
-        text += f"; fine-tuned {verdict['epochs']} epochs"
+        epochs = verdict["epochs"]
+        text += f"; fine-tuned {epochs} epoch{'' if epochs == 1 else 's'}"
         if "best_epoch" in verdict:
             text += f", kept epoch {verdict['best_epoch']}"
     if "fine_tuning_s" in verdict:
