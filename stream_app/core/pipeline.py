@@ -107,9 +107,7 @@ class Pipeline:
         self.stopwatch = stopwatch
         self.sensor_ttl_s = sensor_ttl_s
         self.pending = PendingForecasts(forecaster.horizon)
-        self.calibration = IntervalCalibration(
-            forecaster.horizon, miss=interval_miss(forecaster), rate=interval_rate
-        )
+        self.calibration = _calibration(forecaster, interval_rate)
         self._sensors = Sensors(lambda: RollingWindow(forecaster.window, max_gap_steps, impute))
         self._swept_ms = 0
         self._parse_ts = TimestampParser()
@@ -185,8 +183,7 @@ class Pipeline:
             )  # fmt: skip
         self._needs_full, self._warmup = readiness(forecaster)
         self.rolling_mae.reset()
-        self.calibration.reset()
-        self.calibration.miss = interval_miss(forecaster)
+        self.calibration = _calibration(forecaster, self.calibration.rate)  # starts at 1
         for sink in self.sinks:
             sink.reset()
         if self.feedback is not None:
@@ -745,11 +742,10 @@ def _compact(values: FloatArray) -> npt.NDArray[np.floating[Any]]:
     return narrow if np.isfinite(narrow).sum() == np.isfinite(values).sum() else values
 
 
-def interval_miss(forecaster: Forecaster) -> float:
-    """The share of actuals a quantile model's outermost levels should leave out (0.2 for 0.1
-    and 0.9); 0.2 for a model without quantiles, whose interval is never served."""
+def _calibration(forecaster: Forecaster, rate: float) -> IntervalCalibration:
+    """The online calibration of ``forecaster``'s interval, its width factor at 1."""
     levels: tuple[float, ...] = tuple(getattr(forecaster, "quantiles", ()))
-    return 1.0 - (levels[-1] - levels[0]) if len(levels) >= 2 else 0.2
+    return IntervalCalibration.for_levels(forecaster.horizon, levels, rate)
 
 
 def readiness(forecaster: Forecaster) -> tuple[bool, int]:

@@ -16,6 +16,7 @@ imputed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -229,6 +230,14 @@ class IntervalCalibration:
         self._log_bounds = (float(np.log(bounds[0])), float(np.log(bounds[1])))
         self.log_scale = np.zeros(horizon)
 
+    @classmethod
+    def for_levels(cls, horizon: int, levels: Sequence[float], rate: float) -> IntervalCalibration:
+        """For an interval between the outermost of quantile ``levels`` (0.1 and 0.9: 20 %
+        outside); no levels, no interval to serve: the default."""
+        if len(levels) < 2:
+            return cls(horizon, rate=rate)
+        return cls(horizon, miss=1.0 - (levels[-1] - levels[0]), rate=rate)
+
     @property
     def scale(self) -> FloatArray:
         """The width factor per horizon step (index 0 = one step ahead)."""
@@ -254,10 +263,6 @@ class IntervalCalibration:
         model's bounds and its own point forecasts ``model_point`` (before any correction)."""
         scale = self.scale
         return point + scale * (low - model_point), point + scale * (high - model_point)
-
-    def reset(self) -> None:
-        """A new model serves: its interval starts as the model gives it."""
-        self.log_scale = np.zeros(self.horizon)
 
 
 class ScoreSink(Protocol):

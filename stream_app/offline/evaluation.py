@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ..core.card import UNIVERSAL, ModelCard
 from ..core.forecasters import FloatArray, Forecaster, IntArray, WindowBatch
@@ -237,13 +238,24 @@ def interval_coverage(
     quantiles: FloatArray, levels: Sequence[float], samples: Samples, parts: Split
 ) -> dict[str, Any]:
     """Share of the scored targets inside the outermost quantiles, overall and per step."""
-    low, high = quantiles[:, 0], quantiles[:, -1]
+    shares = _shares_inside(quantiles[:, 0], quantiles[:, -1], samples, parts)
+    return {"levels": [levels[0], levels[-1]], **shares}
+
+
+def _scored(samples: Samples, parts: Split) -> npt.NDArray[np.bool_]:
+    """Which targets count: known, and not zero where the protocol masks zeros."""
     targets = samples.targets
-    scored = np.isfinite(targets) & ((targets != 0) if parts.masked else True)
+    return np.isfinite(targets) & ((targets != 0) if parts.masked else True)
+
+
+def _shares_inside(
+    low: FloatArray, high: FloatArray, samples: Samples, parts: Split
+) -> dict[str, Any]:
+    """Share of the scored targets between ``low`` and ``high``, overall and per step."""
+    targets, scored = samples.targets, _scored(samples, parts)
     inside = (targets >= low) & (targets <= high) & scored
     per_step = inside.sum(axis=0) / np.maximum(scored.sum(axis=0), 1)
     return {
-        "levels": [levels[0], levels[-1]],
         "overall": float(inside.sum() / max(int(scored.sum()), 1)),
         "per_step": [float(v) for v in per_step],
     }
@@ -263,9 +275,8 @@ def served_coverage(
     horizon = quantiles.shape[2]
     median = quantiles[:, levels.index(0.5)] if 0.5 in levels else quantiles.mean(axis=1)
     low, high = quantiles[:, 0].copy(), quantiles[:, -1].copy()
-    targets = samples.targets
-    scored = np.isfinite(targets) & ((targets != 0) if parts.masked else True)
-    calibration = IntervalCalibration(horizon, miss=1.0 - (levels[-1] - levels[0]), rate=rate)
+    targets, scored = samples.targets, _scored(samples, parts)
+    calibration = IntervalCalibration.for_levels(horizon, levels, rate)
     sensors = len(np.unique(samples.sensors))
     times = samples.target_steps()  # (pairs, horizon): the step each target arrives
     pair, step = np.nonzero(scored)
@@ -290,12 +301,9 @@ def served_coverage(
             low[made], high[made] = calibration.apply(
                 median[made], median[made], low[made], high[made]
             )
-    inside = (targets >= low) & (targets <= high) & scored
-    per_step = inside.sum(axis=0) / np.maximum(scored.sum(axis=0), 1)
     return {
         "rate": rate,
-        "overall": float(inside.sum() / max(int(scored.sum()), 1)),
-        "per_step": [float(v) for v in per_step],
+        **_shares_inside(low, high, samples, parts),
         "scale": [float(v) for v in calibration.scale],
     }
 
