@@ -352,9 +352,7 @@ class Pipeline:
             ts_ms = self._parse_ts.parse(first)
         except Rejected:
             return None
-        if ts_ms > (self.clock() + self.future_tolerance_s) * 1000:
-            return None
-        return ts_ms, rows
+        return None if self._in_the_future(ts_ms) else (ts_ms, rows)
 
     def _ticks_in(
         self, message: Incoming, read: Decoded | None
@@ -380,9 +378,13 @@ class Pipeline:
             except Rejected as rejected:
                 yield rejected, index, item
 
+    def _in_the_future(self, ts_ms: int) -> bool:
+        """Stamped further ahead of the wall clock than ``future_tolerance_s``."""
+        return ts_ms > (self.clock() + self.future_tolerance_s) * 1000
+
     def _state_for(self, tick: Tick, partition: int) -> SensorState:
         """The tick's sensor, once the tick is known to belong here (a rejected tick adds none)."""
-        if tick.ts_ms > (self.clock() + self.future_tolerance_s) * 1000:
+        if self._in_the_future(tick.ts_ms):
             raise Rejected(Reason.BAD_TIMESTAMP, f"ts {format_ts(tick.ts_ms)} is in the future")
         if self.network and tick.network is not None and tick.network != self.network:
             raise Rejected(
