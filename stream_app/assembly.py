@@ -99,6 +99,7 @@ def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics)
         canary_s=settings.canary_s,
         canary_margin=settings.canary_margin,
         canary_min_pairs=settings.canary_min_pairs,
+        canary_mode=settings.canary_mode,
         forecast_batch=settings.forecast_records == "batch",
         interval_rate=settings.interval_rate,
     )

@@ -165,6 +165,13 @@ class Settings:
         "after a swap, event time the replaced model keeps forecasting in the shadow to compare "
         "with the new one on the same targets (0: no canary)",
     )
+    canary_mode: str = _setting(
+        "before",
+        "before: a new model forecasts in the shadow for canary_s first (a trial) and serves "
+        "only if it did no worse than the serving one; after: it serves at once and the one it "
+        "replaced forecasts in the shadow, rolled back to if the new one did worse",
+        choices=("after", "before"),
+    )
     canary_margin: float = _setting(
         0.0,
         "roll back when the new model's MAE at the last horizon step is more than this share "

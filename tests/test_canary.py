@@ -1,5 +1,6 @@
-"""The canary after a swap: the replaced model forecasts in the shadow, both are scored on the
-same targets, and a worse new model is rolled back with a ``rollback`` event."""
+"""The canary: after a swap the replaced model forecasts in the shadow, before one (a trial) the
+new model does; both are scored on the same targets, and a worse new model goes (or never
+serves) with a ``rollback`` event."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class Offset(Persistence):
 
 
 def test_both_sides_are_scored_on_exactly_the_same_targets() -> None:
-    canary = Canary(Persistence(2, 3), "m@2", 0.0, horizon=2, duration_s=0, min_pairs=1)
+    canary = Canary(Persistence(2, 3), "m@2", "m@1", 0.0, horizon=2, duration_s=0, min_pairs=1)
     sensors = np.array([0, 1])
     canary.add(sensors, np.array([5, 5]), np.array([[11.0, 12.0], [20.0, 20.0]]),
                np.array([[10.0, 10.0], [21.0, 23.0]]))  # fmt: skip
@@ -51,8 +52,8 @@ def test_both_sides_are_scored_on_exactly_the_same_targets() -> None:
 
 
 def test_the_verdict_waits_for_its_time_and_pairs_and_respects_the_margin() -> None:
-    canary = Canary(Persistence(1, 3), "m@2", 100.0, horizon=1, duration_s=50, min_pairs=2,
-                    margin=0.1)  # fmt: skip
+    canary = Canary(Persistence(1, 3), "m@2", "m@1", 100.0, horizon=1, duration_s=50,
+                    min_pairs=2, margin=0.1)  # fmt: skip
     canary.add(np.array([0, 1]), np.array([1, 1]), np.array([[10.5], [10.5]]),
                np.array([[10.0], [10.0]]))  # fmt: skip
     canary.score(np.array([0]), np.array([2]), np.array([9.5]))  # 1.0 against 0.5
@@ -84,15 +85,18 @@ def stream(pipeline: Pipeline, steps: range) -> tuple[list[str], list[RetrainEve
     return models, events
 
 
-def canary_pipeline(registry: CollectorRegistry) -> Pipeline:
+def canary_pipeline(
+    registry: CollectorRegistry, offset: float = 0.0, mode: str = "after"
+) -> Pipeline:
     return Pipeline(
-        Offset(0.0, 1),
+        Offset(offset, 1),
         step_s=STEP_S,
         network="net",
         clock=lambda: 2e9,
         metrics=Metrics(registry),
         canary_s=3600.0,  # 12 steps
         canary_min_pairs=8,
+        canary_mode=mode,
     )
 
 
@@ -123,7 +127,7 @@ def test_a_better_model_is_kept_and_a_rollback_swap_has_no_canary() -> None:
     registry = CollectorRegistry()
     pipeline = Pipeline(
         Offset(5.0, 1), step_s=STEP_S, clock=lambda: 2e9, metrics=Metrics(registry),
-        canary_s=3600.0, canary_min_pairs=8,
+        canary_s=3600.0, canary_min_pairs=8, canary_mode="after",
     )  # fmt: skip
     stream(pipeline, range(10))
     pipeline.swap(Offset(0.0, 2))
@@ -143,3 +147,60 @@ def test_no_canary_when_it_is_off() -> None:
     pipeline.swap(Offset(50.0, 2))
     models, events = stream(pipeline, range(10, 60))
     assert set(models) == {"offset@2"} and events == [] and pipeline.canary is None
+
+
+def test_on_trial_the_shadow_side_is_the_new_model() -> None:
+    canary = Canary(Persistence(1, 3), "m@2", "m@1", 0.0, horizon=1, duration_s=0, min_pairs=1,
+                    trial=True)  # fmt: skip
+    one = np.array([0])
+    canary.add(one, one, np.array([[11.0]]), np.array([[13.0]]))  # served m@1, shadow m@2
+    canary.score(one, one + 1, np.array([10.0]))
+    verdict = canary.verdict(0.0)
+    assert verdict is not None and (verdict.served_mae, verdict.previous_mae) == (3.0, 1.0)
+    assert verdict.rollback and verdict.to_json()["decision"] == "reject"
+    assert verdict.to_json()["trial"] is True and canary.ratio == 3.0  # new over old
+
+
+def test_on_trial_a_worse_model_never_serves_and_the_registry_is_told() -> None:
+    registry = CollectorRegistry()
+    pipeline = canary_pipeline(registry, mode="before")
+    stream(pipeline, range(10))
+    pipeline.swap(Offset(5.0, 2))
+    assert pipeline.forecaster.model_id == "offset@1" and pipeline.canary is not None
+    models, events = stream(pipeline, range(10, 40))
+    assert set(models) == {"offset@1"} and pipeline.canary is None  # it never served
+    [event] = events
+    assert (event.reason, event.model) == (ROLLBACK, "offset@2")
+    evidence = event.evidence
+    assert evidence["decision"] == "reject" and evidence["trial"] is True
+    assert evidence["previous"] == "offset@1" and evidence["served"] == "offset@2"
+    assert evidence["previous_mae"] < evidence["served_mae"] and evidence["pairs"] >= 8
+    verdicts = "stcast_canary_verdicts_total"
+    assert registry.get_sample_value(verdicts, {"decision": "reject"}) == 1.0
+    assert registry.get_sample_value("stcast_model_swaps_total") == 0.0
+
+
+def test_on_trial_a_better_model_serves_once_its_trial_ends() -> None:
+    registry = CollectorRegistry()
+    pipeline = canary_pipeline(registry, offset=5.0, mode="before")
+    stream(pipeline, range(10))
+    swaps = registry.get_sample_value("stcast_model_swaps_total")
+    pipeline.swap(Offset(0.0, 2))
+    models, events = stream(pipeline, range(10, 40))
+    # the trial starts at step 9's time and decides at step 21's; offset@2 serves from then
+    assert models[: 12 * 4] == ["offset@1"] * 48 and set(models[13 * 4 :]) == {"offset@2"}
+    assert events == [] and pipeline.canary is None
+    assert [v.to_json()["decision"] for v in pipeline.verdicts] == ["promote"]
+    assert registry.get_sample_value("stcast_canary_verdicts_total", {"decision": "promote"}) == 1
+    assert registry.get_sample_value("stcast_model_swaps_total") == (swaps or 0) + 1
+
+
+def test_a_trial_ends_when_the_registry_goes_back_to_the_serving_model() -> None:
+    pipeline = canary_pipeline(CollectorRegistry(), mode="before")
+    stream(pipeline, range(10))
+    pipeline.swap(Offset(5.0, 2))
+    assert pipeline.canary is not None and pipeline.canary.trial
+    pipeline.swap(Offset(0.0, 1), canary=False)  # another worker's trial rejected offset@2
+    assert pipeline.canary is None and pipeline.forecaster.model_id == "offset@1"
+    models, events = stream(pipeline, range(10, 40))
+    assert set(models) == {"offset@1"} and events == []

@@ -255,6 +255,7 @@ def test_drift_retrain_publish_swap_and_a_refused_tampered_model(
         model_dir=str(registry.current("pems08-lstm").path),  # type: ignore[union-attr]
         step_s=0,
         drift_warmup=36,
+        canary_mode="after",  # the new version serves at once (a trial is test_canary's)
         **common,
     )
     retrain_env = {

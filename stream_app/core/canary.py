@@ -1,9 +1,12 @@
-"""The canary after a swap: the replaced model keeps forecasting in the shadow, both are scored on
-the same targets, and the verdict says whether the new one may stay.
+"""The canary: a new model and the one it would replace, scored on the same targets, one of them
+forecasting in the shadow; the verdict says whether the new one may serve.
 
-The pipeline (``Pipeline.swap``) starts a ``Canary`` when it swaps a model in, feeds it the
-replaced model's forecasts of the same windows (``median_forecast``) and the real readings, and
-asks for the verdict after each chunk; on ``rollback`` it swaps the replaced model back.
+After a swap (``STCAST_CANARY_MODE=after``), the replaced model keeps forecasting in the shadow;
+on ``rollback`` the pipeline swaps it back. Before a swap (``before``: a trial), the new model
+forecasts in the shadow while the serving one goes on; the pipeline swaps it in only if it did
+no worse (``promote``), and otherwise (``reject``) it never serves. The pipeline
+(``Pipeline.swap``) starts a ``Canary``, feeds it the shadow model's forecasts of the same
+windows (``median_forecast``) and the real readings, and asks for the verdict after each chunk.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ def median_forecast(forecaster: Forecaster, batch: WindowBatch) -> FloatArray:
 
 @dataclass(frozen=True)
 class CanaryVerdict:
-    """The canary's comparison: the served model against the one it replaced, on the same
-    targets; MAE at the last horizon step (what a retrain must not make worse) and over all."""
+    """The canary's comparison: the new model (``served``: serving, or on trial) against the one
+    it replaces (``previous``), on the same targets; MAE at the last horizon step (what a
+    retrain must not make worse) and over all."""
 
     served: str
     previous: str
@@ -41,10 +45,18 @@ class CanaryVerdict:
     served_mae_all: float
     previous_mae_all: float
     margin: float
+    trial: bool = False  # the new model forecast in the shadow, before it served
 
     @property
     def rollback(self) -> bool:
+        """The new model did worse by more than the margin: it goes (or never comes)."""
         return self.served_mae > self.previous_mae * (1.0 + self.margin)
+
+    @property
+    def decision(self) -> str:
+        if self.trial:
+            return "reject" if self.rollback else "promote"
+        return "rollback" if self.rollback else "keep"
 
     @property
     def ratio(self) -> float:
@@ -52,7 +64,8 @@ class CanaryVerdict:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "decision": "rollback" if self.rollback else "keep",
+            "decision": self.decision,
+            "trial": self.trial,
             "served": self.served,
             "previous": self.previous,
             "pairs": self.pairs,
@@ -65,16 +78,17 @@ class CanaryVerdict:
 
 
 class Canary:
-    """After a swap, the model that was replaced keeps forecasting the same windows in the
-    shadow (nothing of it is produced), and both are scored on the same targets.
+    """Two models forecast the same windows, one of them in the shadow (nothing of it is
+    produced), and both are scored on the same targets: after a swap, the replaced model is
+    the shadow; on a trial (``trial``), the new one is.
 
     Both sides' forecasts go into their own ``PendingForecasts`` with the same sensors and
     slots, so the same actuals settle exactly the same (sensor, slot, horizon) pairs of each.
-    ``verdict`` is given once ``duration_s`` of event time has passed since the swap and the
+    ``verdict`` is given once ``duration_s`` of event time has passed since the start and the
     last horizon step has ``min_pairs`` pairs; until then it is None.
 
-    >>> canary = Canary(previous=None, served="m@2", started_s=0.0, horizon=1, duration_s=10,
-    ...                 min_pairs=1)
+    >>> canary = Canary(shadow=None, new="m@2", old="m@1", started_s=0.0, horizon=1,
+    ...                 duration_s=10, min_pairs=1)
     >>> one = np.array([0])
     >>> canary.add(one, one, np.array([[12.0]]), np.array([[10.5]]))
     >>> canary.score(one, one + 1, np.array([10.0]))
@@ -84,17 +98,20 @@ class Canary:
 
     def __init__(
         self,
-        previous: Forecaster | None,
-        served: str,
+        shadow: Forecaster | None,
+        new: str,
+        old: str,
         started_s: float,
         horizon: int,
         *,
+        trial: bool = False,
         duration_s: float = 21_600.0,
         margin: float = 0.0,
         min_pairs: int = 100,
     ) -> None:
-        self.previous = previous  # the Forecaster that was replaced
-        self.served = served
+        self.shadow = shadow  # the Forecaster in the shadow: the replaced one, or on trial the new
+        self.new, self.old = new, old  # model ids
+        self.trial = trial
         self.started_s = started_s
         self.horizon = horizon
         self.duration_s = duration_s
@@ -105,13 +122,15 @@ class Canary:
         self._counts = np.zeros(horizon, dtype=np.int64)
 
     def add(
-        self, sensors: IntArray, slots: IntArray, served: FloatArray, previous: FloatArray
+        self, sensors: IntArray, slots: IntArray, served: FloatArray, shadow: FloatArray
     ) -> None:
-        """Both models' forecasts (n, horizon) made at ``slots`` for these sensor rows."""
+        """Both models' forecasts (n, horizon) made at ``slots`` for these sensor rows: the
+        served ones and the shadow's."""
         if len(sensors):
+            new, old = (shadow, served) if self.trial else (served, shadow)
             last = served[:, 0]  # no baseline here: any value keeps the pending rows aligned
-            self._pending[0].add(sensors, slots, served, last)
-            self._pending[1].add(sensors, slots, previous, last)
+            self._pending[0].add(sensors, slots, new, last)
+            self._pending[1].add(sensors, slots, old, last)
 
     def score(self, sensors: IntArray, slots: IntArray, actuals: FloatArray) -> None:
         """Real readings: add the absolute errors of both sides on the pairs they settle."""
@@ -130,7 +149,7 @@ class Canary:
 
     @property
     def ratio(self) -> float:
-        """The served model's MAE at the last horizon step over the previous one's, so far."""
+        """The new model's MAE at the last horizon step over the old one's, so far."""
         previous = self._sums[1, -1]
         return float(self._sums[0, -1] / previous) if previous > 0 else math.nan
 
@@ -141,8 +160,8 @@ class Canary:
             return None
         total = max(int(self._counts.sum()), 1)
         return CanaryVerdict(
-            self.served,
-            self.previous.model_id if self.previous is not None else "?",
+            self.new,
+            self.old,
             self.started_s,
             now_s,
             last,
@@ -151,4 +170,5 @@ class Canary:
             float(self._sums[0].sum() / total),
             float(self._sums[1].sum() / total),
             self.margin,
+            self.trial,
         )

@@ -125,18 +125,19 @@ class Metrics:
         )
         self.canary_verdicts = Counter(
             "canary_verdicts",
-            "Canaries ended after a swap: keep (the new model was no worse than the one it "
-            "replaced on the same targets) or rollback",
+            "Canaries ended: after a swap, keep (the new model was no worse than the one it "
+            "replaced on the same targets) or rollback; on a trial before a swap, promote or "
+            "reject",
             ["decision"],
             namespace=PREFIX,
             registry=registry,
         )
-        for decision in ("keep", "rollback"):
+        for decision in ("keep", "rollback", "promote", "reject"):
             self.canary_verdicts.labels(decision=decision)
         self.canary_ratio = Gauge(
             "canary_mae_ratio",
-            "While a canary runs: the new model's MAE at the last horizon step over the replaced "
-            "model's, on the same targets (above 1: worse)",
+            "While a canary runs: the new model's MAE at the last horizon step over the one it "
+            "replaces, on the same targets (above 1: worse)",
             net,
             namespace=PREFIX,
             registry=registry,

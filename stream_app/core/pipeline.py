@@ -87,6 +87,7 @@ class Pipeline:
         canary_s: float = 0.0,
         canary_margin: float = 0.0,
         canary_min_pairs: int = 100,
+        canary_mode: str = "before",
         columnar: bool = True,
         forecast_batch: bool = False,
         interval_rate: float = 0.05,
@@ -124,6 +125,7 @@ class Pipeline:
         self.canary_s = canary_s  # 0: no canary after a swap
         self.canary_margin = canary_margin
         self.canary_min_pairs = canary_min_pairs
+        self.canary_mode = canary_mode  # before: a trial first; after: serve, then compare
         self.canary: Canary | None = None
         self.verdicts: list[CanaryVerdict] = []  # every canary's outcome, newest last
         self._inference: ThreadPoolExecutor | None = None  # made on the first chunk
@@ -156,13 +158,17 @@ class Pipeline:
         """Serve ``forecaster`` from the next chunk on (call between micro-batches).
 
         The windows stay, so it must read the same window; the errors' monitors start over.
-        With ``canary_s`` set (and ``canary``: not for a rollback), the replaced model keeps
-        forecasting in the shadow for that long (``Canary``); if the new one is worse on the same
-        targets, the pipeline swaps back and emits a ``rollback`` event. A model already served
-        is not swapped in again.
+        With ``canary_s`` set (and ``canary``: not for a rollback), the two are compared on the
+        same targets for that long (``Canary``): with ``canary_mode`` "after", the replaced model
+        keeps forecasting in the shadow, and if the new one is worse the pipeline swaps back;
+        with "before", the new one forecasts in the shadow first (a trial) and is swapped in
+        only if it did no worse. Either way a worse new model gives a ``rollback`` event. A
+        model already served is not swapped in again; asking for it ends a trial.
         """
         old = self.forecaster
         if forecaster.model_id == old.model_id:
+            if self.canary is not None and self.canary.trial:  # the registry went back to it
+                self.canary = None
             return
         at_step = getattr(forecaster, "at_step", None)
         if at_step is not None:  # a universal model serves this network's grid
@@ -173,14 +179,20 @@ class Pipeline:
                 f"{forecaster.horizon}; the windows held are for {old.model_id}'s "
                 f"{old.window}, {old.horizon}: restart the workers to change them"
             )
-        self.forecaster = forecaster
+        compare = canary and self.canary_s > 0
+        trial = compare and self.canary_mode == "before"
         self.canary = None
-        if canary and self.canary_s > 0:
+        if compare:
             self.canary = Canary(
-                old, forecaster.model_id, self.newest_ts_s, forecaster.horizon,
-                duration_s=self.canary_s, margin=self.canary_margin,
-                min_pairs=self.canary_min_pairs,
+                forecaster if trial else old, forecaster.model_id, old.model_id,
+                self.newest_ts_s, forecaster.horizon, trial=trial, duration_s=self.canary_s,
+                margin=self.canary_margin, min_pairs=self.canary_min_pairs,
             )  # fmt: skip
+        if trial:
+            log.info("trial of %s against %s: it forecasts in the shadow first",
+                     forecaster.model_id, old.model_id)  # fmt: skip
+            return
+        self.forecaster = forecaster
         self._needs_full, self._warmup = readiness(forecaster)
         self.rolling_mae.reset()
         self.calibration = _calibration(forecaster, self.calibration.rate)  # starts at 1
@@ -456,12 +468,12 @@ class Pipeline:
             np.array(chunk.rows), slots * self.step_s, tuple(chunk.sensors),
             self._neighbour_input(chunk),
         )  # fmt: skip
-        previous = None
-        if self.canary is not None and self.canary.previous is not None and not self._restoring:
-            previous = self.canary.previous
+        shadow = None
+        if self.canary is not None and self.canary.shadow is not None and not self._restoring:
+            shadow = self.canary.shadow
         if self._inference is None:
             self._inference = ThreadPoolExecutor(1, thread_name_prefix="stcast-inference")
-        return self._inference.submit(infer, self.forecaster, batch, previous, self.stopwatch)
+        return self._inference.submit(infer, self.forecaster, batch, shadow, self.stopwatch)
 
     def _finish(self, chunk: Chunk, launched: Future[Inferred] | None) -> Output:
         """Score, remember and encode an inferred chunk, at the event time it had when it was
@@ -492,7 +504,8 @@ class Pipeline:
         return output
 
     def _judge(self) -> None:
-        """The canary's verdict, once due: keep the new model, or roll back to the previous."""
+        """The canary's verdict, once due: after a swap, keep the new model or roll back to
+        the previous; on a trial, promote the new model or reject it (it never served)."""
         canary = self.canary
         if canary is None:
             return
@@ -505,15 +518,16 @@ class Pipeline:
         self.verdicts.append(verdict)
         record = verdict.to_json()
         if self.metrics is not None:
-            self.metrics.canary_verdicts.labels(decision=record["decision"]).inc()
+            self.metrics.canary_verdicts.labels(decision=verdict.decision).inc()
             self.metrics.set_canary_ratio(0.0, self.network)  # no canary runs
         log.info(
-            "canary of %s against %s over %d targets: MAE %.3f vs %.3f at the last step: %s",
-            verdict.served, verdict.previous, verdict.pairs, verdict.served_mae,
-            verdict.previous_mae, record["decision"],
+            "%s of %s against %s over %d targets: MAE %.3f vs %.3f at the last step: %s",
+            "trial" if verdict.trial else "canary", verdict.served, verdict.previous,
+            verdict.pairs, verdict.served_mae, verdict.previous_mae, verdict.decision,
         )  # fmt: skip
-        if verdict.rollback and canary.previous is not None:
-            self.swap(canary.previous, canary=False)
+        if canary.shadow is not None and verdict.rollback != verdict.trial:
+            self.swap(canary.shadow, canary=False)  # back after a swap; in after a trial
+        if verdict.rollback:  # the registry goes back to the model that serves now
             detected_at = format_ts(round(verdict.decided_s * 1000))
             network = self.network or "default"
             self.retrain(
@@ -707,7 +721,7 @@ class Pipeline:
 @dataclass(frozen=True, slots=True)
 class Inferred:
     """What a chunk's inference gave: the point forecasts, the interval's bounds when the
-    model gives quantiles, the replaced model's forecasts while a canary runs, and the time."""
+    model gives quantiles, the shadow model's forecasts while a canary runs, and the time."""
 
     values: FloatArray
     interval: tuple[FloatArray, FloatArray] | None
@@ -718,11 +732,11 @@ class Inferred:
 def infer(
     forecaster: Forecaster,
     batch: WindowBatch,
-    previous: Forecaster | None,
+    shadow: Forecaster | None,
     stopwatch: Callable[[], float],
 ) -> Inferred:
     """One chunk's forecasts (run on the inference thread): the median is the point forecast
-    of a quantile model; ``previous`` (a canary's replaced model) forecasts in the shadow."""
+    of a quantile model; ``shadow`` (a canary's other model) forecasts in the shadow."""
     started = stopwatch()
     interval = None
     if isinstance(forecaster, QuantileForecaster) and forecaster.quantiles:
@@ -732,8 +746,8 @@ def infer(
     else:
         values = forecaster.forecast(batch)
     seconds = stopwatch() - started
-    shadow = median_forecast(previous, batch) if previous is not None else None
-    return Inferred(values, interval, shadow, seconds)
+    shadowed = median_forecast(shadow, batch) if shadow is not None else None
+    return Inferred(values, interval, shadowed, seconds)
 
 
 def _compact(values: FloatArray) -> npt.NDArray[np.floating[Any]]:

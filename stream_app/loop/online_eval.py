@@ -11,14 +11,16 @@ Policies, on the same (possibly faulted) stream:
   figures and the after-drift windows are measured on.
 - ``stcast``: error feedback on each drifting sensor (``STCAST_DRIFT_FEEDBACK_GAIN``, see
   ``feedback``) and, on each retrain event the pipeline emits, fine-tune the serving model on the
-  recent readings (``models.finetuning``, the retrain worker's settings) and swap the
-  challenger in if it wins on the held-back newest steps, as the retrain worker does. The
+  recent readings (``models.finetuning``, the retrain worker's settings) and publish the
+  challenger if it wins on the held-back newest steps, as the retrain worker does. The
   stream waits for the retrain (in stream time it is instant).
 - ``periodic``: the same retrain, blindly once a day of data, whatever the monitors say.
 
-Both swap with the worker's canary (``STCAST_CANARY_S``): a version found worse than the one it
-replaced is rolled back as in a worker. ``versions_served`` then compares every version that
-served after a swap with the one it replaced, kept (``served_versus_kept``).
+Both go through the worker's canary (``STCAST_CANARY_S``, ``STCAST_CANARY_MODE``): a published
+challenger is on trial in the shadow first and serves only if it did no worse (``before``, the
+default), or serves at once and is rolled back if found worse (``after``), as in a worker.
+``versions_served`` then compares every version that served after a swap with the one it
+replaced, kept (``served_versus_kept``).
 
 Scenarios: ``holiday`` (the data as it is: in the PEMS08 slice, the 4 July holiday) and faults
 injected on a seeded random tenth of the sensors from a seeded onset: ``shift`` (+3 standard
@@ -182,12 +184,11 @@ def stream_policy(
         for output in pipeline.step([_batch(stream, t)]):
             _record(output.forecasts, run.forecasts, step_of, column)
             events += [RetrainEvent.decode(raw) for _, raw in output.retrain_events]
-        for event in [e for e in events if e.reason == ROLLBACK]:  # the pipeline swapped back
-            serving = directory[pipeline.forecaster.model_id]
-            run.served.append((t + 1, pipeline.forecaster.model_id))
+        for event in [e for e in events if e.reason == ROLLBACK]:  # a canary's or a trial's
             run.rollbacks.append({"step": t, **event.evidence})
-            progress(f"{policy}: canary at {format_ts(int(times[t]) * 1000)}: rolled back "
-                     f"{event.model} to {pipeline.forecaster.model_id}")  # fmt: skip
+            what = "trial" if event.evidence.get("trial") else "canary"
+            progress(f"{policy}: {what} at {format_ts(int(times[t]) * 1000)}: "
+                     f"{event.evidence.get('decision')} {event.model}")  # fmt: skip
         events = [e for e in events if e.reason != ROLLBACK]
         due = (policy == "stcast" and events) or (policy == "periodic" and t and t % day == 0)
         if due:
@@ -201,11 +202,13 @@ def stream_policy(
             new["step"], new["reason"] = t, reason
             run.retrains.append(new)
             progress(f"{policy}: retrain at {format_ts(int(times[t]) * 1000)}: {new['outcome']}")
-            if new["outcome"] == "swapped":
-                serving = Path(new["dir"])
-                pipeline.swap(OnnxForecaster(serving, provider="cpu", step_s=stream.step_s))
-                directory[pipeline.forecaster.model_id] = serving
-                run.served.append((t + 1, pipeline.forecaster.model_id))
+            if new["outcome"] == "published":
+                challenger = OnnxForecaster(Path(new["dir"]), provider="cpu", step_s=stream.step_s)
+                directory[challenger.model_id] = Path(new["dir"])
+                pipeline.swap(challenger)  # serving from the next step, or on trial first
+        if pipeline.forecaster.model_id != run.served[-1][1]:  # a swap, a rollback, a promotion
+            run.served.append((t + 1, pipeline.forecaster.model_id))
+        serving = directory[pipeline.forecaster.model_id]
     run.directory = directory
     return run
 
@@ -397,7 +400,7 @@ def _retrain(
         min_gain=settings.retrain_min_gain,
     )
     return {
-        "outcome": "swapped" if verdict.wins else "rejected",
+        "outcome": "published" if verdict.wins else "rejected",
         "dir": str(out),
         "fine_tuning_s": round(seconds, 1),
         **verdict.to_json(),
@@ -421,7 +424,7 @@ def report(
         policies[name] = {
             "mae": _mae_by_horizon(run.forecasts, truth),
             "mae_after_drift": _mae_on(run.forecasts, truth, windows),
-            "retrains": sum(r["outcome"] == "swapped" for r in run.retrains),
+            "retrains": sum(r["outcome"] == "published" for r in run.retrains),
             "retrain_attempts": run.retrains,
             "rollbacks": run.rollbacks,
             "versions_served": run.versions,

@@ -186,9 +186,10 @@ class RetrainWorker:
         return outcome
 
     async def roll_back(self, event: RetrainEvent, producer: AIOKafkaProducer) -> Outcome:
-        """A worker's canary found ``event.model`` worse than the version it replaced: make that
-        one current again (``stcast models use``) and announce it, once. The workers that sent
-        the same verdict later find the model no longer current and are skipped."""
+        """A worker's canary found ``event.model`` worse than the version it replaced (or, on a
+        trial, than the version still serving): make that one current again (``stcast models
+        use``) and announce it, once. The workers that sent the same verdict later find the
+        model no longer current and are skipped."""
         verdict = event.evidence
         try:
             name, _ = parse_model_id(event.model)
@@ -203,8 +204,9 @@ class RetrainWorker:
             self.registry.set_current(name, previous.version)
         else:  # a network's first fine-tuning of a shared model: back to the shared one
             self.registry.retire(name)
+        what = "trial" if verdict.get("trial") else "canary"
         detail = (
-            f"canary: {event.model} MAE {verdict.get('served_mae')} vs {previous.model_id} "
+            f"{what}: {event.model} MAE {verdict.get('served_mae')} vs {previous.model_id} "
             f"{verdict.get('previous_mae')} over {verdict.get('pairs')} targets"
         )
         await announce(producer, self.settings, previous, {"rollback": verdict})

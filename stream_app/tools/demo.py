@@ -284,6 +284,11 @@ async def _read_loop_topics(
 def _loop_event(event: dict[str, Any]) -> str:
     if event.get("reason") == "rollback":
         v = event["evidence"]
+        if v.get("trial"):
+            return (
+                f"  TRIAL   {v['served']} did worse in the shadow than {v['previous']} on the "
+                f"same targets (MAE {v['served_mae']:.2f} vs {v['previous_mae']:.2f}): rejected"
+            )
         return (
             f"  CANARY  {v['served']} served worse than {v['previous']} on the same targets "
             f"(MAE {v['served_mae']:.2f} vs {v['previous_mae']:.2f}): rolled back"

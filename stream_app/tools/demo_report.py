@@ -41,8 +41,13 @@ def retrain_outcomes(log_path: Path) -> list[str]:
 
 
 def canary_verdicts(log_path: Path) -> list[str]:
-    """The worker's one line per canary: the new model against the one it replaced."""
-    return _log_lines(log_path, "pipeline: canary of ")
+    """The worker's one line per canary verdict (after a swap) or trial (before one): the new
+    model against the one it replaces."""
+    return [
+        line
+        for line in _log_lines(log_path, "pipeline: ")
+        if line.startswith(("canary of ", "trial of ")) and " targets: MAE " in line
+    ]
 
 
 def _log_lines(log_path: Path, marker: str) -> list[str]:
@@ -173,7 +178,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"drift events: {len(report['drift_events'])}; models published: "
         + (", ".join(m["model"] for m in report["models_published"]) or "none"),
         *(f"  retrain event {line}" for line in report["retrains"]),
-        *(f"  canary of {line}" for line in report["canaries"]),
+        *(f"  {line}" for line in report["canaries"]),
         "MAE (flow, zero readings ignored):",
     ]
     for name, by in report["mae"].items():
