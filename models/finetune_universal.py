@@ -149,10 +149,13 @@ def fine_tune_recent(
     max_seconds: float = 120.0,
     threads: int = 1,
     seed: int = 0,
+    held_out: range | None = None,
 ) -> TrainResult:
     """The retrain worker's fine-tuning of a universal model on a network's recent readings:
     fitted on the steps before the last fifth before ``holdout_from``, chosen on that fifth;
-    the holdout (from ``holdout_from``) is left for the challenger's comparison."""
+    the holdout (from ``holdout_from``) is left for the challenger's comparison. ``held_out``:
+    steps inside the fitted part that are never a target either (a second holdout, e.g. the
+    same hours a day earlier: ``benchmarks/retrain_validation.py``)."""
     horizon = UniversalConfig().horizon
     selection = max((holdout_from) // 5, horizon + 1)
     parts = Split(
@@ -178,6 +181,7 @@ def fine_tune_recent(
         seed=seed,
         threads=threads,
         progress=False,
+        held_out=held_out,
     )
 
 
@@ -197,9 +201,11 @@ def adapt(
     calendar_known: bool = True,
     max_epochs: int = MAX_EPOCHS,
     sensor_rows: bool = False,
+    held_out: range | None = None,
 ) -> TrainResult:
     """Fine-tune ``init``'s universal model on ``parts.train``, keep the epoch best on
-    ``parts.val``, export it as ``name@version``; ``parts.test`` is never read. With
+    ``parts.val``, export it as ``name@version``; ``parts.test`` is never read, nor is a step of
+    ``held_out`` ever a training target. With
     ``sensor_rows`` the model gains an embedding row per sensor of the network (its card then
     lists them; a sensor it does not know gets a row of its own)."""
     start = time.monotonic()
@@ -217,6 +223,8 @@ def adapt(
     own = model.config.sensors > 0
     inputs = _Inputs(dataset, series, model.config.context, neighbours, calendar_known, own)
     train, val = _pairs(series, parts, parts.train, model), _pairs(series, parts, parts.val, model)
+    if held_out is not None:
+        train = _targets_outside(train, held_out, model.config.horizon)
     if len(train) == 0 or len(val) == 0:
         raise ValueError(
             f"{dataset.n_steps} steps leave {len(train)} training and {len(val)} selection "
@@ -287,6 +295,12 @@ def _pairs(series: FloatArray, parts: Split, part: range, model: UniversalForeca
     history = _observed_before(series, end_rows, sensors)
     keep = seen & (history >= MIN_CONTEXT) & ~np.isnan(target).all(axis=1)
     return _Pairs(end_rows[keep], sensors[keep], target[keep])
+
+
+def _targets_outside(pairs: _Pairs, steps: range, horizon: int) -> _Pairs:
+    """The pairs none of whose ``horizon`` targets falls in ``steps``."""
+    keep = (pairs.ends + horizon < steps.start) | (pairs.ends + 1 >= steps.stop)
+    return _Pairs(pairs.ends[keep], pairs.sensors[keep], pairs.target[keep])
 
 
 def _observed_before(series: FloatArray, ends: IntArray, sensors: IntArray) -> IntArray:

@@ -263,3 +263,14 @@ def test_a_network_version_adds_sensor_rows_that_change_nothing_until_trained(
         feeds["neighbours"],
     )
     assert forecaster.forecast_quantiles(batch).shape == (16, 3, 12)
+
+
+def test_a_second_holdout_is_never_a_fine_tuning_target() -> None:
+    from models.finetune_universal import _Pairs, _targets_outside
+
+    ends = np.arange(21, dtype=np.int64)
+    pairs = _Pairs(ends, ends % 3, np.zeros((21, 3), dtype=np.float32))
+    kept = _targets_outside(pairs, range(10, 12), horizon=3)
+    # a window ending at t has its targets at t+1..t+3: those ending at 7 to 10 reach 10 or 11
+    assert kept.ends.tolist() == [*range(7), *range(11, 21)]
+    assert kept.sensors.tolist() == [e % 3 for e in kept.ends.tolist()]
