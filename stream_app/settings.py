@@ -202,7 +202,10 @@ class Settings:
         259200.0, "event time of recent readings a retrain fine-tunes and validates on"
     )
     retrain_holdout_steps: int = _setting(
-        36, "newest grid steps held back to compare the fine-tuned model with the serving one"
+        36,
+        "newest grid steps held back to compare the fine-tuned model with the serving one (0: "
+        "none; the challenger is fitted on every step and judged by the trial alone, which "
+        "needs STCAST_CANARY_MODE=before and STCAST_CANARY_S above 0)",
     )
     retrain_max_s: float = _setting(120.0, "wall-clock budget of one fine-tuning, seconds")
     retrain_min_gain: float = _setting(
@@ -240,7 +243,6 @@ class Settings:
             "retrain_min_sensors",
             "canary_min_pairs",
             "quarantine_strikes",
-            "retrain_holdout_steps",
             "retrain_threads",
         )
         for name in positive:
@@ -274,6 +276,15 @@ class Settings:
             value = getattr(self, name)
             if not 0 <= value < float("inf"):  # also refuses NaN
                 raise ValueError(f"{env_name(name)}={value!r} must be a finite number >= 0")
+        if self.retrain_holdout_steps < 0:
+            raise ValueError(f"{env_name('retrain_holdout_steps')} must be 0 or more")
+        if self.retrain_holdout_steps == 0 and not (
+            self.canary_mode == "before" and self.canary_s > 0
+        ):
+            raise ValueError(
+                f"{env_name('retrain_holdout_steps')}=0 leaves a challenger to its trial alone: "
+                f"it needs {env_name('canary_mode')}=before and {env_name('canary_s')} above 0"
+            )
         if not 0 <= self.drift_feedback_gain < 1:
             raise ValueError(f"{env_name('drift_feedback_gain')} must be in [0, 1)")
         if self.security_protocol.startswith("SASL") and not self.sasl_username:

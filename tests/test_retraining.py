@@ -195,6 +195,38 @@ def test_a_challenger_that_does_not_win_is_not_published(
     assert worker.registry.versions("pems08-lstm") == ["1"]
 
 
+def test_without_a_holdout_the_challenger_goes_to_its_trial(
+    serving_dir: Path, pems08: GridDataset, tmp_path: Path
+) -> None:
+    settings = Settings(
+        model_registry=str(tmp_path / "registry"), retrain_holdout_steps=0, retrain_max_s=5.0,
+    )  # fmt: skip
+    worker = RetrainWorker(settings)
+    worker.registry.publish(serving_dir)
+    for step, ts in enumerate(pems08.timestamps()[:300].tolist()):
+        for column, sensor in enumerate(pems08.sensors):
+            worker.history.add(sensor, ts, float(pems08.values[step, column, 0]))
+    announced = _Announcements()
+    outcome = asyncio.run(worker.handle(_event("pems08-lstm@1"), announced))  # type: ignore[arg-type]
+    assert (outcome.result, outcome.published) == ("published", "pems08-lstm@2"), outcome.detail
+    assert outcome.validation is not None and outcome.validation["holdout"] is None
+    assert "no holdout: the workers' trial judges it" in outcome.detail
+    [update] = announced
+    assert update["model"] == "pems08-lstm@2" and update["validation"]["holdout"] is None
+    tuned = json.loads((worker.registry.get("pems08-lstm", "2").path / CARD_FILE).read_text())
+    fitted = tuned["training"]["fine_tuning"]
+    assert fitted["holdout_from"] == fitted["recent_steps"] == 300  # every step was fitted on
+
+
+def test_no_holdout_needs_a_trial() -> None:
+    with pytest.raises(ValueError, match="STCAST_CANARY_MODE=before"):
+        Settings(retrain_holdout_steps=0, canary_mode="after").validated()
+    with pytest.raises(ValueError, match="STCAST_CANARY_S above 0"):
+        Settings(retrain_holdout_steps=0, canary_s=0.0).validated()
+    with pytest.raises(ValueError, match="0 or more"):
+        Settings(retrain_holdout_steps=-1).validated()
+
+
 class _Announcements(list[dict[str, object]]):
     async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> None:
         self.append(json.loads(value))

@@ -244,6 +244,11 @@ class RetrainWorker:
         version = self.registry.next_version(name)
         with tempfile.TemporaryDirectory(prefix="stcast-challenger-") as tmp:
             tuned = self._fine_tune(serving, recent, holdout_from, Path(tmp), name, version)
+            if holdout_from >= recent.n_steps:  # no holdout: the workers' trial judges it
+                validation = {"event": event.id, **tuned, "holdout": None, "wins": True}
+                published = self.registry.publish(Path(tmp))
+                return Outcome(event.id, "published", _versus(validation),
+                               published.model_id, validation)  # fmt: skip
             verdict = compare(
                 serving.path, Path(tmp), recent, holdout_from, settings.retrain_min_gain
             )
@@ -353,10 +358,13 @@ def announce_now(settings: Settings, version: Version, validation: dict[str, Any
 
 def _versus(verdict: dict[str, Any]) -> str:
     """The comparison in words: the two MAEs, the windows and hours they cover, the tuning."""
-    text = (
-        f"holdout MAE {verdict['challenger_mae']:.3f} (challenger) vs "
-        f"{verdict['champion_mae']:.3f} (serving), {verdict['holdout_pairs']} windows"
-    )
+    if "challenger_mae" not in verdict:
+        text = "no holdout: the workers' trial judges it"
+    else:
+        text = (
+            f"holdout MAE {verdict['challenger_mae']:.3f} (challenger) vs "
+            f"{verdict['champion_mae']:.3f} (serving), {verdict['holdout_pairs']} windows"
+        )
     held = verdict.get("holdout")
     if held:
         text += f" from {held['from']} to {held['to']}"

@@ -303,11 +303,12 @@ def _model_update(update: dict[str, Any]) -> str:
     v = update.get("validation", {})
     if "rollback" in v:
         return f"  MODEL   {update['model']} announced again (a rollback); workers swap back"
-    return (
-        f"  MODEL   {update['model']} published: holdout MAE "
-        f"{v.get('challenger_mae', float('nan')):.2f} vs the serving "
-        f"model's {v.get('champion_mae', float('nan')):.2f}; workers swap"
+    judged = (
+        f"holdout MAE {v['challenger_mae']:.2f} vs the serving model's {v['champion_mae']:.2f}"
+        if "challenger_mae" in v
+        else "no holdout"
     )
+    return f"  MODEL   {update['model']} published ({judged}); workers try it in the shadow"
 
 
 async def _live_view(plan: _Plan, worker: WorkerProcess, observed: Observed, say: _Say) -> None:
