@@ -232,7 +232,7 @@ class NetworkRouter:
         if not targets:
             raise ValueError(f"{forecaster.model_id} is for none of the networks served here")
         for network in targets:
-            self.pipelines[network].swap(forecaster, canary=canary)
+            self.pipelines[network].swap(forecaster, canary=canary, replacing=replacing)
 
     def _route(
         self, messages: Sequence[Incoming], counting: bool = True

@@ -200,7 +200,9 @@ def test_a_trial_ends_when_the_registry_goes_back_to_the_serving_model() -> None
     stream(pipeline, range(10))
     pipeline.swap(Offset(5.0, 2))
     assert pipeline.canary is not None and pipeline.canary.trial
-    pipeline.swap(Offset(0.0, 1), canary=False)  # another worker's trial rejected offset@2
+    pipeline.swap(Offset(0.0, 1), canary=False, replacing="offset@3")  # another trial's
+    assert pipeline.canary is not None and pipeline.canary.new == "offset@2"
+    pipeline.swap(Offset(0.0, 1), canary=False, replacing="offset@2")  # another worker's reject
     assert pipeline.canary is None and pipeline.forecaster.model_id == "offset@1"
     models, events = stream(pipeline, range(10, 40))
     assert set(models) == {"offset@1"} and events == []

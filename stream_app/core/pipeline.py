@@ -163,11 +163,13 @@ class Pipeline:
         keeps forecasting in the shadow, and if the new one is worse the pipeline swaps back;
         with "before", the new one forecasts in the shadow first (a trial) and is swapped in
         only if it did no worse. Either way a worse new model gives a ``rollback`` event. A
-        model already served is not swapped in again; asking for it ends a trial.
+        model already served is not swapped in again; asked for as the rollback of the model on
+        trial (``replacing``: another worker rejected it), it ends that trial.
         """
         old = self.forecaster
         if forecaster.model_id == old.model_id:
-            if self.canary is not None and self.canary.trial:  # the registry went back to it
+            running = self.canary
+            if running is not None and running.trial and replacing and running.new == replacing:
                 self.canary = None
             return
         at_step = getattr(forecaster, "at_step", None)
