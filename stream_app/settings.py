@@ -162,8 +162,9 @@ class Settings:
     )
     canary_s: float = _setting(
         21600.0,
-        "after a swap, event time the replaced model keeps forecasting in the shadow to compare "
-        "with the new one on the same targets (0: no canary)",
+        "event time a new model and the one it replaces are compared on the same targets, one "
+        "of them forecasting in the shadow (see canary_mode; 0: no canary, a new model serves "
+        "at once)",
     )
     canary_mode: str = _setting(
         "before",
@@ -174,8 +175,8 @@ class Settings:
     )
     canary_margin: float = _setting(
         0.0,
-        "roll back when the new model's MAE at the last horizon step is more than this share "
-        "above the replaced model's on the canary's targets",
+        "a new model goes (rejected on trial, or rolled back) when its MAE at the last horizon "
+        "step is more than this share above the other model's on the canary's targets",
     )
     canary_min_pairs: int = _setting(
         100, "fewest scored targets at the last horizon step before a canary decides"
