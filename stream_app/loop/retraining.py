@@ -244,18 +244,15 @@ class RetrainWorker:
         version = self.registry.next_version(name)
         with tempfile.TemporaryDirectory(prefix="stcast-challenger-") as tmp:
             tuned = self._fine_tune(serving, recent, holdout_from, Path(tmp), name, version)
-            if holdout_from >= recent.n_steps:  # no holdout: the workers' trial judges it
-                validation = {"event": event.id, **tuned, "holdout": None, "wins": True}
-                published = self.registry.publish(Path(tmp))
-                return Outcome(event.id, "published", _versus(validation),
-                               published.model_id, validation)  # fmt: skip
-            verdict = compare(
-                serving.path, Path(tmp), recent, holdout_from, settings.retrain_min_gain
-            )
-            times = recent.timestamps()
-            held = {"from": format_ts(int(times[holdout_from]) * 1000),
-                    "to": format_ts(int(times[-1]) * 1000)}  # fmt: skip
-            validation = {**verdict, "event": event.id, **tuned, "holdout": held}
+            verdict: dict[str, Any] = {"holdout": None, "wins": True}  # the trial judges it
+            if holdout_from < recent.n_steps:
+                times = recent.timestamps()
+                verdict = compare(
+                    serving.path, Path(tmp), recent, holdout_from, settings.retrain_min_gain
+                )
+                verdict["holdout"] = {"from": format_ts(int(times[holdout_from]) * 1000),
+                                      "to": format_ts(int(times[-1]) * 1000)}  # fmt: skip
+            validation = {**verdict, "event": event.id, **tuned}
             if not verdict["wins"]:
                 return Outcome(event.id, "rejected", _versus(validation), validation=validation)
             published = self.registry.publish(Path(tmp))
