@@ -276,7 +276,7 @@ async def _read_loop_topics(
                         say(_loop_event(obj))
                     else:
                         into.updates.append(obj)
-                        say(_model_update(obj))
+                        say(_model_update(obj, settings))
     finally:
         await consumer.stop()
 
@@ -299,7 +299,7 @@ def _loop_event(event: dict[str, Any]) -> str:
     )
 
 
-def _model_update(update: dict[str, Any]) -> str:
+def _model_update(update: dict[str, Any], settings: Settings) -> str:
     v = update.get("validation", {})
     if "rollback" in v:
         return f"  MODEL   {update['model']} announced again (a rollback); workers swap back"
@@ -308,7 +308,9 @@ def _model_update(update: dict[str, Any]) -> str:
         if "challenger_mae" in v
         else "no holdout"
     )
-    return f"  MODEL   {update['model']} published ({judged}); workers try it in the shadow"
+    trial = settings.canary_mode == "before" and settings.canary_s > 0
+    then = "workers try it in the shadow" if trial else "workers swap"
+    return f"  MODEL   {update['model']} published ({judged}); {then}"
 
 
 async def _live_view(plan: _Plan, worker: WorkerProcess, observed: Observed, say: _Say) -> None:
