@@ -27,11 +27,9 @@ worse, rejected and better, rejected and worse, and the mean served ratio of wha
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -47,16 +45,6 @@ from stream_app.offline.evaluation import model_forecasts
 
 DAY_S = 86_400
 PARTS = ("newest", "yesterday", "served")
-
-
-def part_of(data: GridDataset, first: int, stop: int) -> GridDataset:
-    """Steps ``first`` to ``stop`` (exclusive) of ``data``."""
-    return dataclasses.replace(
-        data,
-        values=data.values[first:stop, :, :1].copy(),
-        start=data.start + timedelta(seconds=first * data.step_s),
-        channels=data.channels[:1],
-    )
 
 
 def ratios(
@@ -99,7 +87,7 @@ def main() -> None:
     rows = []
     for end in range(day + args.holdout_steps, data.n_steps - ahead - horizon, args.every):
         first = max(0, end + 1 - history)
-        recent = part_of(data, first, end + 1)
+        recent = data.target_steps(first, end + 1)
         n = recent.n_steps
         yesterday = range(n - day, n - day + ahead)
         with tempfile.TemporaryDirectory(prefix="stcast-backtest-") as tmp:
@@ -116,11 +104,11 @@ def main() -> None:
                 "yesterday": ratios(
                     champion,
                     challenger,
-                    part_of(data, first, first + yesterday.stop),
+                    data.target_steps(first, first + yesterday.stop),
                     yesterday.start,
                 ),
                 "served": ratios(
-                    champion, challenger, part_of(data, first, end + 1 + ahead + horizon), n
+                    champion, challenger, data.target_steps(first, end + 1 + ahead + horizon), n
                 ),
             }
         rows.append(row)

@@ -41,7 +41,6 @@ import statistics
 import tempfile
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -357,13 +356,7 @@ def _retrain(
 
     history = max(1, int(settings.retrain_history_s) // stream.step_s)
     first = max(0, t + 1 - history)
-    recent = replace(
-        stream,
-        values=stream.values[first : t + 1, :, :1].copy(),
-        start=stream.start + timedelta(seconds=first * stream.step_s),
-        channels=stream.channels[:1],
-    )
-    recent = without(recent, quarantined)
+    recent = without(stream.target_steps(first, t + 1), quarantined)
     holdout_from = recent.n_steps - settings.retrain_holdout_steps
     out = workdir / f"v{version}"
     card = ModelCard.load(serving)

@@ -9,8 +9,8 @@ beside the data, else from a table of the shared reference datasets.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,16 @@ class GridDataset:
         """Epoch seconds of every step, shape (T,)."""
         first = int(self.start.timestamp())
         return first + self.step_s * np.arange(self.n_steps, dtype=np.int64)
+
+    def target_steps(self, first: int, stop: int) -> GridDataset:
+        """Steps ``first`` to ``stop`` (exclusive) of the first channel, the one forecast: what a
+        retrain reads of a stream (a copy, with its own start)."""
+        return replace(
+            self,
+            values=self.values[first:stop, :, :1].copy(),
+            start=self.start + timedelta(seconds=first * self.step_s),
+            channels=self.channels[:1],
+        )
 
     def channel_index(self, channel: str | int) -> int:
         """The index of a channel given by name or index."""
