@@ -12,7 +12,6 @@ import asyncio
 import json
 import shutil
 from dataclasses import replace
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +57,7 @@ def serving_dir(pems08: GridDataset, tmp_path_factory: pytest.TempPathFactory) -
 
 def recent_part(dataset: GridDataset, start: int, stop: int) -> GridDataset:
     """Steps ``start..stop-1`` of the flow channel, as the retrain worker's history gives it."""
-    return replace(
-        dataset,
-        values=dataset.values[start:stop, :, :1].copy(),
-        start=dataset.start + timedelta(seconds=start * dataset.step_s),
-        channels=dataset.channels[:1],
-    )
+    return dataset.target_steps(start, stop)
 
 
 # --- registry -------------------------------------------------------------------------------
