@@ -65,6 +65,9 @@ def test_online_report_on_a_short_stream(pems08: GridDataset, tmp_path: Path) ->
     frozen, periodic = report["policies"]["frozen"], report["policies"]["periodic"]
     assert frozen["retrains"] == 0 and frozen["retrain_attempts"] == []
     assert [a["step"] for a in periodic["retrain_attempts"]] == [288, 576]  # once a day
+    feedback = report["policies"]["feedback"]  # never retrains, but mixes after detections
+    assert feedback["retrain_attempts"] == [] and feedback["rollbacks"] == []
+    assert feedback["mae_after_drift"] != frozen["mae_after_drift"]
     for policy in report["policies"].values():
         assert len(policy["mae"]) == 12 and all(v > 0 for v in policy["mae"])
     detection = report["detection"]

@@ -15,6 +15,8 @@ Policies, on the same (possibly faulted) stream:
   challenger if it wins on the held-back newest steps, as the retrain worker does. The
   stream waits for the retrain (in stream time it is instant).
 - ``periodic``: the same retrain, blindly once a day of data, whatever the monitors say.
+- ``feedback``: ``stcast``'s error feedback alone, never retraining: what the fast reaction
+  to drift is worth by itself.
 
 Both go through the worker's canary (``STCAST_CANARY_S``, ``STCAST_CANARY_MODE``): a published
 challenger is on trial in the shadow first and serves only if it did no worse (``before``, the
@@ -61,7 +63,7 @@ from ..settings import Settings
 from .history import without
 
 SCENARIOS = ("holiday", "shift", "stuck", "variance")
-POLICIES = ("frozen", "stcast", "periodic")
+POLICIES = ("frozen", "feedback", "stcast", "periodic")
 AFTER_DRIFT_STEPS = 24
 FAULTED_SHARE = 0.1
 WEEK_S = 7 * 86_400
@@ -169,7 +171,7 @@ def stream_policy(
     """One policy's pass over the stream."""
     run = Run()
     serving = model_dir
-    if policy != "stcast":  # error feedback is part of stcast's reaction to drift
+    if policy not in ("stcast", "feedback"):  # error feedback is stcast's fast reaction
         settings = settings.replace(drift_feedback_gain=0.0)
     pipeline = _pipeline(settings, serving, run)
     directory = {pipeline.forecaster.model_id: serving}
