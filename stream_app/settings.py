@@ -152,8 +152,9 @@ class Settings:
     drift_cooldown: int = _setting(36, "scored actuals after a firing before it may fire again")
     drift_feedback_gain: float = _setting(
         0.1,
-        "after a sensor's monitor fires, correct its forecasts by this share of each scored "
-        "error until the next model swap (0: off)",
+        "after a sensor's monitor fires, mix its last reading into its forecasts until the next "
+        "model swap, at each horizon step by the errors of both there, averaged at this rate a "
+        "scored actual (0: off)",
     )
     reading_checks: str = _setting(
         "stuck,range,noise",

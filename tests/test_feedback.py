@@ -1,4 +1,5 @@
-"""Error feedback: a drifting sensor's forecasts corrected by its own scored errors."""
+"""Error feedback: a drifting sensor's forecasts mixed with its last reading, weighted by the
+errors of each on that sensor."""
 
 from __future__ import annotations
 
@@ -6,45 +7,79 @@ import numpy as np
 import pytest
 
 from stream_app.core.feedback import ErrorFeedback
-from stream_app.core.scoring import Scores
+from stream_app.core.scoring import PendingForecasts, Scores
 
 
-def scores(rows: list[int], horizons: list[int], errors: list[float]) -> Scores:
-    ints = np.array(rows, dtype=np.int64)
-    return Scores(ints, np.array(horizons, dtype=np.int64), np.array(errors), np.arange(len(rows)))
+def scores(rows: list[int], horizons: list[int], model: list[float], last: list[float]) -> Scores:
+    """Scores whose served errors are 0 and whose model and persistence errors are given."""
+    n = len(rows)
+    return Scores(
+        np.array(rows, dtype=np.int64),
+        np.array(horizons, dtype=np.int64),
+        np.zeros(n),  # what was served: not what the feedback learns from
+        np.arange(n),
+        baseline=np.array(last),
+        model_errors=np.array(model),
+    )
 
 
-def test_a_steady_bias_is_cancelled_on_active_rows_only() -> None:
-    feedback = ErrorFeedback(horizon=2, gain=0.5)
+def test_after_a_level_shift_an_active_row_leans_to_its_last_reading() -> None:
+    feedback = ErrorFeedback(horizon=2, rate=0.5)
     feedback.activate(1)
-    raw = np.array([[100.0, 100.0], [100.0, 100.0]])  # rows 0 and 1; actuals are 90
-    for _ in range(40):  # step 2 learns at half the gain
-        served = feedback.correct(np.array([0, 1]), raw)
-        feedback.update(scores([0, 1, 1], [1, 1, 2], [*(served[:, 0] - 90), served[1, 1] - 90]))
-    served = feedback.correct(np.array([0, 1]), raw)
+    for _ in range(5):  # the model says 100 where 130 came; the last reading was 130
+        feedback.update(scores([0, 0, 1, 1], [1, 2, 1, 2], [-30.0] * 4, [0.0] * 4))
+    model, last = np.full((2, 2), 100.0), np.array([130.0, 130.0])
+    served = feedback.correct(np.array([0, 1]), model, last)
     assert served[0].tolist() == [100.0, 100.0]  # never fired: the model's forecast
-    np.testing.assert_allclose(served[1], [90.0, 90.0], atol=1e-4)
+    assert served[1].tolist() == [130.0, 130.0]
     assert feedback.active == 1
 
 
-def test_a_swap_or_a_lost_row_ends_the_correction() -> None:
-    feedback = ErrorFeedback(horizon=1, gain=0.5)
+def test_where_the_model_stays_the_better_it_keeps_most_of_the_weight() -> None:
+    feedback = ErrorFeedback(horizon=1, rate=0.1)
+    feedback.activate(0)
+    for model_error, last_error in [(5.0, 20.0), (-5.0, -20.0), (5.0, 20.0)]:
+        feedback.update(scores([0], [1], [model_error], [last_error]))
+    weight = 5.0**2 / (5.0**2 + 20.0**2)  # each average moved alike: their ratio is 1 to 4
+    np.testing.assert_allclose(feedback.weights(np.array([0])), [[weight]])
+    served = feedback.correct(np.array([0]), np.array([[50.0]]), np.array([70.0]))
+    np.testing.assert_allclose(served, [[50.0 + weight * 20.0]])
+
+
+def test_scores_carry_the_models_own_errors_beside_the_served_ones() -> None:
+    pending = PendingForecasts(horizon=1)
+    ints = np.array([0, 1], dtype=np.int64)
+    pending.add(ints, np.array([4, 4]), np.array([[9.0], [5.0]]), np.array([8.0, 3.0]),
+                model=np.array([[7.0], [5.0]]))  # fmt: skip
+    settled = pending.score(ints, np.array([5, 5]), np.array([10.0, 4.0]))
+    assert settled.errors.tolist() == [-1.0, 1.0]
+    assert settled.model_errors is not None and settled.model_errors.tolist() == [-3.0, 1.0]
+    assert settled.baseline is not None and settled.baseline.tolist() == [-2.0, -1.0]
+    merged = Scores.in_arrival_order([settled.at(np.array([1, 0]))])
+    assert merged.model_errors is not None and merged.model_errors.tolist() == [1.0, -3.0]
+
+
+def test_a_swap_a_lost_row_or_a_new_firing_starts_from_no_evidence() -> None:
+    feedback = ErrorFeedback(horizon=1, rate=0.5)
     for row in (0, 3):
         feedback.activate(row)
-    feedback.update(scores([0, 3], [1, 1], [5.0, -2.0]))
-    rows, raw = np.array([0, 3, 7]), np.zeros((3, 1))  # row 7 was never seen
-    assert feedback.correct(rows, raw)[:, 0].tolist() == [-2.5, 1.0, 0.0]
+    feedback.update(scores([0, 3], [1, 1], [10.0, 10.0], [0.0, 0.0]))
+    rows = np.array([0, 3, 7])  # row 7 was never seen
+    assert feedback.weights(rows)[:, 0].tolist() == [1.0, 1.0, 0.0]
     feedback.forget([3])
-    assert feedback.correct(rows, raw)[:, 0].tolist() == [-2.5, 0.0, 0.0]
+    assert feedback.weights(rows)[:, 0].tolist() == [1.0, 0.0, 0.0]
+    feedback.activate(0)  # fired again
+    assert feedback.weights(rows)[:, 0].tolist() == [0.0, 0.0, 0.0]
+    feedback.update(scores([0], [1], [10.0], [0.0]))
     feedback.reset()
-    assert feedback.correct(rows, raw)[:, 0].tolist() == [0.0, 0.0, 0.0]
+    assert feedback.weights(rows)[:, 0].tolist() == [0.0, 0.0, 0.0]
     assert feedback.active == 0
 
 
-def test_the_gain_must_be_a_share() -> None:
-    for gain in (0.0, 1.0, 1.5, -0.1):
-        with pytest.raises(ValueError, match="gain"):
-            ErrorFeedback(horizon=1, gain=gain)
+def test_the_rate_must_be_a_share() -> None:
+    for rate in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="rate"):
+            ErrorFeedback(horizon=1, rate=rate)
 
 
 def test_the_worker_wires_feedback_to_the_drift_monitors_only_when_asked() -> None:
@@ -66,4 +101,4 @@ def test_the_worker_wires_feedback_to_the_drift_monitors_only_when_asked() -> No
     off, sink = built(0.0)
     assert off is None and sink.on_detection is None
     on, sink = built(0.3)
-    assert on is not None and on.gain == 0.3 and sink.on_detection == on.activate
+    assert on is not None and on.rate == 0.3 and sink.on_detection == on.activate

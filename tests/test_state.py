@@ -143,7 +143,7 @@ def _watched(warmup: int, feedback_gain: float = 0.0) -> tuple[Pipeline, _Detect
     )
     pipeline.watch(sink)
     if feedback_gain:
-        feedback = ErrorFeedback(horizon=2, gain=feedback_gain)
+        feedback = ErrorFeedback(horizon=2, rate=feedback_gain)
         pipeline.correct_with(feedback)
         sink.on_detection = feedback.activate
     return pipeline, found
@@ -198,12 +198,10 @@ def test_error_feedback_comes_back_with_the_monitors_after_a_restore() -> None:
     assert restored.feedback.active == 3  # the replayed detections started it again
     live(restored, _shifted(range(handover, end), onset))
     rows = [restored.sensor_ids.index(s) for s in "abc"]
-    offsets = restored.feedback.correct(np.array(rows), np.zeros((3, 2)))
-    expected = whole.feedback.correct(
-        np.array([whole.sensor_ids.index(s) for s in "abc"]), np.zeros((3, 2))
-    )
-    assert np.abs(expected).max() > 0.1
-    assert np.allclose(offsets, expected, atol=0.01)
+    weights = restored.feedback.weights(np.array(rows))
+    expected = whole.feedback.weights(np.array([whole.sensor_ids.index(s) for s in "abc"]))
+    assert expected.min() > 0.3  # after a shift of 300 the last reading has a real share
+    assert np.allclose(weights, expected, atol=0.01)
 
 
 def test_a_detection_corrects_the_same_forecasts_however_the_stream_is_batched() -> None:
@@ -223,3 +221,18 @@ def live(pipeline: Pipeline, messages: list[Incoming]) -> None:
     """One micro-batch per step, as a worker keeping up with the stream gets them."""
     for _, batch in itertools.groupby(messages, key=lambda message: message.offset):
         run(pipeline, list(batch))
+
+
+def test_the_feedback_learns_from_the_models_own_forecasts_not_the_served_ones() -> None:
+    pipeline, found = _watched(warmup=40, feedback_gain=0.5)
+    messages = _shifted(range(0, 171), onset=150)
+    live(pipeline, messages[:-3])  # all but step 170
+    assert {sensor for sensor, _ in found} == {"a", "b", "c"}
+    rows = np.array([pipeline.sensor_ids.index(s) for s in "abc"])
+    actuals = np.array([json.loads(m.value)["value"] for m in messages[-3:]])
+    slot = (T0_S + 170 * STEP_S) // STEP_S
+    settled = pipeline.pending.score(rows, np.full(3, slot), actuals)
+    assert settled.model_errors is not None and settled.baseline is not None
+    # the fake forecasts the last reading plus h: its own errors are persistence's plus h
+    np.testing.assert_allclose(settled.model_errors - settled.baseline, settled.horizons, atol=1e-3)
+    assert np.abs(settled.errors - settled.model_errors).min() > 0.1  # what was served differs

@@ -1,14 +1,21 @@
 """Error feedback: the fast reaction to a sensor's drift, between a detection and a retrain.
 
 A retrain cannot learn a change it may not validate on (the newest steps are held back), so it
-comes hours after a shift. Meanwhile, once a sensor's drift monitor fires, its forecasts are
-corrected per horizon step by an integral of its own signed errors: each scored error ``e``
-(served forecast minus actual) at horizon step ``h`` moves that step's offset by
-``-gain / h * e``. A step-``h`` error is known ``h`` steps after its forecast, and an integral
-fed that late oscillates and diverges unless its gain shrinks with the delay (``x[t+1] =
-x[t] - g x[t-h]`` is stable only for ``g`` below about ``pi / (2h + 1)``); with ``gain / h`` a
-steady bias is cancelled within a few multiples of ``h / gain`` scored actuals. Sensors whose
-monitor never fired are served the model's forecasts unchanged. Offsets and activations end
+comes hours after a shift. Meanwhile, once a sensor's drift monitor fires, each of its forecasts
+is a mix of the model's and of persistence's (the sensor's last reading), per horizon step::
+
+    served = model + w * (last - model),   w = m**2 / (m**2 + p**2)
+
+where ``m`` and ``p`` are exponential averages (at ``rate`` a scored actual) of the absolute
+errors of the model's own forecasts and of persistence's at that step on that sensor since its
+monitor fired. After a level shift the last reading is already at the new level while the model
+is still drawn to the old one (its seasonal inputs, a context that is mostly the old level):
+persistence's errors are the smaller and the mix leans to it; where the model stays the better,
+it keeps most of the weight. Measured against the integral of the served errors this replaced
+(``docs/adaptation.md``, "The error feedback"): better after a shift with both model kinds, no
+worse on the holiday with ``universal``.
+
+Sensors whose monitor never fired are served the model's forecasts unchanged. The averages end
 at the next model swap (the new model answers the drift) and with the sensor's row; a restored
 partition rebuilds them from the replayed scores.
 """
@@ -24,14 +31,16 @@ from .scoring import Scores
 
 
 class ErrorFeedback:
-    """Per sensor row, per horizon step: an offset added to the forecasts of drifting sensors."""
+    """Per sensor row, per horizon step: how much of the last reading to mix into the forecasts
+    of drifting sensors."""
 
-    def __init__(self, horizon: int, gain: float) -> None:
-        if not 0 < gain < 1:  # at 1, a step-1 error's correction would oscillate undamped
-            raise ValueError(f"the feedback gain must be between 0 and 1, not {gain}")
+    def __init__(self, horizon: int, rate: float) -> None:
+        if not 0 < rate < 1:  # at 1, the newest error alone would decide
+            raise ValueError(f"the feedback rate must be between 0 and 1, not {rate}")
         self.horizon = horizon
-        self.gain = gain
-        self._offsets = np.zeros((0, horizon))
+        self.rate = rate
+        self._model = np.zeros((0, horizon))  # averaged absolute errors: the model's own
+        self._last = np.zeros((0, horizon))  # and persistence's
         self._active = np.zeros(0, dtype=bool)
 
     @property
@@ -40,46 +49,66 @@ class ErrorFeedback:
         return int(self._active.sum())
 
     def activate(self, row: int) -> None:
-        """Start correcting ``row`` (its drift monitor fired)."""
+        """Start correcting ``row`` (its drift monitor fired), from no evidence either way."""
         self._grow_to(row + 1)
         self._active[row] = True
+        self._model[row] = self._last[row] = 0.0
 
-    def correct(self, rows: IntArray, values: FloatArray) -> FloatArray:
-        """``values`` (one forecast per row of ``rows``) with the active rows' offsets added."""
-        if not self._active.any() or not len(rows):
-            return values
+    def weights(self, rows: IntArray) -> FloatArray:
+        """(n, horizon): the last reading's share in the forecasts of ``rows`` (0: inactive)."""
+        out = np.zeros((len(rows), self.horizon))
         known = rows < len(self._active)
-        active = np.zeros(len(rows), dtype=bool)
-        active[known] = self._active[rows[known]]
-        if not active.any():
-            return values
-        out = values.copy()
-        out[active] += self._offsets[rows[active]]
+        mine = np.zeros(len(rows), dtype=bool)
+        mine[known] = self._active[rows[known]]
+        if mine.any():
+            model, last = self._model[rows[mine]] ** 2, self._last[rows[mine]] ** 2
+            total = model + last
+            out[mine] = np.divide(model, total, out=np.zeros_like(total), where=total > 0)
         return out
 
+    def correct(self, rows: IntArray, values: FloatArray, last: FloatArray) -> FloatArray:
+        """``values`` (one forecast per row of ``rows``) mixed with ``last`` (each forecast's
+        last reading) on the active rows."""
+        if not self._active.any() or not len(rows):
+            return values
+        weights = self.weights(rows)
+        if not weights.any():
+            return values
+        return values + weights * (last[:, None] - values)
+
     def update(self, scores: Scores) -> None:
-        if not len(scores) or not self._active.any():
+        """Average the errors of the active rows' forecasts: the model's own (before this
+        correction) and persistence's. A row appears at most once per horizon step in
+        ``scores`` (one generation: the pipeline's ``_settle``)."""
+        if not len(scores) or not self._active.any() or scores.baseline is None:
             return
         known = scores.sensors < len(self._active)
         mine = np.zeros(len(scores), dtype=bool)
         mine[known] = self._active[scores.sensors[known]]
         mine &= scores.horizons <= self.horizon
-        horizons = scores.horizons[mine]
-        step = (scores.sensors[mine], horizons - 1)
-        np.add.at(self._offsets, step, -self.gain / horizons * scores.errors[mine])
+        mine &= np.isfinite(scores.baseline)
+        if not mine.any():
+            return
+        model_errors = scores.errors if scores.model_errors is None else scores.model_errors
+        at = (scores.sensors[mine], scores.horizons[mine] - 1)
+        keep = 1.0 - self.rate
+        self._model[at] = keep * self._model[at] + self.rate * np.abs(model_errors[mine])
+        self._last[at] = keep * self._last[at] + self.rate * np.abs(scores.baseline[mine])
 
     def forget(self, rows: Iterable[int]) -> None:
         for row in rows:
             if row < len(self._active):
                 self._active[row] = False
-                self._offsets[row] = 0.0
+                self._model[row] = self._last[row] = 0.0
 
     def reset(self) -> None:
         self._active[:] = False
-        self._offsets[:] = 0.0
+        self._model[:] = 0.0
+        self._last[:] = 0.0
 
     def _grow_to(self, size: int) -> None:
         if size > len(self._active):
-            grown = max(size, 2 * len(self._active))
-            self._offsets = np.pad(self._offsets, ((0, grown - len(self._active)), (0, 0)))
-            self._active = np.pad(self._active, (0, grown - len(self._active)))
+            grown = max(size, 2 * len(self._active)) - len(self._active)
+            self._model = np.pad(self._model, ((0, grown), (0, 0)))
+            self._last = np.pad(self._last, ((0, grown), (0, 0)))
+            self._active = np.pad(self._active, (0, grown))

@@ -207,8 +207,8 @@ class Pipeline:
             self.metrics.model_swaps.inc()
 
     def correct_with(self, feedback: ErrorFeedback) -> None:
-        """Add ``feedback``'s offsets to the forecasts of the sensors it corrects; it learns
-        them from each generation's scores (``_settle``), in restores too."""
+        """Mix the last reading into the forecasts of the sensors ``feedback`` corrects; it
+        learns how much from each generation's scores (``_settle``), in restores too."""
         self.feedback = feedback
 
     def watch_readings(self, sink: ReadingSink) -> None:
@@ -573,7 +573,8 @@ class Pipeline:
         made_at = np.array(chunk.slots, dtype=np.int64)
         made_in = np.array(chunk.row_generations, dtype=np.int64)
         last = np.array([row[-1] for row in chunk.rows])  # the persistence baseline's forecast
-        model = values.copy() if chunk.interval is not None else values  # before corrections
+        corrected = chunk.interval is not None or self.feedback is not None
+        model = values.copy() if corrected else values  # before corrections
         sensor_count = len(self._sensors)
         scores = []
         for generation in range(max(chunk.generation.values(), default=0)):
@@ -591,7 +592,7 @@ class Pipeline:
             if self.feedback is not None:
                 self.feedback.update(settled)
                 if new.any():
-                    values[new] = self.feedback.correct(made_by[new], values[new])
+                    values[new] = self.feedback.correct(made_by[new], values[new], last[new])
             if new.any():
                 interval = None
                 if chunk.interval is not None:  # served, and so scored, as calibrated now
@@ -599,7 +600,8 @@ class Pipeline:
                         values[new], model[new], chunk.interval[0][new], chunk.interval[1][new]
                     )
                     chunk.interval[0][new], chunk.interval[1][new] = interval
-                self.pending.add(made_by[new], made_at[new], values[new], last[new], interval)
+                own = None if self.feedback is None else model[new]
+                self.pending.add(made_by[new], made_at[new], values[new], last[new], interval, own)
                 if chunk.shadow is not None and self.canary is not None:
                     self.canary.add(made_by[new], made_at[new], values[new], chunk.shadow[new])
             self._watch(settled)

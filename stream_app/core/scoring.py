@@ -45,6 +45,9 @@ class PendingForecasts:
         # the forecasts' intervals (lowest and highest quantile), made on the first one given:
         # float32 halves their memory and a bound needs no more digits than the model computes
         self._bounds: npt.NDArray[np.float32] | None = None
+        # the model's own forecasts, where the error feedback may serve others: made on the
+        # first ones given, float32 as the model computes them
+        self._model: npt.NDArray[np.float32] | None = None
 
     def add(
         self,
@@ -53,11 +56,14 @@ class PendingForecasts:
         values: FloatArray,
         last: FloatArray,
         interval: tuple[FloatArray, FloatArray] | None = None,
+        model: FloatArray | None = None,
     ) -> None:
         """Remember forecasts ``values`` (n, horizon) made at ``slots`` for sensor indices.
 
         ``last`` (n,) is each window's last value, the persistence baseline's forecast;
-        ``interval`` the (n, horizon) low and high bounds, when the model gives them.
+        ``interval`` the (n, horizon) low and high bounds, when the model gives them; ``model``
+        the model's own forecasts where ``values`` may differ (the error feedback's), scored
+        beside them (``Scores.model_errors``).
         """
         self._grow_to(int(sensors.max()) + 1)
         rows = slots % self.horizon
@@ -70,6 +76,10 @@ class PendingForecasts:
                 self._bounds = np.full(shape, np.nan, dtype=np.float32)
             self._bounds[0, sensors, rows] = interval[0]
             self._bounds[1, sensors, rows] = interval[1]
+        if model is not None and self._model is None:
+            self._model = self._values.astype(np.float32)
+        if self._model is not None:
+            self._model[sensors, rows] = values if model is None else model
 
     def clear(self, sensors: list[int]) -> None:
         """Forget the forecasts of these sensor rows (the rows are about to be reused)."""
@@ -88,6 +98,10 @@ class PendingForecasts:
         which, step = np.nonzero(live)
         errors = picked[which, step] - actuals[which]
         baseline = self._last[sensors[which], rows[which, step]] - actuals[which]
+        model_errors = None
+        if self._model is not None:
+            own = self._model[sensors[which], rows[which, step], step]
+            model_errors = own - actuals[which]
         inside = None
         if self._bounds is not None:
             at = (sensors[which], rows[which, step], step)
@@ -95,7 +109,7 @@ class PendingForecasts:
             inside = np.where(
                 np.isnan(low), np.nan, (actuals[which] >= low) & (actuals[which] <= high)
             )
-        return Scores(sensors[which], step + 1, errors, which, baseline, inside)
+        return Scores(sensors[which], step + 1, errors, which, baseline, inside, model_errors)
 
     def _grow_to(self, size: int) -> None:
         capacity = len(self._made_at)
@@ -110,6 +124,9 @@ class PendingForecasts:
         if self._bounds is not None:
             more = np.full((2, extra, self.horizon, self.horizon), np.nan, dtype=np.float32)
             self._bounds = np.concatenate([self._bounds, more], axis=1)
+        if self._model is not None:
+            zeros = np.zeros((extra, self.horizon, self.horizon), dtype=np.float32)
+            self._model = np.concatenate([self._model, zeros])
 
 
 @dataclass
@@ -146,7 +163,8 @@ class Scores:
     ``actuals`` says which of the scored actuals (by position) each error belongs to;
     ``baseline`` holds the persistence forecast's errors against the same actuals (None: unknown);
     ``inside`` 1 where the actual fell inside the forecast's interval, 0 outside, NaN where the
-    forecast had none (None: no interval at all).
+    forecast had none (None: no interval at all); ``model_errors`` the model's own errors where
+    the error feedback may have served other values (None: the same as ``errors``).
     """
 
     sensors: IntArray
@@ -155,6 +173,7 @@ class Scores:
     actuals: IntArray
     baseline: FloatArray | None = None
     inside: FloatArray | None = None
+    model_errors: FloatArray | None = None
 
     def __len__(self) -> int:
         return len(self.errors)
@@ -173,6 +192,7 @@ class Scores:
             positions[self.actuals],
             self.baseline,
             self.inside,
+            self.model_errors,
         )
 
     @classmethod
@@ -184,6 +204,7 @@ class Scores:
         order = np.argsort(actuals, kind="stable")
         baselines = [p.baseline for p in parts if p.baseline is not None]
         insides = [p.inside for p in parts if p.inside is not None]
+        own = [p.model_errors for p in parts if p.model_errors is not None]
         return cls(
             np.concatenate([p.sensors for p in parts])[order],
             np.concatenate([p.horizons for p in parts])[order],
@@ -191,6 +212,7 @@ class Scores:
             actuals[order],
             np.concatenate(baselines)[order] if len(baselines) == len(parts) else None,
             np.concatenate(insides)[order] if len(insides) == len(parts) else None,
+            np.concatenate(own)[order] if len(own) == len(parts) else None,
         )
 
 
