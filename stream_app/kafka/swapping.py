@@ -1,11 +1,12 @@
 """Model updates from ``stcast.models``, swapped in between micro-batches without stopping.
 
 Every worker reads every update (no consumer group), from the topic's start, so a worker that
-starts late still ends up on the newest model. An update names a model directory (``uri``) and
-the sha256 of its ONNX file. The new session is opened, checked and warmed in a thread, off the
-hot path; the pipeline then switches between two micro-batches. Anything wrong with the new
-model leaves the old one serving, with the reason in the log and in
-``model_swap_failures_total{reason}``.
+starts late still ends up on the newest model of each network it serves (of a burst read at
+once, the newest per model lineage is applied: ``newest_per_lineage``). An update names a
+model directory (``uri``) and the sha256 of its ONNX file. The new session is opened, checked
+and warmed in a thread, off the hot path; the pipeline then switches between two
+micro-batches. Anything wrong with the new model leaves the old one serving, with the reason in
+the log and in ``model_swap_failures_total{reason}``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,11 +107,36 @@ async def follow_models(
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500)
-            records = [r for batch in batches.values() for r in batch]
-            if records:  # only the newest of a burst matters
-                await _apply(records[-1].value, settings, metrics, swap)
+            records = [r.value for batch in batches.values() for r in batch]
+            for raw in newest_per_lineage(records):
+                await _apply(raw, settings, metrics, swap)
     finally:
         await consumer.stop()
+
+
+def newest_per_lineage(raws: Sequence[bytes]) -> list[bytes]:
+    """The updates of a burst worth applying, in their order: the newest of each lineage (a
+    model's name, or for a rollback the name of the model it rolls back), so that a worker
+    reading the topic from its start, or serving several networks, skips what was superseded
+    without losing another network's update. Unreadable ones stay, to be refused and counted.
+
+    >>> def update(model: str, rolls_back: str = "") -> bytes:
+    ...     rollback = {"rollback": {"served": rolls_back}} if rolls_back else {}
+    ...     return ModelUpdate(model, "file:///m", "0").encode(validation=rollback)
+    >>> burst = [update("a-universal@2"), update("b-universal@2"), update("a-universal@3"),
+    ...          update("universal@1", rolls_back="b-universal@2"), b"{"]
+    >>> [raw[:30] for raw in newest_per_lineage(burst)]  # doctest: +NORMALIZE_WHITESPACE
+    [b'{"model": "a-universal@3", "ur', b'{"model": "universal@1", "uri"', b'{']
+    """
+    newest: dict[object, int] = {}
+    for index, raw in enumerate(raws):
+        try:
+            update = ModelUpdate.decode(raw)
+        except ModelUpdateError:
+            newest[index] = index
+            continue
+        newest[(update.rolls_back or update.model).partition("@")[0]] = index
+    return [raws[index] for index in sorted(newest.values())]
 
 
 async def _apply(
