@@ -85,6 +85,22 @@ def test_a_refused_update_keeps_the_old_model_and_counts_the_reason(tmp_path: Pa
     assert registry.get_sample_value(failures, {"reason": "malformed"}) == 1.0
 
 
+def test_an_update_announced_longer_ago_than_a_canary_lasts_is_served_without_one(
+    second_model: Path,
+) -> None:
+    """A worker that starts after a version's trial ended elsewhere does not judge it again."""
+    judged: list[bool] = []
+
+    async def swap(forecaster: OnnxForecaster, update: ModelUpdate) -> None:
+        judged.append(update.canary)
+
+    settings = Settings(provider="cpu", canary_s=3600.0)
+    raw = update_for(second_model).encode()
+    for age_s in (10.0, 3599.0, 3601.0):
+        asyncio.run(_apply(raw, settings, Metrics(CollectorRegistry()), swap, age_s))
+    assert judged == [True, True, False]
+
+
 def test_swap_stamps_the_new_model_and_refuses_another_window(
     seed_model_dir: Path, second_model: Path, tmp_path: Path
 ) -> None:

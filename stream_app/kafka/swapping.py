@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,26 +108,29 @@ async def follow_models(
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500)
-            records = [r.value for batch in batches.values() for r in batch]
-            for raw in newest_per_lineage(records):
-                await _apply(raw, settings, metrics, swap)
+            records = [r for batch in batches.values() for r in batch]
+            now_ms = time.time() * 1000
+            for index in newest_per_lineage([r.value for r in records]):
+                age_s = max(0.0, (now_ms - records[index].timestamp) / 1000)
+                await _apply(records[index].value, settings, metrics, swap, age_s)
     finally:
         await consumer.stop()
 
 
-def newest_per_lineage(raws: Sequence[bytes]) -> list[bytes]:
-    """The updates of a burst worth applying, in their order: the newest of each lineage (a
-    model's name, or for a rollback the name of the model it rolls back), so that a worker
-    reading the topic from its start, or serving several networks, skips what was superseded
-    without losing another network's update. Unreadable ones stay, to be refused and counted.
+def newest_per_lineage(raws: Sequence[bytes]) -> list[int]:
+    """The positions of the updates of a burst worth applying, in order: the newest of each
+    lineage (a model's name, or for a rollback the name of the model it rolls back), so that a
+    worker reading the topic from its start, or serving several networks, skips what was
+    superseded without losing another network's update. Unreadable ones stay, to be refused
+    and counted.
 
     >>> def update(model: str, rolls_back: str = "") -> bytes:
     ...     rollback = {"rollback": {"served": rolls_back}} if rolls_back else {}
     ...     return ModelUpdate(model, "file:///m", "0").encode(validation=rollback)
     >>> burst = [update("a-universal@2"), update("b-universal@2"), update("a-universal@3"),
     ...          update("universal@1", rolls_back="b-universal@2"), b"{"]
-    >>> [raw[:30] for raw in newest_per_lineage(burst)]  # doctest: +NORMALIZE_WHITESPACE
-    [b'{"model": "a-universal@3", "ur', b'{"model": "universal@1", "uri"', b'{']
+    >>> newest_per_lineage(burst)
+    [2, 3, 4]
     """
     newest: dict[object, int] = {}
     for index, raw in enumerate(raws):
@@ -136,7 +140,7 @@ def newest_per_lineage(raws: Sequence[bytes]) -> list[bytes]:
             newest[index] = index
             continue
         newest[(update.rolls_back or update.model).partition("@")[0]] = index
-    return [raws[index] for index in sorted(newest.values())]
+    return sorted(newest.values())
 
 
 async def _apply(
@@ -144,9 +148,18 @@ async def _apply(
     settings: Settings,
     metrics: Metrics,
     swap: Callable[[OnnxForecaster, ModelUpdate], Awaitable[None]],
+    age_s: float = 0.0,
 ) -> None:
+    """Open and swap in one update, ``age_s`` after it was announced. One announced longer ago
+    than a canary lasts (``STCAST_CANARY_S``) is past its trial or canary on the workers that
+    were running (a rejection would have been announced after it): a worker that starts now
+    serves it at once rather than judging it again against the model it started with."""
     try:
         update = ModelUpdate.decode(raw)
+        if update.canary and age_s > settings.canary_s:
+            update = replace(update, canary=False)
+            log.info("%s was announced %.0f s ago, past its canary: served at once",
+                     update.model, age_s)  # fmt: skip
         forecaster = await asyncio.to_thread(open_update, update, settings)
         await swap(forecaster, update)
     except ModelUpdateError as exc:
