@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream_app.core.feedback import ErrorFeedback
+from stream_app.core.feedback import LEAN, ErrorFeedback
 from stream_app.core.scoring import PendingForecasts, Scores
 
 
@@ -35,15 +35,16 @@ def test_after_a_level_shift_an_active_row_leans_to_its_last_reading() -> None:
     assert feedback.active == 1
 
 
-def test_where_the_model_stays_the_better_it_keeps_most_of_the_weight() -> None:
-    feedback = ErrorFeedback(horizon=1, rate=0.1)
+def test_where_the_model_stays_the_better_it_keeps_most_of_the_weight_or_all() -> None:
+    feedback = ErrorFeedback(horizon=2, rate=0.1)
     feedback.activate(0)
-    for model_error, last_error in [(5.0, 20.0), (-5.0, -20.0), (5.0, 20.0)]:
-        feedback.update(scores([0], [1], [model_error], [last_error]))
-    weight = 5.0**2 / (5.0**2 + 20.0**2)  # each average moved alike: their ratio is 1 to 4
-    np.testing.assert_allclose(feedback.weights(np.array([0])), [[weight]])
-    served = feedback.correct(np.array([0]), np.array([[50.0]]), np.array([70.0]))
-    np.testing.assert_allclose(served, [[50.0 + weight * 20.0]])
+    for sign in (1.0, -1.0, 1.0):  # step 1: errors 5 and 8; step 2: 5 and 20
+        feedback.update(scores([0, 0], [1, 2], [5.0 * sign] * 2, [8.0 * sign, 20.0 * sign]))
+    # each average moved alike, so their ratio is the errors'
+    weight = (5.0**2 - LEAN * 8.0**2) / (5.0**2 + 8.0**2)
+    np.testing.assert_allclose(feedback.weights(np.array([0])), [[weight, 0.0]])
+    served = feedback.correct(np.array([0]), np.array([[50.0, 50.0]]), np.array([70.0]))
+    np.testing.assert_allclose(served, [[50.0 + weight * 20.0, 50.0]])  # 20 > 2 x 5: model
 
 
 def test_scores_carry_the_models_own_errors_beside_the_served_ones() -> None:

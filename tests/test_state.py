@@ -200,7 +200,7 @@ def test_error_feedback_comes_back_with_the_monitors_after_a_restore() -> None:
     rows = [restored.sensor_ids.index(s) for s in "abc"]
     weights = restored.feedback.weights(np.array(rows))
     expected = whole.feedback.weights(np.array([whole.sensor_ids.index(s) for s in "abc"]))
-    assert expected.min() > 0.3  # after a shift of 300 the last reading has a real share
+    assert expected.min() > 0.1  # after a shift of 300 the last reading has a real share
     assert np.allclose(weights, expected, atol=0.01)
 
 
