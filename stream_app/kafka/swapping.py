@@ -111,7 +111,8 @@ async def follow_models(
             records = [r for batch in batches.values() for r in batch]
             now_ms = time.time() * 1000
             for index in newest_per_lineage([r.value for r in records]):
-                age_s = max(0.0, (now_ms - records[index].timestamp) / 1000)
+                stamp = records[index].timestamp  # -1: none (a pre-0.10 record): judge it
+                age_s = max(0.0, (now_ms - stamp) / 1000) if stamp >= 0 else 0.0
                 await _apply(records[index].value, settings, metrics, swap, age_s)
     finally:
         await consumer.stop()

@@ -18,9 +18,10 @@ Policies, on the same (possibly faulted) stream:
 - ``feedback``: ``stcast``'s error feedback alone, never retraining: what the fast reaction
   to drift is worth by itself.
 
-Both go through the worker's canary (``STCAST_CANARY_S``, ``STCAST_CANARY_MODE``): a published
-challenger is on trial in the shadow first and serves only if it did no worse (``before``, the
-default), or serves at once and is rolled back if found worse (``after``), as in a worker.
+The retrains of ``stcast`` and ``periodic`` go through the worker's canary (``STCAST_CANARY_S``,
+``STCAST_CANARY_MODE``): a published challenger is on trial in the shadow first and serves only
+if it did no worse (``before``, the default), or serves at once and is rolled back if found
+worse (``after``), as in a worker.
 ``versions_served`` then compares every version that served after a swap with the one it
 replaced, kept (``served_versus_kept``).
 
