@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -133,6 +133,44 @@ def test_a_failed_ack_fails_the_future() -> None:
 
     with pytest.raises(RuntimeError, match="broker said no"):
         asyncio.run(scenario())
+
+
+def test_the_pipeline_runs_ahead_of_the_sends_and_its_error_reaches_the_writer() -> None:
+    """Chunks are computed on the writer's thread without waiting for each one to be sent."""
+    computed: list[int] = []
+
+    def outputs(fail: bool) -> Iterator[Output]:
+        for i in range(4):
+            computed.append(i)
+            yield chunk(1, tag=str(i))
+        if fail:
+            raise ValueError("the pipeline broke")
+
+    class SlowProducer(FakeProducer):
+        async def send_many(
+            self, topic: str, records: Sequence[tuple[bytes | None, bytes]]
+        ) -> list[asyncio.Future[Any]]:
+            if records and topic == "test.forecasts" and not self.sent:
+                await asyncio.sleep(0.2)  # the loop is busy: the thread goes on meanwhile
+                seen_at_first_send.extend(computed)
+            return await super().send_many(topic, records)
+
+    seen_at_first_send: list[int] = []
+    producer = SlowProducer()
+    output_writer, _ = writer(producer)
+
+    async def scenario(fail: bool) -> None:
+        await (await output_writer.write(outputs(fail)))
+
+    asyncio.run(scenario(False))
+    assert computed == [0, 1, 2, 3]
+    assert seen_at_first_send == [0, 1, 2, 3]  # all computed while the first was being sent
+    sent = [v for topic, records in producer.sent if topic == "test.forecasts" for _, v in records]
+    assert sent == [b"forecast 00", b"forecast 10", b"forecast 20", b"forecast 30"]
+    computed.clear()
+    with pytest.raises(ValueError, match="the pipeline broke"):
+        asyncio.run(scenario(True))
+    assert computed == [0, 1, 2, 3]
 
 
 def test_throttle_keeps_at_most_max_in_flight_and_stop_drains() -> None:

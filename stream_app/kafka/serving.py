@@ -29,20 +29,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from itertools import chain
 from typing import Any
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import OffsetAndMetadata
 
 from ..core.chunks import Output
 from ..core.forecasters import Forecaster
-from ..core.metrics import Metrics
+from ..core.metrics import Metrics, observe_many
 from ..core.records import Incoming
 from ..networks import Core
 from ..settings import Settings
@@ -275,6 +278,7 @@ class OutputWriter:
         self._producer = BatchProducer(settings.bootstrap_servers, **producer_options(settings))
         self._in_flight: deque[asyncio.Future[Any]] = deque()
         self._started = False
+        self._pipeline = ThreadPoolExecutor(1, thread_name_prefix="stcast-pipeline")
 
     async def start(self) -> None:
         if not self._started:
@@ -286,6 +290,7 @@ class OutputWriter:
         try:
             await self.drain()
         finally:
+            self._pipeline.shutdown(wait=False)  # idle: every write waited for its thread
             if self._started:
                 await self._producer.stop()
                 self._started = False
@@ -293,27 +298,55 @@ class OutputWriter:
     async def write(self, outputs: Iterable[Output]) -> asyncio.Future[Any]:
         """Send each chunk as soon as it is ready; return a future for all their acks.
 
-        Chunks are computed in a worker thread, one at a time: meanwhile the loop keeps aiokafka
-        fetching the next records and sending the previous chunk, which overlaps with inference
-        (onnxruntime releases the GIL). Each chunk's latency is observed when its last ack
-        arrives.
+        The chunks are computed on the writer's pipeline thread, which runs through them
+        without waiting for this loop: it posts each one here as it is done and goes on with the
+        next, while the loop sends it and keeps aiokafka fetching and producing (onnxruntime and
+        socket calls release the GIL). Handing each chunk back and forth instead left the
+        pipeline idle while the loop was busy: 45k ticks/s on tick batches where computing
+        ahead gives more (docs/performance.md). Each chunk's latency is observed when its last
+        ack arrives.
         """
-        chunks = iter(outputs)
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Queue[Output | Exception | None] = asyncio.Queue()
+        stop = threading.Event()
+
+        def compute() -> None:
+            try:
+                for output in outputs:
+                    loop.call_soon_threadsafe(ready.put_nowait, output)
+                    if stop.is_set():  # the write was cancelled: leave the rest unread
+                        break
+            except Exception as exc:  # raised in the loop, where the worker handles it
+                loop.call_soon_threadsafe(ready.put_nowait, exc)
+            else:
+                loop.call_soon_threadsafe(ready.put_nowait, None)
+
+        computing = loop.run_in_executor(self._pipeline, compute)
         pending: list[asyncio.Future[Any]] = []
-        while (output := await asyncio.to_thread(next, chunks, None)) is not None:
-            futures = await self._producer.send_many(
-                self.settings.forecasts_topic, output.forecasts
-            )
-            futures += await self._producer.send_many(self.settings.dlq_topic, output.dead_letters)
-            futures += await self._producer.send_many(
-                self.settings.retrain_topic, output.retrain_events
-            )
-            acked = asyncio.gather(*futures)
-            acked.add_done_callback(partial(self._observe_latency, output.consumed_at))
-            pending.append(acked)
+        try:
+            while (output := await ready.get()) is not None:
+                if isinstance(output, Exception):
+                    raise output
+                pending.append(await self._send(output))
+        except BaseException:
+            stop.set()  # the pipeline is not stepped by two at once: wait for the thread
+            await asyncio.shield(computing)
+            raise
+        await computing
         everything = asyncio.gather(*pending)
         self._in_flight.append(everything)
         return everything
+
+    async def _send(self, output: Output) -> asyncio.Future[Any]:
+        """Queue one chunk's records; a future for all their acks, observing its latency."""
+        futures = await self._producer.send_many(self.settings.forecasts_topic, output.forecasts)
+        futures += await self._producer.send_many(self.settings.dlq_topic, output.dead_letters)
+        futures += await self._producer.send_many(
+            self.settings.retrain_topic, output.retrain_events
+        )
+        acked = asyncio.gather(*futures)
+        acked.add_done_callback(partial(self._observe_latency, output.consumed_at))
+        return acked
 
     async def throttle(self) -> None:
         """Wait while more than ``max_in_flight`` micro-batches await their acks."""
@@ -330,7 +363,5 @@ class OutputWriter:
     def _observe_latency(self, consumed_at: list[float], acked: asyncio.Future[Any]) -> None:
         if acked.cancelled() or acked.exception() is not None:
             return
-        now = time.perf_counter()
-        observe = self.metrics.tick_to_forecast_seconds.observe
-        for started in consumed_at:
-            observe(now - started)
+        latencies = time.perf_counter() - np.asarray(consumed_at, dtype=np.float64)
+        observe_many(self.metrics.tick_to_forecast_seconds, latencies)
