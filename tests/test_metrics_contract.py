@@ -5,10 +5,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream_app.core.metrics import PREFIX, SCORED_HORIZONS, Metrics, exported_names
+from stream_app.core.metrics import (
+    PREFIX,
+    SCORED_HORIZONS,
+    Metrics,
+    exported_names,
+    observe_many,
+)
 
 DESIGN = Path(__file__).resolve().parents[2] / "shared" / "DESIGN.md"
 HISTOGRAM_LABELS = {"le"}
@@ -185,3 +192,31 @@ def test_consumer_lag_per_partition_and_forgotten_partitions() -> None:
     lag = "stcast_consumer_lag_messages"
     assert registry.get_sample_value(lag, {"partition": "0"}) == 12.0
     assert registry.get_sample_value(lag, {"partition": "3"}) is None
+
+
+def test_observe_many_counts_as_observe_does() -> None:
+    """``observe_many`` reaches into prometheus_client's Histogram: held to ``observe``."""
+    rng = np.random.default_rng(0)
+    amounts = np.concatenate(
+        [rng.exponential(0.05, 500), [0.0, 0.001, 0.0025, 0.3, 10.0, 11.0, 1e9]]
+    )  # on the bounds exactly, and beyond the last
+    one_by_one, at_once = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
+    for amount in amounts:
+        one_by_one.tick_to_forecast_seconds.observe(float(amount))
+    observe_many(at_once.tick_to_forecast_seconds, amounts[:200])
+    observe_many(at_once.tick_to_forecast_seconds, amounts[200:])
+    observe_many(at_once.tick_to_forecast_seconds, [])
+
+    def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        (family,) = metrics.tick_to_forecast_seconds.collect()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    expected, got = samples(one_by_one), samples(at_once)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-12), key
+    assert expected[("stcast_tick_to_forecast_seconds_count", ())] == len(amounts)

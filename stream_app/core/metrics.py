@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from contextlib import suppress
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .records import Reason
@@ -241,6 +243,28 @@ def _set_scored(gauge: Gauge, by_horizon: Iterable[float], extra: tuple[str, ...
 
 
 SWAP_FAILURE_REASONS = ("malformed", "contract", "sha256", "identity", "non_finite", "shape")
+
+
+def observe_many(histogram: Histogram, amounts: npt.ArrayLike) -> None:
+    """``histogram.observe(a)`` for every ``a`` of ``amounts``, as a few increments.
+
+    A worker observes one latency per forecast, in the event loop's thread: at 1-2 us an
+    ``observe``, that was a tenth of its Python time on tick batches. This counts them per
+    bucket with numpy and adds each count at once. It relies on ``prometheus_client``'s
+    unlabelled ``Histogram`` keeping its upper bounds, per-bucket (not cumulative) counts and
+    sum in ``_upper_bounds``, ``_buckets`` and ``_sum``; ``tests/test_metrics_contract.py``
+    holds it to ``observe``, value for value, so an upgrade that changes them fails there.
+    """
+    values = np.asarray(amounts, dtype=np.float64).ravel()
+    if not values.size:
+        return
+    bounds = np.asarray(histogram._upper_bounds, dtype=np.float64)
+    # observe adds to the first bucket whose upper bound is at least the amount
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, counts[: len(bounds)].tolist(), strict=True):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(values.sum()))
 
 
 def exported_names(metrics: Metrics) -> set[str]:
