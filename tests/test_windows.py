@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -212,3 +213,35 @@ def runs(kinds: list[str]) -> list[tuple[str, int, int]]:
         else:
             found.append((kind, i, i))
     return found
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    readings=readings,
+    nexts=st.lists(st.integers(min_value=-50, max_value=50).map(float), min_size=1, max_size=12),
+    length=st.integers(min_value=1, max_value=8),
+    max_gap=st.integers(min_value=0, max_value=4),
+    impute=st.sampled_from(Impute),
+)
+def test_push_is_add_at_the_next_slot(
+    readings: list[tuple[int, float | None]],
+    nexts: list[float],
+    length: int,
+    max_gap: int,
+    impute: Impute,
+) -> None:
+    """The fast path for a reading at the next step leaves exactly what ``add`` leaves."""
+    pushed, added = RollingWindow(length, max_gap, impute), RollingWindow(length, max_gap, impute)
+    for slot, value in readings:
+        for window in (pushed, added):
+            with contextlib.suppress(Rejected):
+                window.add(slot, value)
+    if added.newest is None:
+        return
+    for value in nexts:
+        slot = added.newest + 1
+        assert pushed.push(value) == added.add(slot, value)
+        assert pushed.values == added.values  # holes are the one NAN object in both
+        state = ("newest", "imputed", "observed", "is_full")
+        assert [getattr(pushed, a) for a in state] == [getattr(added, a) for a in state]
+        assert bytes(pushed._is_imputed) == bytes(added._is_imputed)

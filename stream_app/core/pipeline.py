@@ -35,6 +35,7 @@ from .chunks import (
     Output,
     TickRow,
     columnar_ticks,
+    stacked,
     ticks_of,
 )
 from .contexts import NeighbourTable
@@ -297,17 +298,18 @@ class Pipeline:
                 ts_ms, rows = gateway
                 ticks += len(rows)
                 origin = message if self.forecast_batch else None
-                get, partition = self._sensors.get, message.partition
-                for index, row in enumerate(rows):
-                    try:
-                        imputed += self._place(
-                            row.sensor, ts_ms, float(cast(float, row.value)),
-                            get(row.sensor, partition), consumed_at, chunk, origin,
-                        )  # fmt: skip
-                    except Rejected as rejected:  # late or duplicate
+                full_at = self.batch_size if self.neighbours is None else None
+                index = 0
+                while index < len(rows):
+                    index, filled, rejected = self._place_step(
+                        rows, index, ts_ms, message.partition, consumed_at, chunk, origin, full_at
+                    )
+                    imputed += filled
+                    if rejected is not None:  # late or duplicate: the tick at index
                         raw_of = raw_of or DeadLetterRaw(message)
                         raw, where = raw_of(index)
                         self._dead_letter(chunk, message, rejected, raw, where)
+                        index += 1
                     if len(chunk.rows) >= self.batch_size and self.neighbours is None:
                         done, running = self._rotate(chunk, running)
                         yield from done
@@ -426,19 +428,82 @@ class Pipeline:
         chunk.generation[state.index] = generation + 1
         chunk.actuals.add(state.index, slot, value, generation)
         if slot == window.newest:
-            self._newest_ms = max(self._newest_ms, ts_ms)
-            if slot > self._newest_slot.get(state.partition, slot - 1):
-                self._newest_slot[state.partition] = slot
+            self._note_newest(ts_ms, slot, state.partition)
             if window.is_full if self._needs_full else window.observed >= self._warmup:
-                chunk.states.append(state)
-                chunk.sensors.append(sensor)
-                chunk.rows.append(window.buffer[:])
-                chunk.slots.append(slot)
-                chunk.row_generations.append(generation)
-                chunk.imputed.append(window.imputed)
-                chunk.consumed_at.append(consumed_at)
-                chunk.origins.append(origin)
+                self._take(chunk, state, slot, generation, consumed_at, origin)
         return filled
+
+    def _place_step(
+        self,
+        rows: list[TickRow],
+        start: int,
+        ts_ms: int,
+        partition: int,
+        consumed_at: float,
+        chunk: Chunk,
+        origin: Incoming | None,
+        full_at: int | None,
+    ) -> tuple[int, int, Rejected | None]:
+        """``_place`` for a gateway's ticks (one time, distinct sensors) from ``start`` on, with
+        what they share done once: stops after the tick that brings the chunk to ``full_at``
+        rows, or at a late or duplicate tick. Returns where it stopped, how many values it
+        imputed, and the rejection if it stopped at one (that tick is not placed)."""
+        slot = (ts_ms + self._step_ms // 2) // self._step_ms
+        get, generation_of, add_actual = self._sensors.get, chunk.generation, chunk.actuals.add
+        needs_full, warmup, noted = self._needs_full, self._warmup, False
+        imputed = 0
+        for index in range(start, len(rows)):
+            row = rows[index]
+            value = float(cast(float, row.value))
+            state = get(row.sensor, partition)
+            window = state.window
+            try:
+                if window.newest == slot - 1:  # the common case: the next step
+                    imputed += window.push(value)
+                else:
+                    imputed += window.add(slot, value)
+            except Rejected as rejected:
+                return index, imputed, rejected
+            generation = generation_of.get(state.index, 0)
+            generation_of[state.index] = generation + 1
+            add_actual(state.index, slot, value, generation)
+            if slot != window.newest:
+                continue
+            if not noted:  # the same time and partition for every tick of the step
+                self._note_newest(ts_ms, slot, partition)
+                noted = True
+            if window.is_full if needs_full else window.observed >= warmup:
+                self._take(chunk, state, slot, generation, consumed_at, origin)
+                if full_at is not None and len(chunk.rows) >= full_at:
+                    return index + 1, imputed, None
+        return len(rows), imputed, None
+
+    def _note_newest(self, ts_ms: int, slot: int, partition: int) -> None:
+        """A reading at the newest slot of its window: the event time and the partition's
+        newest slot move on to it."""
+        self._newest_ms = max(self._newest_ms, ts_ms)
+        if slot > self._newest_slot.get(partition, slot - 1):
+            self._newest_slot[partition] = slot
+
+    @staticmethod
+    def _take(
+        chunk: Chunk,
+        state: SensorState,
+        slot: int,
+        generation: int,
+        consumed_at: float,
+        origin: Incoming | None,
+    ) -> None:
+        """The sensor's window, as it is now, becomes one of the chunk's rows to infer."""
+        window = state.window
+        chunk.states.append(state)
+        chunk.sensors.append(state.sensor)
+        chunk.rows.append(window.buffer[:])
+        chunk.slots.append(slot)
+        chunk.row_generations.append(generation)
+        chunk.imputed.append(window.imputed)
+        chunk.consumed_at.append(consumed_at)
+        chunk.origins.append(origin)
 
     def _dead_letter(
         self, chunk: Chunk, message: Incoming, rejected: Rejected, raw: bytes | None, where: str
@@ -466,8 +531,9 @@ class Pipeline:
         if not chunk.rows:
             return None
         slots = np.array(chunk.slots, dtype=np.int64)
+        chunk.windows = stacked(chunk.rows)
         batch = WindowBatch(
-            np.array(chunk.rows), slots * self.step_s, tuple(chunk.sensors),
+            chunk.windows, slots * self.step_s, tuple(chunk.sensors),
             self._neighbour_input(chunk),
         )  # fmt: skip
         shadow = None
@@ -572,7 +638,7 @@ class Pipeline:
         sensors, slots, actuals, generations = chunk.actuals.arrays()
         made_at = np.array(chunk.slots, dtype=np.int64)
         made_in = np.array(chunk.row_generations, dtype=np.int64)
-        last = np.array([row[-1] for row in chunk.rows])  # the persistence baseline's forecast
+        last = chunk.windows[:, -1] if len(chunk.rows) else np.zeros(0)  # persistence's forecast
         corrected = chunk.interval is not None or self.feedback is not None
         model = values.copy() if corrected else values  # before corrections
         sensor_count = len(self._sensors)

@@ -21,6 +21,7 @@ import math
 from array import array
 from collections.abc import Callable, Iterator
 from enum import Enum
+from typing import cast
 
 from .records import Reason, Rejected
 
@@ -108,6 +109,18 @@ class RollingWindow:
             if not math.isnan(self._values[index]) and not self._is_imputed[index]:
                 raise Rejected(Reason.DUPLICATE, f"slot {slot} already has a reading")
         return 0 if value is None else self._place(index, value)
+
+    def push(self, value: float) -> int:
+        """``add(newest + 1, value)`` for a reading (not None), the common case of a sensor
+        that reports every step, without its general bookkeeping; returns the same."""
+        self.newest = cast(int, self.newest) + 1
+        values = self._values
+        self._imputed -= self._is_imputed.pop(0)
+        self._holes -= math.isnan(values.pop(0))  # the new slot is filled at once
+        values.append(value)
+        self._is_imputed.append(0)
+        previous = values[-2] if self.length > 1 else 0.0
+        return self._fill_run_ending_at(self.length - 2) if previous != previous else 0
 
     def _advance_to(self, slot: int) -> None:
         shift = self.length if self.newest is None else min(slot - self.newest, self.length)
