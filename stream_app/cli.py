@@ -274,7 +274,7 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--steps", type=int, default=None, help="PEMS08 steps per run (all)")
     parser.add_argument(
-        "--repeat", type=int, default=3, help="runs of (b) and (c), interleaved; medians reported"
+        "--repeat", type=int, default=3, help="runs of (a) to (d), interleaved; medians reported"
     )
 
 

@@ -9,8 +9,9 @@ end to end on tick batches (keyed by network, with the PEMS08 graph: neighbours 
 the key ``universal``. Every run reads the same PEMS08 flows, preloaded into its topic, so that the
 replayer does not compete with the worker for the two cores while it is timed.
 
-On a small shared machine one run of (b) or (c) varies by 15-20 %, so (b) and (c) are run
-``repeat`` times, interleaved, each on fresh topics, and the medians are reported and compared.
+On a small shared machine one run varies by 15-20 % (end to end on tick batches, by up to 30 %),
+so (a) to (d) are run ``repeat`` times, interleaved, each on fresh topics, and the medians are
+reported and compared; the universal model's figures come from one run.
 """
 
 from __future__ import annotations
@@ -62,19 +63,22 @@ def measure(settings: Settings, dataset: GridDataset, steps: int, repeat: int) -
         "batch_size": settings.batch_size,
         "repeat": repeat,
         "ticks": steps * dataset.n_sensors,
-        "inference_ceiling": {"ticks_per_s": inference_ceiling(forecaster, dataset, settings)},
     }
     with EmbeddedBroker() as broker:
         settings = settings.replace(bootstrap_servers=broker.bootstrap_servers)
-        ceilings, singles = [], []
-        for run in range(repeat):
-            ceilings.append(faust_ceiling(settings, dataset, steps, run))
-            singles.append(end_to_end(settings, dataset, steps, forecaster.window, "single", run))
-        report["faust_ceiling"] = _median(ceilings)
-        report["single"] = _median(singles)
         # a tick batch answered by one forecast batch record (STCAST_FORECAST_RECORDS=batch)
         answered = settings.replace(forecast_records="batch")
-        report["batched"] = end_to_end(answered, dataset, steps, forecaster.window, "batched", 0)
+        window = forecaster.window
+        ceilings, faust, singles, batches = [], [], [], []
+        for run in range(repeat):
+            ceilings.append({"ticks_per_s": inference_ceiling(forecaster, dataset, settings)})
+            faust.append(faust_ceiling(settings, dataset, steps, run))
+            singles.append(end_to_end(settings, dataset, steps, window, "single", run))
+            batches.append(end_to_end(answered, dataset, steps, window, "batched", run))
+        report["inference_ceiling"] = _median(ceilings)
+        report["faust_ceiling"] = _median(faust)
+        report["single"] = _median(singles)
+        report["batched"] = _median(batches)
         report["universal"] = measure_universal(settings, dataset, steps)
     report["ratio_single"] = (
         report["single"]["ticks_per_s"] / report["faust_ceiling"]["ticks_per_s"]
@@ -263,7 +267,7 @@ def format_table(report: dict[str, Any]) -> str:
 
     lines = [
         f"stcast bench: {report['ticks']:,} PEMS08 ticks a run, batch size "
-        f"{report['batch_size']}, provider {report['provider']}; (b) and (c): median of "
+        f"{report['batch_size']}, provider {report['provider']}; (a) to (d): median of "
         f"{report['repeat']} interleaved runs",
         f"{'':<34}{'ticks/s':>12} {'p50 ms':>9} {'p99 ms':>9}",
         row("(a) inference ceiling", report["inference_ceiling"]),
