@@ -421,9 +421,10 @@ class Pipeline:
     ) -> int:
         slot = (ts_ms + self._step_ms // 2) // self._step_ms
         window = state.window
-        filled = window.add(slot, value)
         if value is None:
-            return filled
+            return window.add(slot, value)
+        # the common case, a reading at the next step, without add's general bookkeeping
+        filled = window.push(value) if window.newest == slot - 1 else window.add(slot, value)
         generation = chunk.generation.get(state.index, 0)
         chunk.generation[state.index] = generation + 1
         chunk.actuals.add(state.index, slot, value, generation)
