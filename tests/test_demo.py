@@ -62,3 +62,29 @@ def test_the_report_gives_the_served_interval_coverage_per_model(tmp_path: Path)
     report = demo_report(dataset, 300, observed, Registry(tmp_path), 1.0)
     assert report["interval_coverage"] == {"horizon": "+60 min", "m@1": 1.0, "m@2": 0.5}
     assert "at +60 min: m@1 100.0%, m@2 50.0%" in format_report(report)
+
+
+def test_the_demo_ends_in_minutes_on_any_dataset() -> None:
+    """PEMS08's slice streams whole, three days fast; a long history is cut and at most
+    PACED_STEPS steps are paced, so no dataset makes the demo take hours."""
+    from stream_app.tools.demo import DEFAULT_TICKS, PACED_STEPS, plan_steps
+
+    assert plan_steps(1282, 170, 300, None) == (1282, 864)  # PEMS08: Monday and Tuesday paced
+    assert plan_steps(48_673, 2, 900, None) == (48_673, 48_673 - PACED_STEPS)  # WIND, whole
+    steps, fast = plan_steps(17_544, 264, 3_600, None)  # NYC: 264 series, two years hourly
+    assert steps == DEFAULT_TICKS // 264 and steps - fast == PACED_STEPS
+    assert plan_steps(17_544, 264, 3_600, 5_000) == (5_000, 5_000 - PACED_STEPS)
+    assert plan_steps(100_000, 5_000, 300, None) == (2 * PACED_STEPS, 604)  # 70 % of 864
+    assert plan_steps(300, 170, 300, None) == (300, 210)  # short: 70 % fast
+
+
+def test_leads_and_steps_read_as_a_person_says_them() -> None:
+    from stream_app.tools.demo import _step_text
+    from stream_app.tools.demo_report import lead
+
+    assert [lead(s) for s in (300, 3_600, 5_400, 7_200, 43_200, 86_400, 172_800)] == [
+        "+5 min", "+60 min", "+90 min", "+2 h", "+12 h", "+24 h", "+2 days",
+    ]  # fmt: skip
+    assert [_step_text(s) for s in (300, 900, 3_600, 86_400, 604_800, 90)] == [
+        "5 min", "15 min", "1 h", "1 day", "7 days", "90 s",
+    ]  # fmt: skip

@@ -50,6 +50,7 @@ from .demo_report import (
     demo_report,
     epoch_s,
     format_report,
+    lead,
     retrain_outcomes,
     step_time,
 )
@@ -59,9 +60,32 @@ from .services import WorkerProcess, scrape
 HOUR_S = 3_600
 FAST_DAYS = 3  # Friday to Sunday as fast as they go; the holiday Monday is paced
 FAST_SHARE = 0.7  # of a dataset too short for that, the share streamed fast
+PACED_STEPS = 432  # the most steps paced: 108 s at the default 4 a second (PEMS08: 418)
+DEFAULT_TICKS = 600_000  # without --steps, the most ticks streamed (PEMS08's slice: 217,940)
 ROLLING_STEPS = 12  # the live view's rolling MAE: forecasts of the last hour of data
 RETRAIN_MAX_S = 40.0
 DRAIN_S = 30.0  # after the replay, give up on the last forecasts after this long without one
+
+
+def plan_steps(n_steps: int, n_sensors: int, step_s: int, steps: int | None) -> tuple[int, int]:
+    """(steps to stream, how many of them as fast as they go). The rest, at most
+    ``PACED_STEPS``, is paced so that the demo ends in minutes on any dataset; without
+    ``steps`` a long dataset is cut to its first ``DEFAULT_TICKS`` ticks (at least twice
+    ``PACED_STEPS`` steps), where a user's whole history would take hours to stream."""
+    if steps is None:
+        steps = max(2 * PACED_STEPS, DEFAULT_TICKS // max(1, n_sensors))
+    steps = min(steps, n_steps)
+    fast = min(FAST_DAYS * 86_400 // step_s, int(FAST_SHARE * steps))
+    return steps, max(fast, steps - PACED_STEPS)
+
+
+def _step_text(step_s: int) -> str:
+    """``5 min``, ``1 h``, ``1 day``: the grid step as a person says it."""
+    for unit_s, unit in ((86_400, "day"), (3_600, "h"), (60, "min")):
+        if step_s % unit_s == 0:
+            count = step_s // unit_s
+            return f"{count} {unit}" + ("s" if unit == "day" and count > 1 else "")
+    return f"{step_s} s"
 
 
 def run_demo(
@@ -76,11 +100,11 @@ def run_demo(
     say = _Say(quiet=as_json)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)  # its INFO lines drown the view
     dataset = load_dataset(dataset_path)
-    steps = min(steps or dataset.n_steps, dataset.n_steps)
-    fast_steps = min(FAST_DAYS * 86_400 // dataset.step_s, int(FAST_SHARE * steps))
+    steps, fast_steps = plan_steps(dataset.n_steps, dataset.n_sensors, dataset.step_s, steps)
+    cut = f" (the first {steps} of {dataset.n_steps}: --steps N)" if steps < dataset.n_steps else ""
     say(
         f"stcast demo: {dataset.name}, {dataset.n_sensors} sensors, {steps} steps of "
-        f"{dataset.step_s // 60} min from {dataset.start:%a %d %b %Y}"
+        f"{_step_text(dataset.step_s)} from {dataset.start:%a %d %b %Y}{cut}"
     )
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="stcast-demo-") as tmp_name:
@@ -337,7 +361,7 @@ async def _live_view(plan: _Plan, worker: WorkerProcess, observed: Observed, say
         interval = f", 80 % interval holds {covered:.0%}" if known else ""
         say(
             f"  {step_time(plan.dataset, max(newest, 0))}  {rate:>8,.0f} ticks/s  "
-            f"MAE +{horizon * plan.dataset.step_s // 60} min {model_mae:6.1f} vs persistence "
+            f"MAE {lead(horizon * plan.dataset.step_s)} {model_mae:6.1f} vs persistence "
             f"{naive_mae:6.1f}, seasonal naive {season_mae:6.1f}{interval}  drift events "
             f"{len(observed.events)}  retrains {len(observed.updates)}  serving {serving}"
         )

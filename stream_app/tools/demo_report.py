@@ -96,19 +96,18 @@ def demo_report(
             if actual != 0 and np.isfinite(actual):
                 coverage[observed.forecasts[(sensor, step)][1]].append(low <= actual <= high)
     accuracy = {
-        name: {
-            f"+{h * dataset.step_s // 60} min": round(float(np.mean(by[h])), 2) for h in sorted(by)
-        }
+        name: {lead(h * dataset.step_s): round(float(np.mean(by[h])), 2) for h in sorted(by)}
         for name, by in sorted(errors.items())
     }
     return {
         "dataset": dataset.name,
+        "channel": dataset.channels[0],
         "steps": steps,
         "forecasts": len(observed.forecasts),
         "seconds": round(seconds, 1),
         "mae": accuracy,
         "interval_coverage": {
-            "horizon": f"+{h * dataset.step_s // 60} min",
+            "horizon": lead(h * dataset.step_s),
             **{model: round(float(np.mean(inside)), 3) for model, inside in coverage.items()},
         },
         "drift_events": [
@@ -170,6 +169,15 @@ def _what_the_first_would_have_done(
                 )
 
 
+def lead(seconds: int) -> str:
+    """A forecast's lead as a person says it: ``+60 min``, ``+6 h``, ``+3 days``."""
+    if seconds < 2 * 3_600 or seconds % 3_600:
+        return f"+{seconds // 60} min"
+    if seconds < 2 * 86_400 or seconds % 86_400:
+        return f"+{seconds // 3_600} h"
+    return f"+{seconds // 86_400} days"
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"demo report: {report['forecasts']:,} forecasts over {report['steps']} steps of "
@@ -179,7 +187,7 @@ def format_report(report: dict[str, Any]) -> str:
         + (", ".join(m["model"] for m in report["models_published"]) or "none"),
         *(f"  retrain event {line}" for line in report["retrains"]),
         *(f"  {line}" for line in report["canaries"]),
-        "MAE (flow, zero readings ignored):",
+        f"MAE ({report.get('channel', 'readings')}, zero readings ignored):",
     ]
     for name, by in report["mae"].items():
         lines.append(f"  {name:<50} " + "  ".join(f"{k} {v:6.2f}" for k, v in by.items()))
