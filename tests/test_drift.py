@@ -314,6 +314,23 @@ def test_the_share_of_the_network_sets_the_bar() -> None:
     assert make_policy(min_sensors=3)[0].required == 3
 
 
+def test_a_network_smaller_than_min_sensors_needs_all_it_monitors() -> None:
+    """Two turbines or one meter can still retrain: every monitored sensor must drift."""
+    for monitored, sensors in ((2, ["a", "b"]), (1, ["a"])):
+        events: list[RetrainEvent] = []
+        policy = RetrainPolicy(
+            "wind", emit=events.append, model=lambda: "universal@1",
+            monitored=lambda n=monitored: n, gather_s=0.0, min_sensors=3,
+        )  # fmt: skip
+        assert policy.required == monitored
+        detect(policy, sensors[:-1], 0)
+        assert not events
+        detect(policy, sensors[-1:], 60)
+        assert [e.sensors for e in events] == [tuple(sensors)]
+    unknown = RetrainPolicy("x", emit=lambda e: None, model=lambda: "m@1", min_sensors=3)
+    assert unknown.required == 3  # nothing monitored yet: the usual bar
+
+
 def test_one_event_per_network_per_cooldown() -> None:
     policy, events = make_policy(cooldown_s=21_600.0, min_sensors=4)
     for hour in range(24):

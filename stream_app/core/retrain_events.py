@@ -3,7 +3,8 @@
 The policy, drawn once (``RetrainPolicy``; all times are event time, the detections' own):
 
 - A detection counts for ``window_s``. When the sensors drifting within the window reach
-  ``required`` = max(``min_sensors``, ceil(``min_share`` x monitored sensors)), and the network's
+  ``required`` = max(``min_sensors``, ceil(``min_share`` x monitored sensors)) (all of them where
+  fewer are monitored), and the network's
   last event is at least ``cooldown_s`` old, an event is due. It goes out ``gather_s`` later,
   listing every sensor then drifting (the stragglers of the same change), and the window empties.
 - Why several sensors: a retrain fine-tunes one model for the whole network, and one sensor's
@@ -160,8 +161,12 @@ class RetrainPolicy:
 
     @property
     def required(self) -> int:
-        """Drifting sensors an event needs now."""
-        return max(self.min_sensors, math.ceil(self.min_share * self.monitored()))
+        """Drifting sensors an event needs now: every one of a network that monitors fewer
+        than ``min_sensors`` (a wind farm's two turbines, a single meter), which could never
+        retrain otherwise."""
+        monitored = self.monitored()
+        required = max(self.min_sensors, math.ceil(self.min_share * monitored))
+        return min(required, monitored) if monitored > 0 else required
 
     @property
     def drifting(self) -> frozenset[str]:
