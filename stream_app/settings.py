@@ -201,7 +201,9 @@ class Settings:
     )
     retrain_group_id: str = _setting("stcast-retrain", "consumer group id of retrain workers")
     retrain_history_s: float = _setting(
-        259200.0, "event time of recent readings a retrain fine-tunes and validates on"
+        259200.0,
+        "event time of recent readings a retrain fine-tunes and validates on (at least 864 of "
+        "the network's steps)",
     )
     retrain_holdout_steps: int = _setting(
         36,

@@ -26,7 +26,7 @@ from stream_app.core.retrain_events import RetrainEvent
 from stream_app.kafka.topics import ensure_topics_sync
 from stream_app.loop.history import History
 from stream_app.loop.registry import Registry, RegistryError
-from stream_app.loop.retraining import RetrainWorker
+from stream_app.loop.retraining import RetrainWorker, history_span_s
 from stream_app.offline.datasets import GridDataset, bundled_dataset_path, load_dataset
 from stream_app.settings import Settings
 from stream_app.tools.broker import EmbeddedBroker
@@ -121,6 +121,26 @@ def test_history_grids_the_readings_it_kept() -> None:
         grid.values[:, :, 0],
         [[2.0, np.nan, np.nan], [np.nan, 3.0, np.nan], [4.0, 5.0, np.nan]],
     )
+
+
+def test_each_network_keeps_its_own_span_of_history() -> None:
+    """A daily network keeps as many steps as a 5-minute one, not as many seconds."""
+    history = History(span_s=3 * 300, spans={"daily": 3 * 86_400})
+    for day in range(1, 6):
+        tick = {"sensor": "d", "ts": f"2016-07-0{day}T00:00:00Z", "value": day, "network": "daily"}
+        history.add_message(Incoming("t", 0, day, b"d", json.dumps(tick).encode()))
+    for ts, value in (("2016-07-04T23:40:00Z", 1.0), ("2016-07-04T23:50:00Z", 2.0)):
+        history.add_message(_tick("a", ts, value))
+    history.add_message(_tick("a", "2016-07-05T00:00:00Z", 3.0))
+    history.prune()
+    daily = history.grid("daily", ("d",), 86_400, "daily")
+    assert daily.values[:, 0, 0].tolist() == [3.0, 4.0, 5.0]  # three days, not 900 s
+    fine = history.grid("net", ("a",), 300)  # 23:40 fell out of its 900 s
+    np.testing.assert_array_equal(fine.values[:, 0, 0], [2.0, np.nan, 3.0])
+    settings = Settings()
+    assert history_span_s(settings, 300) == 259_200  # the setting: three days at 5 minutes
+    assert history_span_s(settings, 3_600) == 864 * 3_600
+    assert history_span_s(settings, 86_400) == 864 * 86_400
 
 
 # --- fine-tuning ----------------------------------------------------------------------------

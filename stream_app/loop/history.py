@@ -1,7 +1,9 @@
 """Recent readings per sensor, kept by the retrain worker to fine-tune and validate on.
 
 The retrain worker reads the ticks topic itself, from the start of its retention, and keeps the
-last ``span_s`` of event time per sensor (the newest reading per timestamp wins). Nothing
+last ``span_s`` of event time per sensor (the newest reading per timestamp wins), or its
+network's own span where one is given (a daily network needs more event time than a 5-minute
+one for the same number of steps). Nothing
 depends on the broker's offset-for-time lookups, and nothing is asked of the workers. When a
 retrain begins, :meth:`History.grid` cuts the sensors of the serving model's card out as a
 ``GridDataset``: NaN where a reading is missing, exactly what training and evaluation read.
@@ -9,7 +11,7 @@ retrain begins, :meth:`History.grid` cuts the sensors of the serving model's car
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -25,10 +27,13 @@ PRUNE_EVERY = 100_000  # readings added between two prunings of what fell out of
 class History:
     """The last ``span_s`` of event time of each sensor's readings."""
 
-    def __init__(self, span_s: int) -> None:
-        if span_s <= 0:
-            raise ValueError(f"the history span must be positive, not {span_s} s")
+    def __init__(self, span_s: int, spans: Mapping[str, int] | None = None) -> None:
+        spans = dict(spans or {})
+        for span in (span_s, *spans.values()):
+            if span <= 0:
+                raise ValueError(f"the history span must be positive, not {span} s")
         self.span_s = span_s
+        self.spans = spans  # network -> its span, where it has its own
         self.newest_s: int | None = None
         self._readings: dict[str, dict[int, float]] = {}
         self._network: dict[str, str] = {}  # sensor -> the network its ticks named ("" none)
@@ -50,13 +55,18 @@ class History:
             except Rejected:
                 continue
             if tick.value is not None:
-                self.add(tick.sensor, tick.ts_ms // 1000, tick.value)
                 self._network[tick.sensor] = tick.network or ""
+                self.add(tick.sensor, tick.ts_ms // 1000, tick.value)
                 added += 1
         return added
 
+    def span_of(self, network: str) -> int:
+        """Event time kept of a network's sensors."""
+        return self.spans.get(network, self.span_s)
+
     def add(self, sensor: str, ts_s: int, value: float) -> None:
-        if self.newest_s is not None and ts_s <= self.newest_s - self.span_s:
+        span = self.span_of(self._network.get(sensor, ""))
+        if self.newest_s is not None and ts_s <= self.newest_s - span:
             return  # older than what is kept
         self._readings.setdefault(sensor, {})[ts_s] = value
         if self.newest_s is None or ts_s > self.newest_s:
@@ -69,8 +79,8 @@ class History:
         """Drop readings older than the span, and sensors left with none."""
         if self.newest_s is None:
             return
-        oldest = self.newest_s - self.span_s
         for sensor in list(self._readings):
+            oldest = self.newest_s - self.span_of(self._network.get(sensor, ""))
             kept = {ts: v for ts, v in self._readings[sensor].items() if ts > oldest}
             if kept:
                 self._readings[sensor] = kept
@@ -89,17 +99,19 @@ class History:
             named = [s for s, net in self._network.items() if not net and s in self._readings]
         return tuple(sorted(named))
 
-    def grid(self, name: str, sensors: tuple[str, ...], step_s: int) -> GridDataset:
+    def grid(
+        self, name: str, sensors: tuple[str, ...], step_s: int, network: str = ""
+    ) -> GridDataset:
         """The readings of ``sensors`` (in that order) on a ``step_s`` grid, the whole span.
 
-        It runs from the oldest reading kept (at most ``span_s`` back) to the newest reading's
-        step; readings between grid steps are left out.
+        It runs from the oldest reading kept (at most the span of ``network`` back) to the
+        newest reading's step; readings between grid steps are left out.
         """
         if self.newest_s is None:
             raise ValueError("the history holds no readings yet")
         last = self.newest_s - self.newest_s % step_s
         oldest = min((min(r) for r in self._readings.values() if r), default=last)
-        oldest = max(oldest, self.newest_s - self.span_s + 1)
+        oldest = max(oldest, self.newest_s - self.span_of(network) + 1)
         first = last - (last - oldest) // step_s * step_s
         steps = (last - first) // step_s + 1
         values = np.full((steps, len(sensors), 1), np.nan)

@@ -44,6 +44,7 @@ from ..core.retrain_events import ROLLBACK, RetrainEvent
 from ..kafka.clients import client_options, producer_options, topic_reader
 from ..kafka.topics import ensure_topics_sync
 from ..kafka.unreadable import TolerantReader
+from ..networks import declared_networks
 from ..offline.datasets import GridDataset
 from ..settings import Settings
 from .history import History, without
@@ -51,6 +52,7 @@ from .registry import Registry, RegistryError, Version, parse_model_id
 
 log = logging.getLogger(__name__)
 
+MIN_HISTORY_STEPS = 864  # what the default span gives at 5 minutes: three days
 CATCH_UP_S = 30.0  # longest wait for the history to reach an event's detection time
 
 
@@ -99,7 +101,13 @@ class RetrainWorker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.registry = Registry(Path(settings.model_registry))
-        self.history = History(int(settings.retrain_history_s))
+        specs = declared_networks(settings)  # the default network first
+        fallback = settings.step_s or DEFAULT_STEP_S
+        self.steps = {spec.name: spec.step_s or fallback for spec in specs}
+        self.history = History(
+            history_span_s(settings, self.steps[specs[0].name]),
+            {name: history_span_s(settings, step) for name, step in self.steps.items()},
+        )
         self.outcomes: list[Outcome] = []
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -230,12 +238,12 @@ class RetrainWorker:
     def _recent(self, event: RetrainEvent, serving: Version) -> GridDataset:
         """The network's recent readings on its grid: the serving model's sensors, or, for a
         universal model (any sensor, any step), the network's sensors on its configured step."""
-        card = serving.card
+        card, network = serving.card, event.network
         if card.kind == UNIVERSAL:  # its own sensors once fine-tuned for the network
-            step = self.settings.step_s or DEFAULT_STEP_S
-            sensors = card.sensors or self.history.sensors_of(event.network)
-            return self.history.grid(event.network, sensors, step)
-        return self.history.grid(serving.name, card.sensors, card.step_s)
+            step = self.steps.get(network) or self.settings.step_s or DEFAULT_STEP_S
+            sensors = card.sensors or self.history.sensors_of(network)
+            return self.history.grid(network, sensors, step, network)
+        return self.history.grid(serving.name, card.sensors, card.step_s, network)
 
     def _retrain(self, event: RetrainEvent, serving: Version, recent: GridDataset) -> Outcome:
         settings = self.settings
@@ -298,6 +306,14 @@ class RetrainWorker:
             "samples": tuned.samples,
             "epochs": tuned.epochs,
         }
+
+
+def history_span_s(settings: Settings, step_s: int) -> int:
+    """Event time of a network's readings kept to fine-tune and validate on:
+    ``retrain_history_s``, and at least ``MIN_HISTORY_STEPS`` of the network's steps (three
+    days at 5 minutes, 36 days hourly, 864 days daily), so that a retrain at any step has the
+    universal model's day of context, the horizon and the holdout, and windows to fit on."""
+    return int(max(settings.retrain_history_s, MIN_HISTORY_STEPS * step_s))
 
 
 def network_model_name(serving: Version, network: str) -> str:
