@@ -323,7 +323,7 @@ class Pipeline:
                         state = self._state_for(tick, message.partition)
                         origin = message if self.forecast_batch and index >= 0 else None
                         imputed += self._place(
-                            tick.sensor, tick.ts_ms, tick.value, state, consumed_at, chunk, origin
+                            tick.ts_ms, tick.value, state, consumed_at, chunk, origin
                         )
                     except Rejected as rejected:
                         raw_of = raw_of or DeadLetterRaw(message)
@@ -411,7 +411,6 @@ class Pipeline:
 
     def _place(
         self,
-        sensor: str,
         ts_ms: int,
         value: float | None,
         state: SensorState,

@@ -302,9 +302,8 @@ class OutputWriter:
         without waiting for this loop: it posts each one here as it is done and goes on with the
         next, while the loop sends it and keeps aiokafka fetching and producing (onnxruntime and
         socket calls release the GIL). Handing each chunk back and forth instead left the
-        pipeline idle while the loop was busy: 45k ticks/s on tick batches where computing
-        ahead gives more (docs/performance.md). Each chunk's latency is observed when its last
-        ack arrives.
+        pipeline idle while the loop was busy (docs/performance.md, 2026-12-06). Each chunk's
+        latency is observed when its last ack arrives.
         """
         loop = asyncio.get_running_loop()
         ready: asyncio.Queue[Output | Exception | None] = asyncio.Queue()
