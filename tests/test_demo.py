@@ -76,6 +76,7 @@ def test_the_demo_ends_in_minutes_on_any_dataset() -> None:
     assert plan_steps(17_544, 264, 3_600, 5_000) == (5_000, 5_000 - PACED_STEPS)
     assert plan_steps(100_000, 5_000, 300, None) == (2 * PACED_STEPS, 604)  # 70 % of 864
     assert plan_steps(300, 170, 300, None) == (300, 210)  # short: 70 % fast
+    assert plan_steps(1282, 170, 300, 0) == (1282, 864)  # --steps 0: as if none were given
 
 
 def test_leads_and_steps_read_as_a_person_says_them() -> None:

@@ -72,7 +72,7 @@ def plan_steps(n_steps: int, n_sensors: int, step_s: int, steps: int | None) -> 
     ``PACED_STEPS``, is paced so that the demo ends in minutes on any dataset; without
     ``steps`` a long dataset is cut to its first ``DEFAULT_TICKS`` ticks (at least twice
     ``PACED_STEPS`` steps), where a user's whole history would take hours to stream."""
-    if steps is None:
+    if not steps:  # none given (0 too, as before)
         steps = max(2 * PACED_STEPS, DEFAULT_TICKS // max(1, n_sensors))
     steps = min(steps, n_steps)
     fast = min(FAST_DAYS * 86_400 // step_s, int(FAST_SHARE * steps))
