@@ -181,6 +181,19 @@ def test_naive_time_is_refused(tmp_path: Path) -> None:
         load_dataset(tmp_path / "t.csv")
 
 
+def test_missing_readings_as_spreadsheets_and_r_write_them(tmp_path: Path) -> None:
+    rows = ["ts,a,b", "2016-07-01T00:00:00Z,1,NA", "2016-07-01T00:05:00Z, null ,2.5"]
+    rows += ["2016-07-01T00:10:00Z,N/A,", "2016-07-01T00:15:00Z,NaN,-"]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    values = load_dataset(tmp_path / "t.csv").values[:, :, 0]
+    np.testing.assert_array_equal(
+        values, [[1.0, np.nan], [np.nan, 2.5], [np.nan, np.nan], [np.nan, np.nan]]
+    )
+    (tmp_path / "t.csv").write_text("ts,a,b\n2016-07-01T00:00:00Z,1,2\n2016-07-01T00:05:00Z,3,x7\n")
+    with pytest.raises(DatasetError, match=r"'x7' \(data row 2, value column 2\) is not a number"):
+        load_dataset(tmp_path / "t.csv")
+
+
 def test_graph_files_are_ignored_in_a_directory(shared: Path) -> None:
     # PEMS08.csv (from,to,cost) and LOS_LOOP's adjacency and location files sit beside the data
     assert load_dataset(shared / "LOS_LOOP").n_sensors == 207

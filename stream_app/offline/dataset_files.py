@@ -166,13 +166,38 @@ def _regular_axis(
     return offsets // step_ms, start, int(step_ms // 1000)
 
 
+# How spreadsheets, R and pandas write a missing reading (compared lower-cased and stripped)
+MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "-", "?"})
+
+
 def _floats(cells: npt.NDArray[Any], file: Path) -> npt.NDArray[np.float64]:
-    # an empty cell is a missing reading
+    """The cells as numbers; a missing reading (``MISSING``) is NaN."""
     filled = np.where(cells == "", "nan", cells)
     try:
         return filled.astype(np.float64)
-    except ValueError as exc:
-        raise DatasetError(f"{file}: a value is not a number ({exc})") from exc
+    except ValueError:
+        pass
+    missing = np.vectorize(lambda c: str(c).strip().lower() in MISSING, otypes=[bool])(cells)
+    filled = np.where(missing, "nan", cells)
+    try:
+        return filled.astype(np.float64)
+    except ValueError:
+        flat = filled.reshape(-1)
+        bad = next(i for i, cell in enumerate(flat) if not _is_number(cell))
+        where = np.unravel_index(bad, filled.shape)
+        raise DatasetError(
+            f"{file}: {flat[bad]!r} (data row {where[0] + 1}"
+            + (f", value column {where[1] + 1}" if filled.ndim > 1 else "")
+            + ") is not a number; leave a missing reading empty or write NA, NaN or null"
+        ) from None
+
+
+def _is_number(cell: object) -> bool:
+    try:
+        float(str(cell))
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_ts(text: str, file: Path) -> int:
