@@ -198,3 +198,20 @@ def test_graph_files_are_ignored_in_a_directory(shared: Path) -> None:
     # PEMS08.csv (from,to,cost) and LOS_LOOP's adjacency and location files sit beside the data
     assert load_dataset(shared / "LOS_LOOP").n_sensors == 207
     assert load_dataset(shared / "PEMS08").n_sensors == 170
+
+
+def test_semicolons_tabs_and_any_time_header(tmp_path: Path) -> None:
+    """European exports: ';' or tabs between cells; a first column of times whatever its name."""
+    rows = [
+        ["Zeit", "a", "b"],
+        ["2016-07-01T00:00:00Z", "1", "2"],
+        ["2016-07-01T00:05:00Z", "3", ""],
+    ]
+    for delimiter, name in ((";", "semi.csv"), ("\t", "tabs.csv")):
+        (tmp_path / name).write_text("\n".join(delimiter.join(r) for r in rows) + "\n")
+        ds = load_dataset(tmp_path / name)
+        assert ds.sensors == (f"{name[:4]}/a", f"{name[:4]}/b") and ds.step_s == 300
+        np.testing.assert_array_equal(ds.values[:, :, 0], [[1.0, 2.0], [3.0, np.nan]])
+    (tmp_path / "naive.csv").write_text("When,a\n2016-07-01 00:00:00,1\n2016-07-01 00:05:00,2\n")
+    with pytest.raises(DatasetError, match="no UTC offset"):
+        load_dataset(tmp_path / "naive.csv")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-TIME_COLUMNS = ("ts", "time", "timestamp", "date")
+TIME_COLUMNS = ("ts", "time", "timestamp", "date", "datetime")
 LONG_HEADER = ("sensor", "ts", "value")
 DATA_SUFFIXES = (".npz", ".csv", ".parquet")
 
@@ -52,7 +52,17 @@ def is_data_file(path: Path) -> bool:
 
 def _header(path: Path) -> list[str]:
     with path.open(newline="", encoding="utf-8") as f:
-        return next(csv.reader(f), [])
+        return next(csv.reader(f, delimiter=_delimiter(path)), [])
+
+
+def _delimiter(path: Path) -> str:
+    """``,``, or ``;`` or a tab where the header line holds those and no comma (as European
+    spreadsheets and many exports write CSV)."""
+    with path.open(encoding="utf-8") as f:
+        first = f.readline()
+    if "," in first:
+        return ","
+    return max((";", "\t"), key=first.count) if (";" in first or "\t" in first) else ","
 
 
 def read_grid(file: Path) -> FileGrid:
@@ -83,15 +93,16 @@ def _read_npz(file: Path) -> FileGrid:
 
 
 def _csv_rows(file: Path) -> list[list[str]]:
+    delimiter = _delimiter(file)
     with file.open(newline="", encoding="utf-8") as f:
-        rows = [row for row in csv.reader(f) if row]
+        rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
     if len(rows) < 2:
         raise DatasetError(f"{file}: a header row and at least one data row are needed")
     return rows
 
 
 def _read_wide(header: list[str], rows: list[list[str]], file: Path) -> FileGrid:
-    has_time = header[0].lower() in TIME_COLUMNS
+    has_time = header[0].lower() in TIME_COLUMNS or _is_time(rows[0][0] if rows[0] else "")
     if any(len(row) != len(header) for row in rows):
         raise DatasetError(f"{file}: every row must have {len(header)} cells, like the header")
     cells = np.array(rows, dtype=object)
@@ -190,6 +201,20 @@ def _floats(cells: npt.NDArray[Any], file: Path) -> npt.NDArray[np.float64]:
             + (f", value column {where[1] + 1}" if filled.ndim > 1 else "")
             + ") is not a number; leave a missing reading empty or write NA, NaN or null"
         ) from None
+
+
+def _is_time(cell: str) -> bool:
+    """A date and time (``2024-01-01T00:00:00Z``, ``2024-01-01 00:00``): a first column of
+    them is the time column whatever its header says (``Zeit``, ``DateTime``...); one without
+    an offset is then refused with that reason, not as a number it is not."""
+    text = cell.strip()
+    if "-" not in text[1:] or ":" not in text:
+        return False
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_number(cell: object) -> bool:
