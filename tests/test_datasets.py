@@ -212,6 +212,12 @@ def test_semicolons_tabs_and_any_time_header(tmp_path: Path) -> None:
         ds = load_dataset(tmp_path / name)
         assert ds.sensors == (f"{name[:4]}/a", f"{name[:4]}/b") and ds.step_s == 300
         np.testing.assert_array_equal(ds.values[:, :, 0], [[1.0, 2.0], [3.0, np.nan]])
+    (tmp_path / "decimal.csv").write_text(
+        "ts;a;b\n2016-07-01T00:00:00Z;2,6;-1,5\n2016-07-01T00:05:00Z;3;NA\n"
+    )  # a decimal comma, as the Italian air sensors' original file writes them
+    np.testing.assert_array_equal(
+        load_dataset(tmp_path / "decimal.csv").values[:, :, 0], [[2.6, -1.5], [3.0, np.nan]]
+    )
     (tmp_path / "naive.csv").write_text("When,a\n2016-07-01 00:00:00,1\n2016-07-01 00:05:00,2\n")
     with pytest.raises(DatasetError, match="no UTC offset"):
         load_dataset(tmp_path / "naive.csv")

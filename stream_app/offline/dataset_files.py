@@ -7,6 +7,7 @@ the file's times say them; ``stream_app.offline.datasets`` fills in the rest and
 from __future__ import annotations
 
 import csv
+import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -179,19 +180,20 @@ def _regular_axis(
 
 # How spreadsheets, R and pandas write a missing reading (compared lower-cased and stripped)
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "-", "?"})
+DECIMAL_COMMA = re.compile(r"[-+]?\d+,\d+")
 
 
 def _floats(cells: npt.NDArray[Any], file: Path) -> npt.NDArray[np.float64]:
-    """The cells as numbers; a missing reading (``MISSING``) is NaN."""
+    """The cells as numbers; a missing reading (``MISSING``) is NaN, a decimal comma a point."""
     filled = np.where(cells == "", "nan", cells)
     try:
         return filled.astype(np.float64)
     except ValueError:
         pass
-    missing = np.vectorize(lambda c: str(c).strip().lower() in MISSING, otypes=[bool])(cells)
-    filled = np.where(missing, "nan", cells)
+    filled = np.vectorize(_normalised, otypes=[object])(cells)
     try:
-        return filled.astype(np.float64)
+        numbers: npt.NDArray[np.float64] = filled.astype(np.float64)
+        return numbers
     except ValueError:
         flat = filled.reshape(-1)
         bad = next(i for i, cell in enumerate(flat) if not _is_number(cell))
@@ -201,6 +203,15 @@ def _floats(cells: npt.NDArray[Any], file: Path) -> npt.NDArray[np.float64]:
             + (f", value column {where[1] + 1}" if filled.ndim > 1 else "")
             + ") is not a number; leave a missing reading empty or write NA, NaN or null"
         ) from None
+
+
+def _normalised(cell: object) -> str:
+    """A cell as ``float`` reads it: a missing reading as ``nan``, a decimal comma (``2,6``
+    from a ``;``-separated European export) as a point."""
+    text = str(cell).strip()
+    if text.lower() in MISSING:
+        return "nan"
+    return text.replace(",", ".") if DECIMAL_COMMA.fullmatch(text) else text
 
 
 def _is_time(cell: str) -> bool:
