@@ -196,7 +196,7 @@ def _floats(cells: npt.NDArray[Any], file: Path) -> npt.NDArray[np.float64]:
         return numbers
     except ValueError:
         flat = filled.reshape(-1)
-        bad = next(i for i, cell in enumerate(flat) if not _is_number(cell))
+        bad = next((i for i, cell in enumerate(flat) if not _is_number(cell)), 0)
         where = np.unravel_index(bad, filled.shape)
         raise DatasetError(
             f"{file}: {flat[bad]!r} (data row {where[0] + 1}"
