@@ -230,17 +230,18 @@ def test_push_is_add_at_the_next_slot(
     max_gap: int,
     impute: Impute,
 ) -> None:
-    """The fast path for a reading at the next step leaves exactly what ``add`` leaves."""
+    """``add``'s fast path for a reading at the next step leaves exactly what its general
+    bookkeeping leaves."""
     pushed, added = RollingWindow(length, max_gap, impute), RollingWindow(length, max_gap, impute)
     for slot, value in readings:
         for window in (pushed, added):
             with contextlib.suppress(Rejected):
-                window.add(slot, value)
+                window._add_anywhere(slot, value)
     if added.newest is None:
         return
     for value in nexts:
         slot = added.newest + 1
-        assert pushed.push(value) == added.add(slot, value)
+        assert pushed.add(slot, value) == added._add_anywhere(slot, value)
         assert pushed.values == added.values  # holes are the one NAN object in both
         state = ("newest", "imputed", "observed", "is_full")
         assert [getattr(pushed, a) for a in state] == [getattr(added, a) for a in state]

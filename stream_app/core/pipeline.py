@@ -420,10 +420,9 @@ class Pipeline:
     ) -> int:
         slot = (ts_ms + self._step_ms // 2) // self._step_ms
         window = state.window
+        filled = window.add(slot, value)
         if value is None:
-            return window.add(slot, value)
-        # the common case, a reading at the next step, without add's general bookkeeping
-        filled = window.push(value) if window.newest == slot - 1 else window.add(slot, value)
+            return filled
         generation = chunk.generation.get(state.index, 0)
         chunk.generation[state.index] = generation + 1
         chunk.actuals.add(state.index, slot, value, generation)
@@ -458,10 +457,7 @@ class Pipeline:
             state = get(row.sensor, partition)
             window = state.window
             try:
-                if window.newest == slot - 1:  # the common case: the next step
-                    imputed += window.push(value)
-                else:
-                    imputed += window.add(slot, value)
+                imputed += window.add(slot, value)
             except Rejected as rejected:
                 return index, imputed, rejected
             generation = generation_of.get(state.index, 0)

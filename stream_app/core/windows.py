@@ -97,6 +97,12 @@ class RollingWindow:
 
         Raises ``Rejected`` (late, duplicate) when the reading has no place in the window.
         """
+        if value is not None and self.newest is not None and slot == self.newest + 1:
+            return self._push(value)  # the common case: a sensor that reports every step
+        return self._add_anywhere(slot, value)
+
+    def _add_anywhere(self, slot: int, value: float | None) -> int:
+        """``add`` for any slot, with the general bookkeeping."""
         if self.newest is None or slot > self.newest:
             self._advance_to(slot)
             index = self.length - 1
@@ -110,9 +116,9 @@ class RollingWindow:
                 raise Rejected(Reason.DUPLICATE, f"slot {slot} already has a reading")
         return 0 if value is None else self._place(index, value)
 
-    def push(self, value: float) -> int:
-        """``add(newest + 1, value)`` for a reading (not None), the common case of a sensor
-        that reports every step, without its general bookkeeping; returns the same."""
+    def _push(self, value: float) -> int:
+        """``_add_anywhere(newest + 1, value)`` for a reading, without its general
+        bookkeeping; returns the same."""
         self.newest = cast(int, self.newest) + 1
         values = self._values
         self._imputed -= self._is_imputed.pop(0)
