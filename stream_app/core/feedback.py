@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import numpy.typing as npt
 
 from .forecasters import FloatArray, IntArray
 from .scoring import Scores
@@ -66,9 +67,7 @@ class ErrorFeedback:
     def weights(self, rows: IntArray) -> FloatArray:
         """(n, horizon): the last reading's share in the forecasts of ``rows`` (0: inactive)."""
         out = np.zeros((len(rows), self.horizon))
-        known = rows < len(self._active)
-        mine = np.zeros(len(rows), dtype=bool)
-        mine[known] = self._active[rows[known]]
+        mine = self._active_of(rows)
         if mine.any():
             model, last = self._model[rows[mine]] ** 2, self._last[rows[mine]] ** 2
             total = model + last
@@ -92,9 +91,7 @@ class ErrorFeedback:
         ``scores`` (one generation: the pipeline's ``_settle``)."""
         if not len(scores) or not self._active.any() or scores.baseline is None:
             return
-        known = scores.sensors < len(self._active)
-        mine = np.zeros(len(scores), dtype=bool)
-        mine[known] = self._active[scores.sensors[known]]
+        mine = self._active_of(scores.sensors)
         mine &= scores.horizons <= self.horizon
         mine &= np.isfinite(scores.baseline)
         if not mine.any():
@@ -104,6 +101,13 @@ class ErrorFeedback:
         keep = 1.0 - self.rate
         self._model[at] = keep * self._model[at] + self.rate * np.abs(model_errors[mine])
         self._last[at] = keep * self._last[at] + self.rate * np.abs(scores.baseline[mine])
+
+    def _active_of(self, rows: IntArray) -> npt.NDArray[np.bool_]:
+        """Whether each of ``rows`` is corrected (rows never seen are not)."""
+        known = rows < len(self._active)
+        active = np.zeros(len(rows), dtype=bool)
+        active[known] = self._active[rows[known]]
+        return active
 
     def forget(self, rows: Iterable[int]) -> None:
         for row in rows:
