@@ -101,6 +101,24 @@ def test_empty_batch(forecaster: OnnxForecaster) -> None:
     assert forecaster.forecast(empty).shape == (0, 12)
 
 
+def test_prepare_fixes_the_inputs_when_called_and_runs_later(
+    forecaster: OnnxForecaster,
+) -> None:
+    """The pipeline builds a chunk's inputs on its own thread and runs the model on another:
+    what the prepared call runs on is the windows as they were when it was prepared."""
+    windows = make_windows(8, seed=3)
+    expected = forecaster.forecast(windows)
+    run = forecaster.prepare(windows)
+    windows.values[:] = 0.0  # the caller may reuse its arrays once prepared
+    np.testing.assert_array_equal(run(), expected)
+    assert not np.allclose(forecaster.forecast(windows), expected)
+
+
+def test_prepare_refuses_a_wrong_window_before_any_run(forecaster: OnnxForecaster) -> None:
+    with pytest.raises(ValueError, match=r"expected \(2, 12\)"):
+        forecaster.prepare(make_windows(2, window=24))
+
+
 def test_wrong_window_length_is_refused(forecaster: OnnxForecaster) -> None:
     with pytest.raises(ValueError, match=r"expected \(2, 12\)"):
         forecaster.forecast(make_windows(2, window=24))

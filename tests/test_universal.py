@@ -149,8 +149,13 @@ def test_a_universal_model_needs_to_be_told_the_step(exported: Path) -> None:
     batch = WindowBatch(np.ones((1, SMALL.context)), np.zeros(1, np.int64), ("s",))
     with pytest.raises(ModelContractError, match="any grid step"):
         OnnxForecaster(exported).forecast(batch)
+    with pytest.raises(ModelContractError, match="any grid step"):  # on the pipeline's thread
+        OnnxForecaster(exported).prepare(batch)
     served = OnnxForecaster(exported).at_step(900)
     assert served.grid_step == 900 and served.forecast(batch).shape == (1, 12)
+    quantiles = served.prepare(batch)()  # what the pipeline's inference thread runs
+    np.testing.assert_array_equal(quantiles, served.forecast_quantiles(batch))
+    assert quantiles.shape == (1, 3, 12)
 
 
 def batch_message(step: int, values: dict[str, float], offset: int) -> Incoming:

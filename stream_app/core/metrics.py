@@ -67,7 +67,7 @@ class Metrics:
         )
         self.inference_seconds = Histogram(
             "inference_seconds",
-            "Time of one inference call (one micro-batch)",
+            "Time of one inference call (one chunk of windows; an ONNX model's run alone)",
             namespace=PREFIX,
             registry=registry,
             buckets=_INFERENCE_BUCKETS,

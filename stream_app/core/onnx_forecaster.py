@@ -12,7 +12,7 @@ import ctypes
 import hashlib
 import sys
 from collections.abc import Callable, Sequence
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -169,23 +169,29 @@ class OnnxForecaster:
             median = self.card.quantiles.index(0.5)
             out: FloatArray = self.forecast_quantiles(windows)[:, median, :]
             return out
-        self._check_shape(windows)
-        if len(windows) == 0:
-            return np.empty((0, self.horizon), dtype=np.float64)
-        (y,) = self._session.run([self.card.output], self._feeds(windows))
-        norm = self.card.normalization
-        out = np.asarray(y, dtype=np.float64) * norm.std + norm.mean
-        return out
+        return self.prepare(windows)()
 
     def forecast_quantiles(self, windows: WindowBatch) -> FloatArray:
         """(batch, quantiles, horizon) in the readings' units, for a model that gives them."""
         if not self.card.quantiles:
             raise ValueError(f"{self.model_id} gives no quantiles")
+        return self.prepare(windows)()
+
+    def prepare(self, windows: WindowBatch) -> Callable[[], FloatArray]:
+        """``forecast_quantiles`` for a universal model, else ``forecast``, in two halves: the
+        session's inputs are built now, on the calling thread, and the call returned runs the
+        session and converts its output. A pipeline builds the next chunk's inputs while its
+        inference thread runs this one (docs/performance.md, 2026-12-06, last)."""
         self._check_shape(windows)
-        if len(windows) == 0:
-            return np.empty((0, len(self.quantiles), self.horizon), dtype=np.float64)
-        (q,) = self._session.run([self.card.output], self._universal_feeds(windows))
-        return np.asarray(q, dtype=np.float64)
+        n, output = len(windows), self.card.output
+        if self.card.kind == UNIVERSAL:
+            if n == 0:
+                return partial(np.empty, (0, len(self.quantiles), self.horizon), np.float64)
+            return partial(_run_quantiles, self._session, output, self._universal_feeds(windows))
+        if n == 0:
+            return partial(np.empty, (0, self.horizon), np.float64)
+        norm = self.card.normalization
+        return partial(_run_point, self._session, output, self._feeds(windows), norm.mean, norm.std)
 
     def at_step(self, step_s: int) -> OnnxForecaster:
         """This model serving a ``step_s`` grid (a universal model serves any; the session is
@@ -237,6 +243,27 @@ class OnnxForecaster:
         for col, build in enumerate(self._feature_fns):
             build(self.card, windows.values, ts, x[:, :, col])
         return x
+
+
+def _run_point(
+    session: ort.InferenceSession,
+    output: str,
+    feeds: dict[str, npt.NDArray[Any]],
+    mean: float,
+    std: float,
+) -> FloatArray:
+    """A window model's forecasts, de-normalised into the readings' units."""
+    (y,) = session.run([output], feeds)
+    out: FloatArray = np.asarray(y, dtype=np.float64) * std + mean
+    return out
+
+
+def _run_quantiles(
+    session: ort.InferenceSession, output: str, feeds: dict[str, npt.NDArray[Any]]
+) -> FloatArray:
+    """A quantile model's (batch, quantiles, horizon), already in the readings' units."""
+    (q,) = session.run([output], feeds)
+    return np.asarray(q, dtype=np.float64)
 
 
 # Each feature writes its (batch, window) column in place: fewer temporaries at batch 1.
