@@ -16,6 +16,12 @@ from typing import Any
 
 ENV_PREFIX = "STCAST_"
 NO_MODEL = "none"  # STCAST_MODEL_DIR=none: serve the baseline
+# A micro-batch's inference batches, by default. The pipeline drains its inference at the end of
+# each micro-batch, so more a micro-batch run faster; but the pipeline runs ahead of the sends,
+# and the latency's tail grows with them (single ticks end to end, docs/performance.md,
+# 2026-12-06, last: four 24.6k ticks/s, sixteen 28.0k; then eight and sixteen alike, p99 45-48
+# ms and 48-52 ms).
+MICRO_BATCH_CHUNKS = 8
 
 
 def _setting(
@@ -117,7 +123,7 @@ class Settings:
     batch_size: int = _setting(256, "most windows per inference")
     micro_batch: int = _setting(
         0,
-        "most messages per micro-batch (0: 4 x batch_size); with several inference batches in "
+        "most messages per micro-batch (0: 8 x batch_size); with several inference batches in "
         "one, each is inferred while the next is placed",
     )
     batch_wait_s: float = _setting(0.01, "longest wait for a micro-batch to fill, seconds")
@@ -300,8 +306,9 @@ class Settings:
 
     @property
     def micro_batch_messages(self) -> int:
-        """Most messages per micro-batch: ``micro_batch``, else four inference batches."""
-        return self.micro_batch if self.micro_batch > 0 else 4 * self.batch_size
+        """Most messages per micro-batch: ``micro_batch``, else ``MICRO_BATCH_CHUNKS``
+        inference batches."""
+        return self.micro_batch if self.micro_batch > 0 else MICRO_BATCH_CHUNKS * self.batch_size
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes).validated()

@@ -16,8 +16,8 @@ Consumer lag is exported per owned partition every ``LAG_INTERVAL_S``: the high 
 the last fetch response carried minus the consumer's position. Both are known locally, so it
 costs no request (Tansu's answers to ListOffsets are unreliable anyway).
 
-Each micro-batch is at most ``micro_batch_messages`` records (four inference batches by default,
-so that one is inferred while the next is placed: ``Pipeline``), waiting at most
+Each micro-batch is at most ``micro_batch_messages`` records (eight inference batches by
+default, so that one is inferred while the next is placed: ``Pipeline``), waiting at most
 ``batch_wait_s`` for them.
 Delivery is at-least-once: a micro-batch's offsets are committed only once the broker has
 acknowledged every forecast and dead letter it caused, and in consumption order. Up to
