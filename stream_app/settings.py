@@ -17,8 +17,8 @@ from typing import Any
 ENV_PREFIX = "STCAST_"
 NO_MODEL = "none"  # STCAST_MODEL_DIR=none: serve the baseline
 # A micro-batch's inference batches, by default. The pipeline drains its inference at the end of
-# each micro-batch, so more a micro-batch run faster; but the pipeline runs ahead of the sends,
-# and the latency's tail grows with them (single ticks end to end, docs/performance.md,
+# each micro-batch, so longer micro-batches run faster; but the pipeline runs ahead of the sends,
+# and the latency's tail grows with their length (single ticks end to end, docs/performance.md,
 # 2026-12-06, last: four 24.6k ticks/s, sixteen 28.0k; then eight and sixteen alike, p99 45-48
 # ms and 48-52 ms).
 MICRO_BATCH_CHUNKS = 8
