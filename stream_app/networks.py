@@ -38,7 +38,7 @@ from typing import Any
 
 import msgspec
 
-from .core.chunks import Output
+from .core.chunks import Output, typed_json
 from .core.forecasters import Forecaster
 from .core.metrics import Metrics
 from .core.pipeline import Pipeline
@@ -289,14 +289,8 @@ def _named_fast(raw: bytes | None) -> object:
     that is not UTF-8 (msgspec does not check what it skips) and deep nesting."""
     if raw is None or raw.count(b"[") + raw.count(b"{") > _SHALLOW:
         return _UNREAD
-    if not raw.isascii():
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return _UNREAD
-    try:
-        routed = _ROUTED.decode(raw)
-    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+    routed = typed_json(_ROUTED, raw)
+    if routed is None:
         return _UNREAD
     named = routed.network
     if named is None and routed.ticks:

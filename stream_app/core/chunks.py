@@ -18,6 +18,7 @@ import json
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import msgspec
 import numpy as np
@@ -27,6 +28,8 @@ from .forecasters import FloatArray
 from .records import Incoming, Reason, Rejected, decode_json
 from .scoring import Actuals
 from .windows import SensorState
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -138,23 +141,26 @@ _DECODER = msgspec.json.Decoder(_Message)
 Decoded = tuple[list[TickRow] | list[_Message], bool]  # the ticks, and whether a batch
 
 
-def columnar_ticks(raw: bytes | None) -> Decoded | None:
-    """A message's ticks, typed, and whether it is a batch; or None where only the reference
-    decoder can say what it is.
-
-    msgspec does not check the UTF-8 of the fields it skips, so text that is not ASCII is
-    checked first, as ``json`` would see it.
-    """
-    if raw is None:
-        return None
+def typed_json(decoder: msgspec.json.Decoder[T], raw: bytes) -> T | None:
+    """``decoder``'s reading of ``raw``; None where msgspec refuses it, or where the text is
+    not UTF-8: msgspec does not check the UTF-8 of the fields it skips, so text that is not
+    ASCII is checked first, as ``json`` would see it."""
     if not raw.isascii():
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
             return None
     try:
-        message = _DECODER.decode(raw)
+        return decoder.decode(raw)
     except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+
+
+def columnar_ticks(raw: bytes | None) -> Decoded | None:
+    """A message's ticks, typed, and whether it is a batch; or None where only the reference
+    decoder can say what it is (``typed_json``)."""
+    message = None if raw is None else typed_json(_DECODER, raw)
+    if message is None:
         return None
     if message.ticks is not UNSET:
         return message.ticks, True
