@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 Offsets = dict[TopicPartition, int]
 COMMIT_INTERVAL_S = 0.5
 LAG_INTERVAL_S = 1.0
+POST_INTERVAL_S = 0.005  # the pipeline wakes the loop at most this often while it computes
 
 
 async def serve(settings: Settings, pipeline: Core, metrics: Metrics, stop: asyncio.Event) -> None:
@@ -299,26 +300,38 @@ class OutputWriter:
         """Send each chunk as soon as it is ready; return a future for all their acks.
 
         The chunks are computed on the writer's pipeline thread, which runs through them
-        without waiting for this loop: it posts each one here as it is done and goes on with the
-        next, while the loop sends it and keeps aiokafka fetching and producing (onnxruntime and
-        socket calls release the GIL). Handing each chunk back and forth instead left the
-        pipeline idle while the loop was busy (docs/performance.md, 2026-12-06). Each chunk's
-        latency is observed when its last ack arrives.
+        without waiting for this loop: it posts them here as they are done and goes on with the
+        next, while the loop sends them and keeps aiokafka fetching and producing (onnxruntime
+        and socket calls release the GIL). Handing each chunk back and forth instead left the
+        pipeline idle while the loop was busy (docs/performance.md, 2026-12-06). A post wakes
+        the loop, and the pipeline then waits for the GIL back: chunks done within
+        ``POST_INTERVAL_S`` of the last post wait for the next one (or the micro-batch's end).
+        Each chunk's latency is observed when its last ack arrives.
         """
         loop = asyncio.get_running_loop()
         ready: asyncio.Queue[Output | Exception | None] = asyncio.Queue()
         stop = threading.Event()
 
+        def post(items: list[Output | Exception | None]) -> None:
+            for item in items:
+                ready.put_nowait(item)
+
         def compute() -> None:
+            held: list[Output | Exception | None] = []
+            posted = 0.0
             try:
                 for output in outputs:
-                    loop.call_soon_threadsafe(ready.put_nowait, output)
+                    held.append(output)
+                    if (now := time.perf_counter()) - posted >= POST_INTERVAL_S:
+                        loop.call_soon_threadsafe(post, held)
+                        held, posted = [], now
                     if stop.is_set():  # the write was cancelled: leave the rest unread
                         break
             except Exception as exc:  # raised in the loop, where the worker handles it
-                loop.call_soon_threadsafe(ready.put_nowait, exc)
+                held.append(exc)
             else:
-                loop.call_soon_threadsafe(ready.put_nowait, None)
+                held.append(None)
+            loop.call_soon_threadsafe(post, held)
 
         computing = loop.run_in_executor(self._pipeline, compute)
         pending: list[asyncio.Future[Any]] = []
