@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from array import array
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -448,9 +449,17 @@ class Pipeline:
         rows, or at a late or duplicate tick. Returns where it stopped, how many values it
         imputed, and the rejection if it stopped at one (that tick is not placed)."""
         slot = (ts_ms + self._step_ms // 2) // self._step_ms
-        get, generation_of, add_actual = self._sensors.get, chunk.generation, chunk.actuals.add
+        get, generation_of = self._sensors.get, chunk.generation
         needs_full, warmup, noted = self._needs_full, self._warmup, False
-        imputed = 0
+        room = len(rows) if full_at is None else full_at - len(chunk.rows)
+        placed: list[int] = []  # sensor rows, values and generations of the placed ticks
+        values: list[float] = []
+        generations: list[int] = []
+        taken: list[SensorState] = []  # the windows that became ready, copied as they are now
+        windows: list[array[float]] = []
+        taken_in: list[int] = []
+        imputed_in: list[int] = []
+        imputed, stop, rejected = 0, len(rows), None
         for index in range(start, len(rows)):
             row = rows[index]
             value = float(cast(float, row.value))
@@ -458,21 +467,39 @@ class Pipeline:
             window = state.window
             try:
                 imputed += window.add(slot, value)
-            except Rejected as rejected:
-                return index, imputed, rejected
-            generation = generation_of.get(state.index, 0)
-            generation_of[state.index] = generation + 1
-            add_actual(state.index, slot, value, generation)
+            except Rejected as late_or_duplicate:
+                stop, rejected = index, late_or_duplicate
+                break
+            sensor_row = state.index
+            generation = generation_of.get(sensor_row, 0)
+            generation_of[sensor_row] = generation + 1
+            placed.append(sensor_row)
+            values.append(value)
+            generations.append(generation)
             if slot != window.newest:
                 continue
             if not noted:  # the same time and partition for every tick of the step
                 self._note_newest(ts_ms, slot, partition)
                 noted = True
             if window.is_full if needs_full else window.observed >= warmup:
-                self._take(chunk, state, slot, generation, consumed_at, origin)
-                if full_at is not None and len(chunk.rows) >= full_at:
-                    return index + 1, imputed, None
-        return len(rows), imputed, None
+                taken.append(state)
+                windows.append(window.buffer[:])
+                taken_in.append(generation)
+                imputed_in.append(window.imputed)
+                if len(taken) >= room:
+                    stop = index + 1
+                    break
+        chunk.actuals.extend(placed, slot, values, generations)
+        if taken:
+            chunk.states += taken
+            chunk.sensors += [state.sensor for state in taken]
+            chunk.rows += windows
+            chunk.slots += [slot] * len(taken)
+            chunk.row_generations += taken_in
+            chunk.imputed += imputed_in
+            chunk.consumed_at += [consumed_at] * len(taken)
+            chunk.origins += [origin] * len(taken)
+        return stop, imputed, rejected
 
     def _note_newest(self, ts_ms: int, slot: int, partition: int) -> None:
         """A reading at the newest slot of its window: the event time and the partition's

@@ -147,6 +147,15 @@ class Actuals:
         self.values.append(value)
         self.generations.append(generation)
 
+    def extend(
+        self, sensors: list[int], slot: int, values: list[float], generations: list[int]
+    ) -> None:
+        """``add`` for the readings of one slot."""
+        self.sensors += sensors
+        self.slots += [slot] * len(sensors)
+        self.values += values
+        self.generations += generations
+
     def arrays(self) -> tuple[IntArray, IntArray, FloatArray, IntArray]:
         return (
             np.array(self.sensors, dtype=np.int64),
