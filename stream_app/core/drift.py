@@ -247,6 +247,7 @@ class PageHinkleyTable:
         self._next = np.zeros(0, dtype=np.int64)
         self._before = np.zeros(0)  # sum of the values that left the ring since the last firing
         self._before_n = np.zeros(0, dtype=np.int64)
+        self._mark = np.zeros(0, dtype=np.int64)  # scratch: tells rows that come twice
 
     def __len__(self) -> int:
         return int(self._on.sum())
@@ -257,7 +258,10 @@ class PageHinkleyTable:
 
     def start(self, rows: IntArray) -> list[int]:
         self._grow_to(int(rows.max()) + 1)
-        new = np.unique(rows[~self._on[rows]])
+        new = rows[~self._on[rows]]
+        if not len(new):  # every row has its monitor: the usual case
+            return []
+        new = np.unique(new)
         self._on[new] = True
         self._seen[new], self._fired_at[new] = 0, -self.cooldown - 1
         self._clear_test(new)
@@ -266,12 +270,13 @@ class PageHinkleyTable:
         return cast(list[int], new.tolist())
 
     def update(self, rows: IntArray, values: FloatArray) -> list[Fired]:
-        order = np.argsort(rows, kind="stable")
-        ranked = rows[order]
-        first = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
-        if len(first) == len(rows):  # every row once: the usual case
-            fired = self._update_once(np.arange(len(rows)), rows, values)
+        positions = np.arange(len(rows))
+        self._mark[rows] = positions  # a row that comes again keeps its last position
+        if (self._mark[rows] == positions).all():  # every row once: the usual case
+            fired = self._update_once(positions, rows, values)
         else:  # the k-th value of each row in round k
+            order = np.argsort(rows, kind="stable")
+            first = run_starts(rows[order])
             occurrence = np.empty(len(rows), dtype=np.int64)
             counts = np.diff(first, append=len(rows))
             occurrence[order] = np.arange(len(rows)) - np.repeat(first, counts)
@@ -456,9 +461,12 @@ class DriftSink:
         wanted = scores.horizons <= self.horizon
         if self.horizons:
             wanted &= np.isin(scores.horizons, self.horizons)
-        order = np.flatnonzero(wanted)[np.argsort(scores.actuals[wanted], kind="stable")]
+        order = np.flatnonzero(wanted)
         actuals = scores.actuals[order]
-        starts = np.flatnonzero(np.r_[True, actuals[1:] != actuals[:-1]]) if len(order) else order
+        if (actuals[1:] < actuals[:-1]).any():  # not grouped already (a stable sort groups)
+            order = order[np.argsort(actuals, kind="stable")]
+            actuals = scores.actuals[order]
+        starts = run_starts(actuals)
         return scores.sensors[order], scores.horizons[order], np.abs(scores.errors[order]), starts
 
     def _start_monitors(self, rows: IntArray) -> None:
@@ -480,15 +488,23 @@ class DriftSink:
         scale = self._sums[sensors, steps] / np.maximum(self._counts[sensors, steps], 1)
         z = np.minimum(absolute / np.maximum(scale, _TINY), MAX_Z)
         totals: FloatArray = np.add.reduceat(z, starts)
-        return totals / np.diff(starts, append=len(z))
+        counts = np.empty_like(starts)
+        counts[:-1] = starts[1:] - starts[:-1]
+        counts[-1] = len(z) - starts[-1]
+        return totals / counts
 
     def _learn_scale(self, sensors: IntArray, steps: IntArray, absolute: FloatArray) -> None:
         learning = ~self._frozen[sensors]
+        if not learning.any():  # every scale known: the usual case after the warm-up
+            return
         np.add.at(self._sums, (sensors[learning], steps[learning]), absolute[learning])
         np.add.at(self._counts, (sensors[learning], steps[learning]), 1.0)
 
     def _freeze(self, rows: IntArray) -> None:
-        learning = np.unique(rows[~self._frozen[rows]])
+        learning = rows[~self._frozen[rows]]
+        if not len(learning):
+            return
+        learning = np.unique(learning)
         self._frozen[learning] = self._monitors.seen(learning) >= self.warmup
 
     def _detected(self, row: int, before: float, after: float) -> None:
@@ -505,3 +521,15 @@ class DriftSink:
             extra = ((0, max(size, 2 * len(self._frozen)) - len(self._frozen)), (0, 0))
             self._sums, self._counts = np.pad(self._sums, extra), np.pad(self._counts, extra)
             self._frozen = np.pad(self._frozen, extra[:1])
+
+
+def run_starts(ordered: IntArray) -> IntArray:
+    """Where each run of equal values starts in ``ordered``.
+
+    >>> run_starts(np.array([3, 3, 5, 7, 7, 7])).tolist()
+    [0, 2, 3]
+    """
+    change = np.empty(len(ordered), dtype=bool)
+    change[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
+    return np.flatnonzero(change)
