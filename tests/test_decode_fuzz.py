@@ -29,7 +29,7 @@ from test_pipeline import TOPIC, FakeForecaster, make_pipeline, ts
 from stream_app.core.chunks import columnar_ticks
 from stream_app.core.forecasters import Persistence
 from stream_app.core.pipeline import Pipeline
-from stream_app.core.records import Incoming
+from stream_app.core.records import Incoming, Rejected, decode_json
 from stream_app.tools.broker import EmbeddedBroker
 from stream_app.tools.services import WorkerProcess
 
@@ -198,7 +198,7 @@ def message_text(draw: st.DrawFn) -> bytes | None:
             )
         )  # fmt: skip
     else:
-        depth = draw(st.sampled_from([10, 3000, 100_000]))
+        depth = draw(st.sampled_from([10, 400, 960, 985, 990, 995, 999, 3000, 100_000]))
         body = '{"sensor":"a","ts":"x","value":1,"x":' + "[" * depth + "]" * depth + "}"
     raw = body.encode("utf-8")
     damage = draw(st.integers(0, 14))
@@ -270,6 +270,32 @@ def test_the_columnar_decoder_reads_what_it_should() -> None:
     assert _share(lambda raw: columnar_ticks(raw) is None, bad) == 1.0
     rows, batched = columnar_ticks(good[1]) or ([], False)
     assert batched and rows[0].sensor == "a" and rows[0].value is None
+
+
+def test_other_fields_nested_where_json_gives_up_are_left_to_the_reference() -> None:
+    """msgspec skips a field a tick does not name however deep it nests; ``json`` stops at
+    Python's recursion limit less the caller's frames, somewhere short of 1,000 levels. The
+    columnar decoder must never accept a message the reference, called from the same place,
+    refuses; shallow fields of their own it still reads, in a message and in a batch's ticks."""
+
+    def nested(depth: int) -> bytes:
+        other = "[" * depth + "]" * depth
+        return ('{"sensor":"a","ts":1,"value":1,"x":' + other + "}").encode()
+
+    def refused(raw: bytes) -> bool:
+        try:
+            decode_json(raw)
+        except Rejected:
+            return True
+        return False
+
+    depths = range(900, 1_001)
+    assert any(refused(nested(depth)) for depth in depths)  # the limit is in the range tried
+    assert [d for d in depths if columnar_ticks(nested(d)) and refused(nested(d))] == []
+    assert columnar_ticks(nested(100)) is not None
+    batch = b'{"gateway":{"id":[7]},"ticks":[{"sensor":"a","ts":1,"value":2,"unit":"m"}]}'
+    rows, batched = columnar_ticks(batch) or ([], False)
+    assert batched and rows[0].sensor == "a" and rows[0].value == 2
 
 
 @pytest.mark.integration

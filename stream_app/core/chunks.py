@@ -7,7 +7,8 @@ path: one typed ``msgspec`` decode per message into rows whose fields already ha
 tick needs, so only what types cannot say (an empty sensor, a timestamp's text, an integer too
 large for a float) is left to check. It answers only for messages it can read exactly as the
 reference would: anything it cannot type (a missing field, a wrong type, NaN spelled out, a
-number out of range, nesting too deep, text that is not UTF-8) comes back as None and takes the
+number out of range, other fields in a message of over ``_SHALLOW`` brackets, where ``json``
+may find them nested too deep, text that is not UTF-8) comes back as None and takes the
 reference path, which says why. ``tests/test_decode_fuzz.py`` holds the two to the same
 verdicts over generated messages, valid and broken.
 """
@@ -116,7 +117,7 @@ class DeadLetterRaw:
         return json.dumps(item).encode(), f"ticks[{index}]: "
 
 
-class TickRow(msgspec.Struct, gc=False):
+class TickRow(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     """A batch element typed as a tick needs it (``ts`` still to be parsed)."""
 
     sensor: str
@@ -125,7 +126,7 @@ class TickRow(msgspec.Struct, gc=False):
     network: str | None = None
 
 
-class _Message(msgspec.Struct, gc=False):
+class _Message(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     """A message: a single tick (its fields) or a tick batch (``ticks``)."""
 
     sensor: str | UnsetType = UNSET
@@ -135,7 +136,23 @@ class _Message(msgspec.Struct, gc=False):
     ticks: list[TickRow] | UnsetType = UNSET
 
 
+class _AnyTickRow(TickRow, forbid_unknown_fields=False):
+    """A ``TickRow`` that may carry other fields (skipped)."""
+
+
+class _AnyMessage(_Message, forbid_unknown_fields=False):
+    """A ``_Message`` that may carry other fields (skipped), in its ticks too."""
+
+    ticks: list[_AnyTickRow] | UnsetType = UNSET  # type: ignore[assignment]
+
+
 _DECODER = msgspec.json.Decoder(_Message)
+_ANY_DECODER = msgspec.json.Decoder(_AnyMessage)
+# Fields a tick does not name are skipped by msgspec however deep they nest, while ``json``
+# gives up where Python's recursion limit (1000 frames, less the caller's) stops it. A message
+# with at most this many brackets nests well short of that; one with more and fields of its
+# own goes to the reference, which says whether it can be read there.
+_SHALLOW = 500
 
 
 Decoded = tuple[list[TickRow] | list[_Message], bool]  # the ticks, and whether a batch
@@ -159,9 +176,15 @@ def typed_json(decoder: msgspec.json.Decoder[T], raw: bytes) -> T | None:
 def columnar_ticks(raw: bytes | None) -> Decoded | None:
     """A message's ticks, typed, and whether it is a batch; or None where only the reference
     decoder can say what it is (``typed_json``)."""
-    message = None if raw is None else typed_json(_DECODER, raw)
-    if message is None:
+    if raw is None:
         return None
+    message: _Message | None = typed_json(_DECODER, raw)
+    if message is None:  # refused: other fields, perhaps, which are read if they are shallow
+        if raw.count(b"[") + raw.count(b"{") > _SHALLOW:
+            return None
+        message = typed_json(_ANY_DECODER, raw)
+        if message is None:
+            return None
     if message.ticks is not UNSET:
         return message.ticks, True
     if message.sensor is UNSET or message.ts is UNSET or message.value is UNSET:
