@@ -42,7 +42,14 @@ from .core.chunks import Output, typed_json
 from .core.forecasters import Forecaster
 from .core.metrics import Metrics
 from .core.pipeline import Pipeline
-from .core.records import Incoming, Reason, Rejected, decode_json, encode_dead_letter
+from .core.records import (
+    MAX_DEPTH,
+    Incoming,
+    Reason,
+    Rejected,
+    decode_json,
+    encode_dead_letter,
+)
 from .settings import Settings, env_name
 
 KEYS = ("name", "step_s", "model", "graph", "keyed", "forecast_records", "default")
@@ -276,10 +283,10 @@ class _Routed(msgspec.Struct):
 
 _ROUTED = msgspec.json.Decoder(_Routed)
 _UNREAD = object()
-# A message with at most this many brackets nests no deeper than ``json`` reads from the router
-# (Python's recursion limit, 1000 frames); msgspec reads a little deeper than ``json``, so a
-# message with more (a tick batch of over 800 ticks too) is routed by the reference.
-_SHALLOW = 800
+# A message with at most this many brackets nests no deeper than the reference reads
+# (``records.MAX_DEPTH``); msgspec reads deeper, so a message with more (a tick batch of over
+# 500 ticks too) is routed by the reference.
+_SHALLOW = MAX_DEPTH
 
 
 def _named_fast(raw: bytes | None) -> object:

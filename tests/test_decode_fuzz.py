@@ -29,7 +29,7 @@ from test_pipeline import TOPIC, FakeForecaster, make_pipeline, ts
 from stream_app.core.chunks import columnar_ticks
 from stream_app.core.forecasters import Persistence
 from stream_app.core.pipeline import Pipeline
-from stream_app.core.records import Incoming, Rejected, decode_json
+from stream_app.core.records import MAX_DEPTH, Incoming, Rejected, decode_json
 from stream_app.tools.broker import EmbeddedBroker
 from stream_app.tools.services import WorkerProcess
 
@@ -272,27 +272,30 @@ def test_the_columnar_decoder_reads_what_it_should() -> None:
     assert batched and rows[0].sensor == "a" and rows[0].value is None
 
 
-def test_other_fields_nested_where_json_gives_up_are_left_to_the_reference() -> None:
-    """msgspec skips a field a tick does not name however deep it nests; ``json`` stops at
-    Python's recursion limit less the caller's frames, somewhere short of 1,000 levels. The
-    columnar decoder must never accept a message the reference, called from the same place,
-    refuses; shallow fields of their own it still reads, in a message and in a batch's ticks."""
+def test_nesting_beyond_the_limit_is_malformed_wherever_it_is_read() -> None:
+    """msgspec skips a field a tick does not name however deep it nests; ``json`` alone gives
+    up at Python's recursion limit less its caller's frames. Both decoders must refuse JSON
+    nested deeper than ``MAX_DEPTH`` and read what is not, from any depth of the stack; the
+    columnar one still reads shallow fields of a message's own, in its ticks too."""
 
     def nested(depth: int) -> bytes:
-        other = "[" * depth + "]" * depth
+        other = "[" * (depth - 1) + "]" * (depth - 1)  # inside the message's own braces
         return ('{"sensor":"a","ts":1,"value":1,"x":' + other + "}").encode()
 
-    def refused(raw: bytes) -> bool:
+    def refused(raw: bytes, frames: int = 0) -> bool:
+        if frames:
+            return refused(raw, frames - 1)
         try:
             decode_json(raw)
         except Rejected:
             return True
         return False
 
-    depths = range(900, 1_001)
-    assert any(refused(nested(depth)) for depth in depths)  # the limit is in the range tried
-    assert [d for d in depths if columnar_ticks(nested(d)) and refused(nested(d))] == []
-    assert columnar_ticks(nested(100)) is not None
+    for depth in (2, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 960, 990, 995, 999, 3000):
+        deep = depth > MAX_DEPTH
+        assert refused(nested(depth)) == deep, depth
+        assert refused(nested(depth), frames=400) == deep, depth  # from deep in the stack
+        assert (columnar_ticks(nested(depth)) is None) == deep, depth
     batch = b'{"gateway":{"id":[7]},"ticks":[{"sensor":"a","ts":1,"value":2,"unit":"m"}]}'
     rows, batched = columnar_ticks(batch) or ([], False)
     assert batched and rows[0].sensor == "a" and rows[0].value == 2

@@ -14,6 +14,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_app.core.records import MAX_DEPTH
 from stream_app.networks import _UNREAD, _named_fast, named_network
 
 NAMES = st.sampled_from(
@@ -92,14 +93,14 @@ def test_a_tick_batch_and_a_tick_are_read_fast() -> None:
 
 
 def test_what_only_the_reference_can_read_goes_to_it() -> None:
-    # json's depth limit depends on the caller's stack and msgspec's lies a little beyond it:
-    # a message that may nest deeper than json reads from the router goes to json itself
-    deep = b'{"x":' + b"[" * 801 + b"]" * 801 + b',"network":"a"}'
-    assert _named_fast(deep) is _UNREAD and named_network(deep) == "a"
+    # the reference refuses JSON nested deeper than MAX_DEPTH, and msgspec reads deeper: a
+    # message with more brackets than that, which may nest deeper, goes to the reference
+    edge = b'{"x":' + b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1) + b',"network":"a"}'
+    assert _named_fast(edge) == "a" and named_network(edge) == "a"
+    deep = b'{"x":' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b',"network":"a"}'
+    assert _named_fast(deep) is _UNREAD and named_network(deep) is None
     deeper = b'{"x":' + b"[" * 5_000 + b"]" * 5_000 + b',"network":"a"}'
     assert _named_fast(deeper) is _UNREAD and named_network(deeper) is None
-    shallow = b'{"x":' + b"[" * 400 + b"]" * 400 + b',"network":"a"}'
-    assert _named_fast(shallow) == "a"
     assert _named_fast(b'{"x":NaN,"network":"a"}') is _UNREAD  # json reads NaN
     assert named_network(b'{"x":NaN,"network":"a"}') == "a"
     assert _named_fast(b'{"x":"\xff","network":"a"}') is _UNREAD

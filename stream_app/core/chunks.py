@@ -7,9 +7,9 @@ path: one typed ``msgspec`` decode per message into rows whose fields already ha
 tick needs, so only what types cannot say (an empty sensor, a timestamp's text, an integer too
 large for a float) is left to check. It answers only for messages it can read exactly as the
 reference would: anything it cannot type (a missing field, a wrong type, NaN spelled out, a
-number out of range, other fields in a message of over ``_SHALLOW`` brackets, where ``json``
-may find them nested too deep, text that is not UTF-8) comes back as None and takes the
-reference path, which says why. ``tests/test_decode_fuzz.py`` holds the two to the same
+number out of range, other fields in a message of over ``records.MAX_DEPTH`` brackets, which
+may nest too deeply, text that is not UTF-8) comes back as None and takes the reference path,
+which says why. ``tests/test_decode_fuzz.py`` holds the two to the same
 verdicts over generated messages, valid and broken.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 from msgspec import UNSET, UnsetType
 
 from .forecasters import FloatArray
-from .records import Incoming, Reason, Rejected, decode_json
+from .records import MAX_DEPTH, Incoming, Reason, Rejected, decode_json
 from .scoring import Actuals
 from .windows import SensorState
 
@@ -148,11 +148,10 @@ class _AnyMessage(_Message, forbid_unknown_fields=False):
 
 _DECODER = msgspec.json.Decoder(_Message)
 _ANY_DECODER = msgspec.json.Decoder(_AnyMessage)
-# Fields a tick does not name are skipped by msgspec however deep they nest, while ``json``
-# gives up where Python's recursion limit (1000 frames, less the caller's) stops it. A message
-# with at most this many brackets nests well short of that; one with more and fields of its
-# own goes to the reference, which says whether it can be read there.
-_SHALLOW = 500
+# Fields a tick does not name are skipped by msgspec however deep they nest, and the reference
+# refuses JSON nested deeper than ``MAX_DEPTH``. A message with at most that many brackets
+# cannot nest deeper; one with more and fields of its own goes to the reference.
+_SHALLOW = MAX_DEPTH
 
 
 Decoded = tuple[list[TickRow] | list[_Message], bool]  # the ticks, and whether a batch

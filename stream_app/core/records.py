@@ -114,16 +114,45 @@ class TimestampParser:
         return ms
 
 
+# JSON nested deeper than this is malformed. ``json`` alone gives up at Python's recursion
+# limit less its caller's frames, so its verdict on a message nested ~990 deep would depend on
+# where it is read; msgspec reads deeper still.
+MAX_DEPTH = 500
+
+
 def decode_json(raw: bytes | None) -> Any:
     """Parse a message value, or raise ``Rejected(malformed)``."""
     if raw is None:
         raise Rejected(Reason.MALFORMED, "the record has no value (null)")
     try:
-        return json.loads(raw.decode("utf-8"))  # json.loads(bytes) would also take UTF-16/32
+        obj = json.loads(raw.decode("utf-8"))  # json.loads(bytes) would also take UTF-16/32
     except (UnicodeDecodeError, ValueError) as exc:
         raise Rejected(Reason.MALFORMED, f"not UTF-8 JSON: {exc}") from None
     except RecursionError:
-        raise Rejected(Reason.MALFORMED, "JSON nested too deeply to read") from None
+        obj = _TOO_DEEP
+    # every level opens a bracket: a message with few brackets cannot nest too deeply
+    if obj is _TOO_DEEP or (
+        raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(obj, MAX_DEPTH)
+    ):
+        raise Rejected(
+            Reason.MALFORMED, f"JSON nested too deeply to read (over {MAX_DEPTH} levels)"
+        )
+    return obj
+
+
+_TOO_DEEP = object()
+
+
+def _deeper_than(obj: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels in ``obj``."""
+    stack = [(obj, 1)] if isinstance(obj, dict | list) else []
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if level > limit:
+            return True
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def tick_from_json(obj: Any, parse_ts: TimestampParser) -> Tick:
