@@ -38,7 +38,7 @@ from typing import Any
 
 import msgspec
 
-from .core.chunks import Output, typed_json
+from .core.chunks import Output, TickMessage, shallow_message, typed_json
 from .core.forecasters import Forecaster
 from .core.metrics import Metrics
 from .core.pipeline import Pipeline
@@ -284,8 +284,9 @@ class _Routed(msgspec.Struct):
 _ROUTED = msgspec.json.Decoder(_Routed)
 _UNREAD = object()
 # A message with at most this many brackets nests no deeper than the reference reads
-# (``records.MAX_DEPTH``); msgspec reads deeper, so a message with more (a tick batch of over
-# 500 ticks too) is routed by the reference.
+# (``records.MAX_DEPTH``); msgspec skips fields however deep they nest, so a message with more
+# (a tick batch of over 500 ticks too) is routed by reading all of it with the typed decoder
+# that refuses fields a tick does not name, else by the reference.
 _SHALLOW = MAX_DEPTH
 
 
@@ -293,10 +294,14 @@ def _named_fast(raw: bytes | None) -> object:
     """``named_network``'s answer from a typed decoder that skips the ticks' other fields (a
     tick batch of 170 sensors: 31 us instead of 154), or ``_UNREAD`` where only the reference
     can say: anything msgspec refuses (NaN spelled out, a tick that is no object, ...), text
-    that is not UTF-8 (msgspec does not check what it skips) and deep nesting."""
-    if raw is None or raw.count(b"[") + raw.count(b"{") > _SHALLOW:
+    that is not UTF-8 (msgspec does not check what it skips) and what may nest too deeply."""
+    if raw is None:
         return _UNREAD
-    routed = typed_json(_ROUTED, raw)
+    routed: _Routed | TickMessage | None
+    if raw.count(b"[") + raw.count(b"{") > _SHALLOW:
+        routed = shallow_message(raw)
+    else:
+        routed = typed_json(_ROUTED, raw)
     if routed is None:
         return _UNREAD
     named = routed.network

@@ -105,3 +105,12 @@ def test_what_only_the_reference_can_read_goes_to_it() -> None:
     assert named_network(b'{"x":NaN,"network":"a"}') == "a"
     assert _named_fast(b'{"x":"\xff","network":"a"}') is _UNREAD
     assert named_network(b'{"x":"\xff","network":"a"}') is None
+
+
+def test_a_large_tick_batch_is_routed_by_the_typed_reader_unless_it_has_fields_of_its_own() -> None:
+    ticks = [{"sensor": f"s{i}", "ts": 1, "value": 1.5, "network": "b"} for i in range(600)]
+    large = json.dumps({"ticks": ticks}).encode()  # 601 brackets: it could nest that deep
+    assert _named_fast(large) == "b" == named_network(large)
+    ticks[0]["unit"] = ["veh"]  # a field of its own, which the strict reader refuses
+    other = json.dumps({"ticks": ticks}).encode()
+    assert _named_fast(other) is _UNREAD and named_network(other) == "b"

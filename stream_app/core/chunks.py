@@ -126,7 +126,7 @@ class TickRow(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     network: str | None = None
 
 
-class _Message(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class TickMessage(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     """A message: a single tick (its fields) or a tick batch (``ticks``)."""
 
     sensor: str | UnsetType = UNSET
@@ -140,13 +140,13 @@ class _AnyTickRow(TickRow, forbid_unknown_fields=False):
     """A ``TickRow`` that may carry other fields (skipped)."""
 
 
-class _AnyMessage(_Message, forbid_unknown_fields=False):
-    """A ``_Message`` that may carry other fields (skipped), in its ticks too."""
+class _AnyMessage(TickMessage, forbid_unknown_fields=False):
+    """A ``TickMessage`` that may carry other fields (skipped), in its ticks too."""
 
     ticks: list[_AnyTickRow] | UnsetType = UNSET  # type: ignore[assignment]
 
 
-_DECODER = msgspec.json.Decoder(_Message)
+_DECODER = msgspec.json.Decoder(TickMessage)
 _ANY_DECODER = msgspec.json.Decoder(_AnyMessage)
 # Fields a tick does not name are skipped by msgspec however deep they nest, and the reference
 # refuses JSON nested deeper than ``MAX_DEPTH``. A message with at most that many brackets
@@ -154,7 +154,7 @@ _ANY_DECODER = msgspec.json.Decoder(_AnyMessage)
 _SHALLOW = MAX_DEPTH
 
 
-Decoded = tuple[list[TickRow] | list[_Message], bool]  # the ticks, and whether a batch
+Decoded = tuple[list[TickRow] | list[TickMessage], bool]  # the ticks, and whether a batch
 
 
 def typed_json(decoder: msgspec.json.Decoder[T], raw: bytes) -> T | None:
@@ -172,12 +172,18 @@ def typed_json(decoder: msgspec.json.Decoder[T], raw: bytes) -> T | None:
         return None
 
 
+def shallow_message(raw: bytes) -> TickMessage | None:
+    """``raw`` read by the typed decoder that refuses fields a tick does not name, so that it
+    nests three levels at most; None where it refuses it (``typed_json``)."""
+    return typed_json(_DECODER, raw)
+
+
 def columnar_ticks(raw: bytes | None) -> Decoded | None:
     """A message's ticks, typed, and whether it is a batch; or None where only the reference
     decoder can say what it is (``typed_json``)."""
     if raw is None:
         return None
-    message: _Message | None = typed_json(_DECODER, raw)
+    message = shallow_message(raw)
     if message is None:  # refused: other fields, perhaps, which are read if they are shallow
         if raw.count(b"[") + raw.count(b"{") > _SHALLOW:
             return None
