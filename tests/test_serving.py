@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -429,3 +430,16 @@ def test_consumer_lag_against_the_embedded_broker(broker: EmbeddedBroker) -> Non
     read = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert lags(registry) == {str(p): float(written[p] - read[p]) for p in written}
     assert sum(read.values()) < sum(written.values())  # some lag is left to see
+
+
+def test_what_a_worker_built_before_serving_is_frozen_out_of_the_collector() -> None:
+    from stream_app.kafka.worker import freeze_what_was_built
+
+    built = {"state": [[index] for index in range(1_000)]}
+    assert any(tracked is built for tracked in gc.get_objects())
+    try:
+        freeze_what_was_built()
+        assert gc.get_freeze_count() >= 1_002
+        assert not any(tracked is built for tracked in gc.get_objects())  # no collection sees it
+    finally:
+        gc.unfreeze()
