@@ -43,12 +43,12 @@ from .core.forecasters import Forecaster
 from .core.metrics import Metrics
 from .core.pipeline import Pipeline
 from .core.records import (
-    MAX_DEPTH,
     Incoming,
     Reason,
     Rejected,
     decode_json,
     encode_dead_letter,
+    may_nest_too_deeply,
 )
 from .settings import Settings, env_name
 
@@ -283,11 +283,6 @@ class _Routed(msgspec.Struct):
 
 _ROUTED = msgspec.json.Decoder(_Routed)
 _UNREAD = object()
-# A message with at most this many brackets nests no deeper than the reference reads
-# (``records.MAX_DEPTH``); msgspec skips fields however deep they nest, so a message with more
-# (a tick batch of over 500 ticks too) is routed by reading all of it with the typed decoder
-# that refuses fields a tick does not name, else by the reference.
-_SHALLOW = MAX_DEPTH
 
 
 def _named_fast(raw: bytes | None) -> object:
@@ -297,11 +292,12 @@ def _named_fast(raw: bytes | None) -> object:
     that is not UTF-8 (msgspec does not check what it skips) and what may nest too deeply."""
     if raw is None:
         return _UNREAD
-    routed: _Routed | TickMessage | None
-    if raw.count(b"[") + raw.count(b"{") > _SHALLOW:
-        routed = shallow_message(raw)
-    else:
-        routed = typed_json(_ROUTED, raw)
+    # msgspec skips fields however deep they nest, and the reference refuses what nests deeper
+    # than ``records.MAX_DEPTH``: a message that may (a tick batch of over 500 ticks too) is
+    # read whole by the typed decoder that refuses fields a tick does not name
+    routed: _Routed | TickMessage | None = (
+        shallow_message(raw) if may_nest_too_deeply(raw) else typed_json(_ROUTED, raw)
+    )
     if routed is None:
         return _UNREAD
     named = routed.network

@@ -26,7 +26,7 @@ import numpy as np
 from msgspec import UNSET, UnsetType
 
 from .forecasters import FloatArray
-from .records import MAX_DEPTH, Incoming, Reason, Rejected, decode_json
+from .records import Incoming, Reason, Rejected, decode_json, may_nest_too_deeply
 from .scoring import Actuals
 from .windows import SensorState
 
@@ -147,11 +147,10 @@ class _AnyMessage(TickMessage, forbid_unknown_fields=False):
 
 
 _DECODER = msgspec.json.Decoder(TickMessage)
-_ANY_DECODER = msgspec.json.Decoder(_AnyMessage)
 # Fields a tick does not name are skipped by msgspec however deep they nest, and the reference
-# refuses JSON nested deeper than ``MAX_DEPTH``. A message with at most that many brackets
-# cannot nest deeper; one with more and fields of its own goes to the reference.
-_SHALLOW = MAX_DEPTH
+# refuses JSON nested deeper than ``MAX_DEPTH``: a message that may nest that deep and has
+# fields of its own goes to the reference.
+_ANY_DECODER = msgspec.json.Decoder(_AnyMessage)
 
 
 Decoded = tuple[list[TickRow] | list[TickMessage], bool]  # the ticks, and whether a batch
@@ -185,7 +184,7 @@ def columnar_ticks(raw: bytes | None) -> Decoded | None:
         return None
     message = shallow_message(raw)
     if message is None:  # refused: other fields, perhaps, which are read if they are shallow
-        if raw.count(b"[") + raw.count(b"{") > _SHALLOW:
+        if may_nest_too_deeply(raw):
             return None
         message = typed_json(_ANY_DECODER, raw)
         if message is None:

@@ -130,10 +130,7 @@ def decode_json(raw: bytes | None) -> Any:
         raise Rejected(Reason.MALFORMED, f"not UTF-8 JSON: {exc}") from None
     except RecursionError:
         obj = _TOO_DEEP
-    # every level opens a bracket: a message with few brackets cannot nest too deeply
-    if obj is _TOO_DEEP or (
-        raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(obj, MAX_DEPTH)
-    ):
+    if obj is _TOO_DEEP or (may_nest_too_deeply(raw) and _deeper_than(obj, MAX_DEPTH)):
         raise Rejected(
             Reason.MALFORMED, f"JSON nested too deeply to read (over {MAX_DEPTH} levels)"
         )
@@ -141,6 +138,12 @@ def decode_json(raw: bytes | None) -> Any:
 
 
 _TOO_DEEP = object()
+
+
+def may_nest_too_deeply(raw: bytes) -> bool:
+    """Whether ``raw`` has more brackets than ``MAX_DEPTH``: every level opens one, so only
+    then can it nest deeper (a long tick batch has that many without nesting deeply)."""
+    return raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
 
 
 def _deeper_than(obj: Any, limit: int) -> bool:
