@@ -325,11 +325,14 @@ class PageHinkleyTable:
         ]
 
     def _remember(self, rows: IntArray, x: FloatArray) -> None:
-        full = rows[self._kept[rows] == self.recent]
-        self._before[full] += self._ring[full, self._next[full]]
-        self._before_n[full] += 1
-        self._ring[rows, self._next[rows]] = x
-        self._next[rows] = (self._next[rows] + 1) % self.recent
+        full = self._kept[rows] == self.recent
+        following = self._next[rows]
+        at = rows * self.recent + following  # flat positions in the ring
+        ring = self._ring.reshape(-1)
+        self._before[rows[full]] += ring[at[full]]
+        self._before_n[rows[full]] += 1
+        ring[at] = x
+        self._next[rows] = (following + 1) % self.recent
         self._kept[rows] = np.minimum(self._kept[rows] + 1, self.recent)
 
     def _fire(self, row: int) -> tuple[float, float]:
@@ -485,7 +488,8 @@ class DriftSink:
         self, sensors: IntArray, steps: IntArray, absolute: FloatArray, starts: IntArray
     ) -> FloatArray:
         """Per actual: the mean over its horizons of |error| / scale."""
-        scale = self._sums[sensors, steps] / np.maximum(self._counts[sensors, steps], 1)
+        at = sensors * self.horizon + steps  # flat: one gather, not one index per dimension
+        scale = self._sums.reshape(-1)[at] / np.maximum(self._counts.reshape(-1)[at], 1)
         z = np.minimum(absolute / np.maximum(scale, _TINY), MAX_Z)
         totals: FloatArray = np.add.reduceat(z, starts)
         counts = np.empty_like(starts)

@@ -91,24 +91,24 @@ class PendingForecasts:
         if not len(sensors):
             return Scores.empty()
         self._grow_to(int(sensors.max()) + 1)
+        horizon = self.horizon
+        # flat indices: one gather per array, not one broadcast index per dimension
         made_at = slots[:, None] - self._steps[None, :]  # (n, horizon): made h steps before
-        rows = made_at % self.horizon
-        live = self._made_at[sensors[:, None], rows] == made_at
-        picked = self._values[sensors[:, None], rows, self._steps[None, :] - 1]
+        cells = sensors[:, None] * horizon + made_at % horizon  # (sensor, ring row), flat
+        live = self._made_at.reshape(-1)[cells] == made_at
         which, step = np.nonzero(live)
-        errors = picked[which, step] - actuals[which]
-        baseline = self._last[sensors[which], rows[which, step]] - actuals[which]
+        cell = cells[live]  # in the order of which, step
+        at = cell * horizon + step  # (sensor, ring row, horizon step), flat
+        actual = actuals[which]
+        errors = self._values.reshape(-1)[at] - actual
+        baseline = self._last.reshape(-1)[cell] - actual
         model_errors = None
         if self._model is not None:
-            own = self._model[sensors[which], rows[which, step], step]
-            model_errors = own - actuals[which]
+            model_errors = self._model.reshape(-1)[at] - actual
         inside = None
         if self._bounds is not None:
-            at = (sensors[which], rows[which, step], step)
-            low, high = self._bounds[0][at], self._bounds[1][at]
-            inside = np.where(
-                np.isnan(low), np.nan, (actuals[which] >= low) & (actuals[which] <= high)
-            )
+            low, high = self._bounds[0].reshape(-1)[at], self._bounds[1].reshape(-1)[at]
+            inside = np.where(np.isnan(low), np.nan, (actual >= low) & (actual <= high))
         return Scores(sensors[which], step + 1, errors, which, baseline, inside, model_errors)
 
     def _grow_to(self, size: int) -> None:
@@ -339,17 +339,22 @@ class RollingMAE:
         """Append the scores' absolute errors, every horizon's in one vectorised write."""
         if not len(scores):
             return
-        baseline = np.nan if scores.baseline is None else scores.baseline  # unknown: NaN
-        inside = np.nan if scores.inside is None else scores.inside
-        absolute = np.abs(np.stack(np.broadcast_arrays(scores.errors, baseline, inside)))
-        order = np.argsort(scores.horizons, kind="stable")  # by horizon, in arrival order
-        rows = scores.horizons[order] - 1
+        keys = scores.horizons - 1
+        small = keys.astype(np.int16) if self.horizon < 2**15 else keys  # radix-sorted: faster
+        order = np.argsort(small, kind="stable")  # by horizon, in arrival order
+        rows = keys[order]
         added = np.bincount(rows, minlength=self.horizon)
         kept = np.minimum(added, self.size)  # an update longer than the window keeps its newest
-        rank = np.arange(len(rows)) - (np.cumsum(added) - added)[rows] - (added - kept)[rows]
-        new = rank >= 0
-        positions = (self._next[rows[new]] + rank[new]) % self.size
-        self._errors[:, rows[new], positions] = absolute[:, order[new]]
+        rank = np.arange(len(rows)) - (np.cumsum(added) - kept)[rows]
+        if len(rows) > kept.sum():
+            new = rank >= 0
+            rows, rank, order = rows[new], rank[new], order[new]
+        # flat positions, and one one-dimensional write per figure: numpy's fastest scatter
+        at = rows * self.size + (self._next[rows] + rank) % self.size
+        figures = (scores.errors, scores.baseline, scores.inside)
+        for which, figure in enumerate(figures):
+            ring = self._errors[which].reshape(-1)
+            ring[at] = np.nan if figure is None else np.abs(figure[order])  # unknown: NaN
         self._next = (self._next + kept) % self.size
         self._count = np.minimum(self.size, self._count + kept)
         self._means = None
