@@ -5,12 +5,21 @@ the quantiles in the readings' units. Before the card is written, onnxruntime an
 agree within ``tolerance`` (relative to each window's scale) on a seeded batch of contexts at
 several grid steps, with gaps, short contexts and missing neighbours; otherwise
 :class:`~export.torch_export.ParityError` is raised and no model is left behind.
+
+When only the graph's code changes (how it computes, not what), a model directory's graph is
+written again from its checkpoint, its card kept but for the digest::
+
+    python -m export.universal_export stream_app/data/universal
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +29,9 @@ import torch
 
 from export.cards import write_universal_card
 from export.torch_export import OPSET, ParityError, parity_session, write_checked
-from models.universal import OUTPUT, UniversalForecaster
-from stream_app.core.card import BATCH_AXIS, MODEL_FILE, UNIVERSAL_INPUTS, ModelCard
+from models.checkpoint import CHECKPOINT_FILE
+from models.universal import OUTPUT, UniversalForecaster, load_universal
+from stream_app.core.card import BATCH_AXIS, CARD_FILE, MODEL_FILE, UNIVERSAL_INPUTS, ModelCard
 from stream_app.core.contexts import calendar, context_stats
 
 TOLERANCE = 1e-3  # in units of each window's own scale
@@ -149,3 +159,37 @@ def check_universal_parity(
             )
         worst = max(worst, diff)
     return worst
+
+
+def export_again(model_dir: Path, *, tolerance: float = TOLERANCE) -> str:
+    """Write ``model_dir/model.onnx`` again from ``model_dir/checkpoint.pt`` with this code's
+    graph, after the parity check, and point the card at it (the rest of the card is kept:
+    the weights are the same). Returns the new graph's sha256. Nothing in ``model_dir``
+    changes if the check fails."""
+    card = ModelCard.load(model_dir)
+    module, _ = load_universal(model_dir / CHECKPOINT_FILE)
+    with tempfile.TemporaryDirectory(dir=model_dir) as scratch:
+        out = Path(scratch)
+        write_checked(
+            out,
+            lambda path: _write_onnx(module, path),
+            lambda path: check_universal_parity(module, path, tolerance=tolerance),
+        )
+        digest = hashlib.sha256((out / MODEL_FILE).read_bytes()).hexdigest()
+        replace(card, onnx_sha256=digest).save(out / CARD_FILE)
+        ModelCard.load(out)  # the card as written still reads
+        (out / MODEL_FILE).replace(model_dir / MODEL_FILE)
+        (out / CARD_FILE).replace(model_dir / CARD_FILE)
+    return digest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Export a universal model's graph again.")
+    parser.add_argument("model_dir", type=Path, help="holds checkpoint.pt, model.onnx, card.json")
+    args = parser.parse_args()
+    digest = export_again(args.model_dir)
+    print(f"{args.model_dir / MODEL_FILE}: sha256 {digest}")
+
+
+if __name__ == "__main__":
+    main()

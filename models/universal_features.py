@@ -3,7 +3,9 @@
 The context's own normalisation (``stream_app.core.contexts``'s formula), the season that fits
 the step, the values a season and a week before each horizon step (never after the origin), the
 context's backtest of persistence and of the season, and the calendar of any step from the
-origin's. All plain tensor arithmetic that exports to ONNX.
+origin's. All plain tensor arithmetic that exports to ONNX. Masks are counted as floats (exact
+up to 2**24): onnxruntime sums int64 without vector instructions, and 15 such counts took a
+fifth of the bundled model's time at batch 256.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def normalise(context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """z, the seen mask, mean (B, 1) and scale (B, 1): ``stream_app.core.contexts``'s formula."""
     seen = ~torch.isnan(context)
     x = torch.where(seen, context, torch.zeros_like(context))
-    count = seen.sum(dim=1, keepdim=True).clamp(min=1).to(context.dtype)
+    count = seen.to(context.dtype).sum(dim=1, keepdim=True).clamp(min=1.0)
     mean = x.sum(dim=1, keepdim=True) / count
     centred = torch.where(seen, x - mean, torch.zeros_like(x))
     std = torch.sqrt((centred**2).sum(dim=1, keepdim=True) / count)
@@ -74,7 +76,7 @@ def backtest(z: Tensor, seen: Tensor, step_s: Tensor, horizon: int) -> Tensor:
     for h in range(1, horizon + 1):
         both = seen[:, h:] & seen[:, :-h]
         change = torch.where(both, (z[:, h:] - z[:, :-h]).abs(), torch.zeros_like(z[:, h:]))
-        errors.append(change.sum(dim=1) / both.sum(dim=1).clamp(min=1).to(z.dtype))
+        errors.append(change.sum(dim=1) / both.to(z.dtype).sum(dim=1).clamp(min=1.0))
     persistence = torch.stack(errors, dim=1)  # (B, H)
     context = z.shape[1]
     season = season_steps(step_s)  # (B, 1)
@@ -83,7 +85,7 @@ def backtest(z: Tensor, seen: Tensor, step_s: Tensor, horizon: int) -> Tensor:
     index = torch.clamp(earlier, min=0).to(torch.int64)
     both = valid & seen & torch.gather(seen, 1, index)
     change = torch.where(both, (z - torch.gather(z, 1, index)).abs(), torch.zeros_like(z))
-    count = both.sum(dim=1, keepdim=True).to(z.dtype)
+    count = both.to(z.dtype).sum(dim=1, keepdim=True)
     seasonal = change.sum(dim=1, keepdim=True) / count.clamp(min=1.0)
     has = (count > 0).to(z.dtype)
     b, h = persistence.shape

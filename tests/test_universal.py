@@ -279,3 +279,49 @@ def test_a_second_holdout_is_never_a_fine_tuning_target() -> None:
     # a window ending at t has its targets at t+1..t+3: those ending at 7 to 10 reach 10 or 11
     assert kept.ends.tolist() == [*range(7), *range(11, 21)]
     assert kept.sensors.tolist() == [e % 3 for e in kept.ends.tolist()]
+
+
+def test_exporting_again_writes_the_checkpoints_graph_and_keeps_the_card(
+    small_model: UniversalForecaster, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from export.torch_export import ParityError
+    from export.universal_export import export_again
+    from models.universal import save_universal
+
+    torch.manual_seed(1)
+    other = UniversalForecaster(SMALL).eval()  # its graph, beside the small model's checkpoint
+    export_universal(other, tmp_path, training={"note": "for the tests"})
+    save_universal(small_model, tmp_path / "checkpoint.pt", {})
+    before = json.loads((tmp_path / "card.json").read_text())
+    feeds = parity_batch(SMALL.context, 8, seed=3)
+    batch = WindowBatch(
+        feeds["context"].astype(np.float64),
+        np.full(8, 1467345600, dtype=np.int64),
+        ("s",) * 8,
+        feeds["neighbours"],
+    )
+    wrong = OnnxForecaster(tmp_path, step_s=300).forecast_quantiles(batch)
+    with pytest.raises(ParityError):  # a failed check changes nothing
+        export_again(tmp_path, tolerance=-1.0)
+    assert json.loads((tmp_path / "card.json").read_text()) == before
+
+    digest = export_again(tmp_path)
+
+    after = json.loads((tmp_path / "card.json").read_text())
+    assert digest == hashlib.sha256((tmp_path / "model.onnx").read_bytes()).hexdigest()
+    assert after == {**before, "onnx_sha256": digest} and digest != before["onnx_sha256"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["card.json", "checkpoint.pt", "model.onnx"]
+    got = OnnxForecaster(tmp_path, step_s=300).forecast_quantiles(batch)
+    want = run(
+        small_model,
+        {
+            **feeds,
+            "step_s": np.full((8, 1), 300, np.float32),
+            "calendar": calendar(np.full(8, 1467345600, dtype=np.int64), True),
+        },
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    assert not np.allclose(wrong, want, rtol=1e-4, atol=1e-3)
