@@ -174,7 +174,9 @@ class ReadingMonitors:
         size = np.abs(values - 2 * self._prev[rows] + self._prev2[rows])
         rows, slots, size, warm = rows[line], slots[line], size[line], warm[line]
         bins = ((slots * self.step_s) % DAY_S) * self.bins // DAY_S
-        sums, counts = self._profile_sum[rows, bins], self._profile_n[rows, bins]
+        at = rows * self.bins + bins  # flat positions in the profiles: one gather each
+        profile_sum, profile_n = self._profile_sum.reshape(-1), self._profile_n.reshape(-1)
+        sums, counts = profile_sum[at], profile_n[at]
         usual = sums / np.maximum(counts, 1)
         known = counts >= self._profile_known
         z = np.minimum(size / np.maximum(usual, 1e-9), self.noise_cap)
@@ -187,10 +189,9 @@ class ReadingMonitors:
         self._cusum[rows] = cusum
         # learn the usual size while nothing is suspected, forgetting over ``memory_days``
         learn = cusum < self.noise_h / 2
-        r, b = rows[learn], bins[learn]
         keep = np.minimum(counts[learn], self._profile_cap - 1) / np.maximum(counts[learn], 1)
-        self._profile_sum[r, b] = sums[learn] * keep + size[learn]
-        self._profile_n[r, b] = counts[learn] * keep + 1
+        profile_sum[at[learn]] = sums[learn] * keep + size[learn]
+        profile_n[at[learn]] = counts[learn] * keep + 1
         return _findings(rows, slots, level, fire, NOISE)
 
     def _grow_to(self, size: int) -> None:
