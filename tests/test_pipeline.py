@@ -158,6 +158,18 @@ def test_a_tick_batch_can_be_answered_by_one_forecast_batch_record() -> None:
     assert registry.get_sample_value("stcast_forecasts_total") == 4
 
 
+def test_forecast_batches_and_single_forecasts_keep_the_order_of_their_ticks() -> None:
+    pipeline = make_pipeline(forecast_batch=True)
+    messages = []
+    for step in range(4):
+        messages.append(batch([tick(s, step, SERIES[s][step]) for s in "ab"], 2 * step))
+        messages.append(single(tick("c", step, float(step)), 2 * step + 1))
+    records = [record for output in run(pipeline, messages) for record in output.forecasts]
+    assert [key for key, _ in records] == [b"net", b"c", b"net", b"c"]
+    sensors = [[f["sensor"] for f in forecasts_in(value)] for _, value in records]
+    assert sensors == [["a", "b"], ["c"], ["a", "b"], ["c"]]
+
+
 def test_values_beyond_float32_are_written_as_they_are() -> None:
     messages = [single(tick("a", step, 1e300 * (step + 1)), offset=step) for step in range(3)]
     (record,) = forecasts(run(make_pipeline(), messages))
