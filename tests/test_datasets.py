@@ -181,6 +181,24 @@ def test_naive_time_is_refused(tmp_path: Path) -> None:
         load_dataset(tmp_path / "t.csv")
 
 
+def test_a_date_and_a_time_of_day_in_two_columns_are_one_time(tmp_path: Path) -> None:
+    """Spreadsheet exports (the UCI air-quality file among them) split the time in two."""
+    rows = ["Date,Time,CO,NO2", "2004-03-10,18:00:00Z,2.6,113", "2004-03-10,19.00.00Z,2.0,92"]
+    rows += ["2004-03-10,20:00Z,,94"]
+    (tmp_path / "air.csv").write_text("\n".join(rows) + "\n")
+    ds = load_dataset(tmp_path / "air.csv")
+    assert ds.sensors == ("air/CO", "air/NO2") and ds.step_s == 3600
+    assert ds.start == datetime(2004, 3, 10, 18, tzinfo=UTC)
+    np.testing.assert_array_equal(ds.values[:, :, 0], [[2.6, 113], [2.0, 92], [np.nan, 94]])
+    (tmp_path / "air.csv").write_text("Date,Time,CO\n2004-03-10,18:00:00,2.6\n")
+    with pytest.raises(DatasetError, match=r"'2004-03-10T18:00:00' has no UTC offset"):
+        load_dataset(tmp_path / "air.csv")
+    # a reading that looks like 12:50 is a reading: a number has one dot at most
+    (tmp_path / "daily.csv").write_text("Date,a,b\n2004-03-10,12.50,1\n2004-03-11,13.10,2\n")
+    with pytest.raises(DatasetError, match=r"'2004-03-10' has no UTC offset"):
+        load_dataset(tmp_path / "daily.csv")
+
+
 def test_missing_readings_as_spreadsheets_and_r_write_them(tmp_path: Path) -> None:
     rows = ["ts,a,b", "2016-07-01T00:00:00Z,1,NA", "2016-07-01T00:05:00Z, null ,2.5"]
     rows += ["2016-07-01T00:10:00Z,N/A,", "2016-07-01T00:15:00Z,NaN,-"]

@@ -10,7 +10,7 @@ import csv
 import re
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +103,12 @@ def _csv_rows(file: Path) -> list[list[str]]:
 
 
 def _read_wide(header: list[str], rows: list[list[str]], file: Path) -> FileGrid:
-    has_time = header[0].lower() in TIME_COLUMNS or _is_time(rows[0][0] if rows[0] else "")
     if any(len(row) != len(header) for row in rows):
         raise DatasetError(f"{file}: every row must have {len(header)} cells, like the header")
+    if len(header) > 2 and _date_and_clock(rows[0]) is not None:  # split, as spreadsheets write
+        rows = [[_date_and_clock(row) or f"{row[0]} {row[1]}", *row[2:]] for row in rows]
+        header = [f"{header[0]} {header[1]}", *header[2:]]
+    has_time = header[0].lower() in TIME_COLUMNS or _is_time(rows[0][0] if rows[0] else "")
     cells = np.array(rows, dtype=object)
     values = _floats(cells[:, 1:] if has_time else cells, file)
     sensors = header[1:] if has_time else header
@@ -226,6 +229,33 @@ def _is_time(cell: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}(?:\.\d+)?))?(Z|[+-]\d{2}:?\d{2})?")
+DOTTED_CLOCK = re.compile(r"(\d{1,2}\.\d{2}\.\d{2})(.*)")  # 18.00.00: never a number
+
+
+def _date_and_clock(row: list[str]) -> str | None:
+    """A row's first two cells as one time when they are a date and a time of day
+    (``2004-03-10`` and ``18:00:00``, or ``18.00.00`` as some exports write it, with or
+    without an offset): ``2004-03-10T18:00:00``; None when they are not.
+
+    >>> _date_and_clock(["2004-03-10", "18.00.00", "2.6"]), _date_and_clock(["1", "2", "3"])
+    ('2004-03-10T18:00:00', None)
+    """
+    day, text = row[0].strip(), row[1].strip()
+    dotted = DOTTED_CLOCK.fullmatch(text)
+    if dotted is not None:
+        text = dotted.group(1).replace(".", ":") + dotted.group(2)
+    clock = CLOCK.fullmatch(text)
+    if clock is None or len(day) != 10:
+        return None
+    try:
+        date.fromisoformat(day)  # a calendar date, nothing more (the length says so)
+    except ValueError:
+        return None
+    hour, minute, second, offset = clock.groups()
+    return f"{day}T{int(hour):02d}:{minute}:{second or '00'}{offset or ''}"
 
 
 def _is_number(cell: object) -> bool:
