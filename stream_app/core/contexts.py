@@ -74,10 +74,13 @@ def neighbour_context(
         return np.full((index.shape[0], contexts.shape[1]), np.nan, dtype=np.float32)
     z = normalised(contexts)
     picked = z[np.where(real, index, 0)]  # (B, k, C)
-    w = np.where(real, weight, 0.0).astype(np.float32)[:, :, None] * ~np.isnan(picked)
+    known = ~np.isnan(picked)
+    w = np.where(real, weight, 0.0).astype(np.float32)[:, :, None] * known
     total = w.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out: Float32Array = ((np.nan_to_num(picked) * w).sum(axis=1) / total).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):  # z is clipped: NaN is all to zero
+        out: Float32Array = ((np.where(known, picked, 0.0) * w).sum(axis=1) / total).astype(
+            np.float32
+        )
     out[total <= 0] = np.nan
     return out
 
@@ -149,18 +152,26 @@ class NeighbourTable:
         window_of: Callable[[str], RollingWindow | None],
         length: int,
     ) -> Float32Array:
-        """(len(sensors), length): each sensor's neighbours' normalised context at its slot."""
+        """(len(sensors), length): each sensor's neighbours' normalised context at its slot.
+        A neighbour's context at a slot is read and normalised once however many of the
+        sensors have it as a neighbour (a step's sensors share most of theirs)."""
         index = np.full((len(sensors), self.k), -1, dtype=np.int64)
         weight = np.zeros((len(sensors), self.k), dtype=np.float32)
         contexts: list[array[float]] = []
+        position: dict[tuple[str, int], int] = {}  # (neighbour, slot): row in contexts, or -1
         for row, (sensor, slot) in enumerate(zip(sensors, slots, strict=True)):
             for col, (neighbour, w) in enumerate(self._of.get(sensor, ())):
-                window = window_of(neighbour)
-                if window is None or window.newest is None:
-                    continue
-                index[row, col] = len(contexts)
-                weight[row, col] = w
-                contexts.append(aligned(window, slot, length))
+                at = position.get((neighbour, slot))
+                if at is None:
+                    window = window_of(neighbour)
+                    at = -1
+                    if window is not None and window.newest is not None:
+                        at = len(contexts)
+                        contexts.append(aligned(window, slot, length))
+                    position[(neighbour, slot)] = at
+                if at >= 0:
+                    index[row, col] = at
+                    weight[row, col] = w
         values = np.array(contexts) if contexts else np.empty((0, length))
         return neighbour_context(values, index, weight)
 
