@@ -325,3 +325,30 @@ def test_exporting_again_writes_the_checkpoints_graph_and_keeps_the_card(
     )
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
     assert not np.allclose(wrong, want, rtol=1e-4, atol=1e-3)
+
+
+def test_a_shared_neighbour_is_read_once_per_slot_for_every_sensor_that_has_it() -> None:
+    from stream_app.core.contexts import NeighbourTable
+    from stream_app.core.windows import RollingWindow
+
+    windows = {}
+    for name, level in (("n", 10.0), ("m", 50.0)):
+        windows[name] = RollingWindow(length=4)
+        for slot in range(4):
+            windows[name].add(slot, level + slot * slot)
+    asked: list[str] = []
+
+    def window_of(sensor: str) -> RollingWindow | None:
+        asked.append(sensor)
+        return windows.get(sensor)
+
+    table = NeighbourTable(
+        {"a": [("n", 1.0)], "b": [("n", 1.0), ("m", 3.0)], "c": [("gone", 1.0), ("n", 2.0)]}, k=2
+    )
+    got = table.context(["a", "b", "c", "a"], [3, 3, 3, 2], window_of, 4)
+    assert sorted(asked) == ["gone", "m", "n", "n"]  # n at slots 3 and 2, the others once
+    n, m = (normalised(np.array([windows[s].values]))[0] for s in ("n", "m"))
+    np.testing.assert_array_equal(got[0], n)
+    np.testing.assert_allclose(got[1], (n + 3 * m) / 4, rtol=1e-6)
+    np.testing.assert_array_equal(got[2], n)  # the neighbour it lacks does not count
+    np.testing.assert_array_equal(got[3], normalised(np.array([[np.nan, 10, 11, 14]]))[0])
