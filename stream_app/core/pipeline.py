@@ -104,7 +104,7 @@ class Pipeline:
         self.future_tolerance_s = future_tolerance_s
         self.batch_size = batch_size
         self.rolling_mae = RollingMAE(self.forecaster.horizon, mae_window)
-        self._unpublished = self._coverage_unpublished = False  # see _publish_scores
+        self._unpublished = False  # scores the gauges do not show yet: _publish_scores
         self.sinks: tuple[ScoreSink, ...] = tuple(sinks)  # the watchers: drift monitors
         self.metrics = metrics
         self.clock = clock
@@ -795,18 +795,17 @@ class Pipeline:
             return
         self.rolling_mae.update(scores)
         self._unpublished = True
-        self._coverage_unpublished |= scores.inside is not None
 
     def _publish_scores(self) -> None:
         """The rolling MAE's gauges, once a micro-batch (its means cost a pass over every
-        kept error): a scrape sees them as of the last micro-batch."""
+        kept error): a scrape sees them as of the last micro-batch. The coverage is NaN, and
+        so not set, while the kept errors include forecasts without an interval."""
         if self.metrics is None or not self._unpublished:
             return
         mae = self.rolling_mae
         self.metrics.set_rolling_mae(mae.mae.tolist(), mae.baseline_mae.tolist(), self.network)
-        if self._coverage_unpublished:
-            self.metrics.set_coverage(mae.coverage.tolist(), self.network)
-        self._unpublished = self._coverage_unpublished = False
+        self.metrics.set_coverage(mae.coverage.tolist(), self.network)
+        self._unpublished = False
 
     def _observe_inference(self, seconds: float, windows: int) -> None:
         if self.metrics is not None:
