@@ -306,7 +306,8 @@ def dataset_grid_args(parser: argparse.ArgumentParser) -> None:
         "--start",
         type=datetime.fromisoformat,
         default=None,
-        help="time of the dataset's first step, RFC 3339 (when the data does not say)",
+        help="time of the dataset's first step, ISO 8601, UTC without an offset (when the "
+        "data does not say)",
     )
     parser.add_argument(
         "--dataset-step-s",

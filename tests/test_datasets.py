@@ -157,14 +157,17 @@ def test_long_parquet_reads_like_the_long_csv(tmp_path: Path, pems08: GridDatase
     assert (ds.start, ds.step_s, ds.sensors) == (pems08.start, 300, pems08.sensors[:12])
 
 
-def test_parquet_times_without_a_zone_are_refused(tmp_path: Path) -> None:
+def test_parquet_times_without_a_zone_are_the_files_clock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     naive = [datetime(2016, 7, 1, 0, 5 * i) for i in range(3)]  # noqa: DTZ001
     table = pa.table({"sensor": ["a"] * 3, "ts": naive, "value": [1.0, 2.0, 3.0]})
     pq.write_table(table, tmp_path / "naive.parquet")
-    with pytest.raises(DatasetError, match="no time zone"):
-        load_dataset(tmp_path / "naive.parquet")
+    ds = load_dataset(tmp_path / "naive.parquet")
+    assert (ds.start, ds.step_s) == (datetime(2016, 7, 1, tzinfo=UTC), 300)
+    assert "no UTC offset; read as UTC" in caplog.text
 
 
 def test_missing_start_and_step_names_the_flag(tmp_path: Path, pems08: GridDataset) -> None:
@@ -173,11 +176,86 @@ def test_missing_start_and_step_names_the_flag(tmp_path: Path, pems08: GridDatas
         load_dataset(tmp_path / "mystery.npz")
     ds = load_dataset(tmp_path / "mystery.npz", start=pems08.start, step_s=60)
     assert ds.values.shape == (4, 5, 1) and ds.sensors[0] == "mystery/0"
+    naive = datetime(2016, 7, 1)  # noqa: DTZ001 (--start without an offset: UTC, as in files)
+    ds = load_dataset(tmp_path / "mystery.npz", start=naive, step_s=60)
+    assert ds.start == datetime(2016, 7, 1, tzinfo=UTC)
+    (tmp_path / "stcast.json").write_text('{"start": "2016-07-01 00:00", "step_s": 300}')
+    assert load_dataset(tmp_path / "mystery.npz").start == datetime(2016, 7, 1, tzinfo=UTC)
 
 
-def test_naive_time_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "t.csv").write_text("ts,a\n2016-07-01T00:00:00,1\n2016-07-01T00:05:00,2\n")
-    with pytest.raises(DatasetError, match="no UTC offset"):
+def test_times_without_an_offset_are_the_files_clock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Most exports write local times without an offset: they are read as UTC, so that the
+    calendar the model sees is the file's own clock, as in its pre-training corpus."""
+    (tmp_path / "t.csv").write_text("ts,a\n2016-07-01 00:00:00,1\n2016-07-01 00:05:00,2\n")
+    ds = load_dataset(tmp_path / "t.csv")
+    assert (ds.start, ds.step_s) == (datetime(2016, 7, 1, tzinfo=UTC), 300)
+    assert "t.csv: times carry no UTC offset; read as UTC" in caplog.text
+    (tmp_path / "mixed.csv").write_text("ts,a\n2016-07-01T00:00Z,1\n2016-07-01T00:05,2\n")
+    with pytest.raises(DatasetError, match=r"'2016-07-01T00:05' \(data row 2\) lacks a UTC"):
+        load_dataset(tmp_path / "mixed.csv")
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "start", "step_s"),
+    [
+        (
+            "2020/1/1 0:00",
+            "2020/1/1 0:15",
+            datetime(2020, 1, 1, tzinfo=UTC),
+            900,
+        ),  # the WIND original
+        ("2020-1-1 23:00", "2020-1-2 0:00", datetime(2020, 1, 1, 23, tzinfo=UTC), 3600),
+        (
+            "13/01/2020 00:00",
+            "13/01/2020 01:00",
+            datetime(2020, 1, 13, tzinfo=UTC),
+            3600,
+        ),  # day first
+        (
+            "01/13/2020 00:00",
+            "01/13/2020 01:00",
+            datetime(2020, 1, 13, tzinfo=UTC),
+            3600,
+        ),  # month first
+        ("31.12.2004", "01.01.2005", datetime(2004, 12, 31, tzinfo=UTC), 86400),
+        (
+            "2004/03/10 18:00:00+01:00",
+            "2004/03/10 19:00:00+01:00",
+            datetime(2004, 3, 10, 17, tzinfo=UTC),
+            3600,
+        ),
+        ("1467331200000", "1467331500000", datetime(2016, 7, 1, tzinfo=UTC), 300),
+    ],
+)
+def test_times_as_exports_write_them(
+    tmp_path: Path, first: str, second: str, start: datetime, step_s: int
+) -> None:
+    (tmp_path / "t.csv").write_text(f"date,a\n{first},1\n{second},2\n")
+    ds = load_dataset(tmp_path / "t.csv")
+    assert (ds.start, ds.step_s) == (start, step_s)
+
+
+def test_day_or_month_first_is_the_reading_on_a_regular_grid(tmp_path: Path) -> None:
+    """No day above 12: day first gives 1-3 February, daily; month first the 2nd of January,
+    February and March, a month apart (not even that, by days): day first is chosen."""
+    rows = ["date,a", "01/02/2020,1", "02/02/2020,2", "03/02/2020,3", "04/02/2020,4"]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    ds = load_dataset(tmp_path / "t.csv")
+    assert (ds.start, ds.step_s, ds.n_steps) == (datetime(2020, 2, 1, tzinfo=UTC), 86400, 4)
+    rows = ["date,a", "02/01/2020,1", "02/02/2020,2", "02/03/2020,3", "02/04/2020,4"]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")  # month first is daily here
+    ds = load_dataset(tmp_path / "t.csv")
+    assert (ds.start, ds.step_s, ds.n_steps) == (datetime(2020, 2, 1, tzinfo=UTC), 86400, 4)
+
+
+def test_a_time_that_is_none_says_what_is_read(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("ts,a\n2016-07-01 00:00,1\nyesterday,2\n")
+    with pytest.raises(DatasetError, match=r"'yesterday' \(data row 2\) is not a time: RFC 3339"):
+        load_dataset(tmp_path / "t.csv")
+    (tmp_path / "t.csv").write_text("ts,a\n2016/07/01 00:00,1\n01.07.2016,2\n")
+    with pytest.raises(DatasetError, match=r"'01.07.2016' \(data row 2\) is not written like"):
         load_dataset(tmp_path / "t.csv")
 
 
@@ -190,13 +268,16 @@ def test_a_date_and_a_time_of_day_in_two_columns_are_one_time(tmp_path: Path) ->
     assert ds.sensors == ("air/CO", "air/NO2") and ds.step_s == 3600
     assert ds.start == datetime(2004, 3, 10, 18, tzinfo=UTC)
     np.testing.assert_array_equal(ds.values[:, :, 0], [[2.6, 113], [2.0, 92], [np.nan, 94]])
-    (tmp_path / "air.csv").write_text("Date,Time,CO\n2004-03-10,18:00:00,2.6\n")
-    with pytest.raises(DatasetError, match=r"'2004-03-10T18:00:00' has no UTC offset"):
-        load_dataset(tmp_path / "air.csv")
+    # as the original UCI file writes them: day first, dotted clock, decimal commas
+    rows = ["Date;Time;CO;NO2", "10/03/2004;18.00.00;2,6;113", "10/03/2004;19.00.00;2;92"]
+    (tmp_path / "air.csv").write_text("\n".join(rows) + "\n")
+    ds = load_dataset(tmp_path / "air.csv")
+    assert (ds.start, ds.step_s) == (datetime(2004, 3, 10, 18, tzinfo=UTC), 3600)
+    np.testing.assert_array_equal(ds.values[:, :, 0], [[2.6, 113], [2.0, 92]])
     # a reading that looks like 12:50 is a reading: a number has one dot at most
     (tmp_path / "daily.csv").write_text("Date,a,b\n2004-03-10,12.50,1\n2004-03-11,13.10,2\n")
-    with pytest.raises(DatasetError, match=r"'2004-03-10' has no UTC offset"):
-        load_dataset(tmp_path / "daily.csv")
+    ds = load_dataset(tmp_path / "daily.csv")
+    assert ds.sensors == ("daily/a", "daily/b") and ds.step_s == 86400
 
 
 def test_missing_readings_as_spreadsheets_and_r_write_them(tmp_path: Path) -> None:
@@ -237,5 +318,4 @@ def test_semicolons_tabs_and_any_time_header(tmp_path: Path) -> None:
         load_dataset(tmp_path / "decimal.csv").values[:, :, 0], [[2.6, -1.5], [3.0, np.nan]]
     )
     (tmp_path / "naive.csv").write_text("When,a\n2016-07-01 00:00:00,1\n2016-07-01 00:05:00,2\n")
-    with pytest.raises(DatasetError, match="no UTC offset"):
-        load_dataset(tmp_path / "naive.csv")
+    assert load_dataset(tmp_path / "naive.csv").sensors == ("naive/a",)  # When: the times

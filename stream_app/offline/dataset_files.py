@@ -7,6 +7,7 @@ the file's times say them; ``stream_app.offline.datasets`` fills in the rest and
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+log = logging.getLogger(__name__)
 
 TIME_COLUMNS = ("ts", "time", "timestamp", "date", "datetime")
 LONG_HEADER = ("sensor", "ts", "value")
@@ -114,7 +117,7 @@ def _read_wide(header: list[str], rows: list[list[str]], file: Path) -> FileGrid
     sensors = header[1:] if has_time else header
     if not has_time:
         return FileGrid(values[:, :, np.newaxis], sensors)
-    times_ms = np.array([_parse_ts(str(c), file) for c in cells[:, 0]], dtype=np.int64)
+    times_ms = _times_ms([str(c) for c in cells[:, 0]], file)
     index, start, step_s = _regular_axis(times_ms, file)
     grid = np.full((int(index[-1]) + 1, len(sensors)), np.nan)
     grid[index] = values
@@ -125,7 +128,7 @@ def _read_long(rows: list[list[str]], file: Path) -> FileGrid:
     if any(len(row) != 3 for row in rows):
         raise DatasetError(f"{file}: every row of a long CSV must be sensor,ts,value")
     sensors = [row[0].strip() for row in rows]
-    times_ms = np.array([_parse_ts(row[1], file) for row in rows], dtype=np.int64)
+    times_ms = _times_ms([row[1] for row in rows], file)
     values = _floats(np.array([row[2] for row in rows], dtype=object), file)
     return _long_to_grid(sensors, times_ms, values, file)
 
@@ -144,11 +147,12 @@ def _read_parquet(file: Path) -> FileGrid:
         raise DatasetError(f"{file}: a Parquet dataset needs the columns {list(LONG_HEADER)}")
     ts = table[names["ts"]]
     if pa.types.is_timestamp(ts.type):
-        if ts.type.tz is None:
-            raise DatasetError(f"{file}: column ts has no time zone; store it as UTC")
+        if ts.type.tz is None:  # the file's own clock, labelled UTC (``_times_ms``)
+            log.warning(NAIVE.format(file=file))
+            ts = pc.assume_timezone(ts, "UTC")
         times_ms = pc.cast(pc.cast(ts, pa.timestamp("ms", tz="UTC")), pa.int64()).to_numpy()
     else:
-        times_ms = np.array([_parse_ts(str(t), file) for t in ts.to_pylist()], dtype=np.int64)
+        times_ms = _times_ms([str(t) for t in ts.to_pylist()], file)
     sensors = [str(s) for s in table[names["sensor"]].to_pylist()]
     values = table[names["value"]].to_numpy(zero_copy_only=False).astype(np.float64)
     return _long_to_grid(sensors, times_ms, values, file)
@@ -218,17 +222,20 @@ def _normalised(cell: object) -> str:
 
 
 def _is_time(cell: str) -> bool:
-    """A date and time (``2024-01-01T00:00:00Z``, ``2024-01-01 00:00``): a first column of
-    them is the time column whatever its header says (``Zeit``, ``DateTime``...); one without
-    an offset is then refused with that reason, not as a number it is not."""
+    """A date and time (``2024-01-01T00:00:00Z``, ``2024-01-01 00:00``, ``1/7/2016 0:00``): a
+    first column of them is the time column whatever its header says (``Zeit``,
+    ``DateTime``...). A number has no ``/``, ``:`` or second dot, so it is never one."""
     text = cell.strip()
-    if "-" not in text[1:] or ":" not in text:
+    if "-" in text[1:] and ":" in text:
+        try:
+            datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            return True
+    if "/" not in text and ":" not in text and text.count(".") != 2:
         return False
-    try:
-        datetime.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
+    return bool(_formats_reading(text))
 
 
 CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}(?:\.\d+)?))?(Z|[+-]\d{2}:?\d{2})?")
@@ -237,25 +244,32 @@ DOTTED_CLOCK = re.compile(r"(\d{1,2}\.\d{2}\.\d{2})(.*)")  # 18.00.00: never a n
 
 def _date_and_clock(row: list[str]) -> str | None:
     """A row's first two cells as one time when they are a date and a time of day
-    (``2004-03-10`` and ``18:00:00``, or ``18.00.00`` as some exports write it, with or
-    without an offset): ``2004-03-10T18:00:00``; None when they are not.
+    (``2004-03-10`` or ``10/03/2004``, and ``18:00:00``, or ``18.00.00`` as some exports
+    write it, with or without an offset): ``2004-03-10T18:00:00``; None when they are not.
 
     >>> _date_and_clock(["2004-03-10", "18.00.00", "2.6"]), _date_and_clock(["1", "2", "3"])
     ('2004-03-10T18:00:00', None)
+    >>> _date_and_clock(["10/03/2004", "18.00.00", "2,6"])
+    '10/03/2004 18:00:00'
     """
     day, text = row[0].strip(), row[1].strip()
     dotted = DOTTED_CLOCK.fullmatch(text)
     if dotted is not None:
         text = dotted.group(1).replace(".", ":") + dotted.group(2)
     clock = CLOCK.fullmatch(text)
-    if clock is None or len(day) != 10:
-        return None
-    try:
-        date.fromisoformat(day)  # a calendar date, nothing more (the length says so)
-    except ValueError:
+    if clock is None:
         return None
     hour, minute, second, offset = clock.groups()
-    return f"{day}T{int(hour):02d}:{minute}:{second or '00'}{offset or ''}"
+    time_of_day = f"{int(hour):02d}:{minute}:{second or '00'}{offset or ''}"
+    if len(day) == 10 and day[4] == "-":
+        try:
+            date.fromisoformat(day)  # a calendar date, nothing more (the length says so)
+        except ValueError:
+            return None
+        return f"{day}T{time_of_day}"
+    if DATE_SHAPE.fullmatch(day) is None:  # the column's reader checks the date itself
+        return None
+    return f"{day} {time_of_day}"
 
 
 def _is_number(cell: object) -> bool:
@@ -266,15 +280,104 @@ def _is_number(cell: object) -> bool:
     return True
 
 
-def _parse_ts(text: str, file: Path) -> int:
-    """Epoch milliseconds of an RFC 3339 time with offset, or of an integer epoch-ms string."""
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
+NAIVE = (
+    "{file}: times carry no UTC offset; read as UTC, so that time of day and weekday follow "
+    "the file's own clock (as the model was pre-trained); add an offset to the times to say "
+    "otherwise"
+)
+# Dates as exports write them beside ISO 8601 (``datetime.fromisoformat``): year first with
+# slashes or unpadded dashes, day or month first with slashes or dots; a time of day and an
+# offset may follow. A column is read with one format: where the day may come first or second
+# (no day above 12), the reading whose times fall on the most regular grid.
+DATE_FORMATS = ("%Y/%m/%d", "%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y")
+CLOCK_FORMATS = ("", " %H:%M", " %H:%M:%S", " %H:%M:%S.%f", "T%H:%M", "T%H:%M:%S")
+TIME_FORMATS = tuple(
+    d + c + z for d in DATE_FORMATS for c in CLOCK_FORMATS for z in ("", "%z", " %z")
+)
+DATE_SHAPE = re.compile(r"\d{1,4}([/.-])\d{1,2}\1\d{1,4}")
+ACCEPTED = (
+    "RFC 3339 (2024-01-31T00:00:00Z), ISO 8601 without an offset (2024-01-31 00:00), "
+    "2024/1/31 0:00, 31/1/2024 00:00 or 1/31/2024 (day or month first), 31.1.2024, or epoch ms"
+)
+
+
+def _times_ms(cells: list[str], file: Path) -> npt.NDArray[np.int64]:
+    """Epoch milliseconds of a column of times (``ACCEPTED``), each cell an integer epoch-ms
+    string or a time. Times without an offset are read as UTC (``NAIVE``); a column may not mix
+    times with and without one."""
+    texts = [cell.strip() for cell in cells]
+    out = np.zeros(len(texts), dtype=np.int64)
+    timed = [i for i, text in enumerate(texts) if not text.lstrip("-").isdigit()]
+    for i in set(range(len(texts))) - set(timed):
+        out[i] = int(texts[i])
+    if not timed:
+        return out
+    moments = _moments([texts[i] for i in timed], file)
+    aware = [moment.utcoffset() is not None for moment in moments]
+    if not all(aware):
+        if any(aware):
+            odd = timed[aware.index(not aware[0])]
+            raise DatasetError(
+                f"{file}: time {texts[odd]!r} (data row {odd + 1}) "
+                f"{'lacks' if aware[0] else 'has'} a UTC offset, unlike the times before it"
+            )
+        log.warning(NAIVE.format(file=file))
+        moments = [moment.replace(tzinfo=UTC) for moment in moments]
+    out[timed] = [round(moment.timestamp() * 1000) for moment in moments]
+    return out
+
+
+def _moments(texts: list[str], file: Path) -> list[datetime]:
+    """The times of ``texts``: all ISO 8601, or all of one ``TIME_FORMATS`` format."""
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise DatasetError(f"{file}: {text!r} is neither RFC 3339 nor epoch ms") from exc
-    if parsed.utcoffset() is None:
-        raise DatasetError(f"{file}: time {text!r} has no UTC offset; add one, e.g. 'Z'")
-    return round(parsed.timestamp() * 1000)
+        return [datetime.fromisoformat(text) for text in texts]
+    except ValueError:
+        pass
+    formats = _formats_reading(texts[0])
+    readings = []
+    for fmt in formats:
+        try:
+            readings.append([datetime.strptime(text, fmt) for text in texts])  # noqa: DTZ007
+        except ValueError:
+            continue
+    if readings:
+        return max(readings, key=_regularity)  # the first of the most regular
+    for row, text in enumerate(texts):  # the first time the first one's formats do not read
+        if _is_iso(text) or any(_reads(text, fmt) for fmt in formats):
+            continue
+        if row == 0 or not (_is_iso(text) or _formats_reading(text)):
+            raise DatasetError(f"{file}: {text!r} (data row {row + 1}) is not a time: {ACCEPTED}")
+        raise DatasetError(
+            f"{file}: {text!r} (data row {row + 1}) is not written like {texts[0]!r} before it"
+        )
+    raise DatasetError(f"{file}: the times are not all written the same way (e.g. {texts[0]!r})")
+
+
+def _reads(text: str, fmt: str) -> bool:
+    try:
+        datetime.strptime(text, fmt)  # noqa: DTZ007 (an offset is checked by the caller)
+    except ValueError:
+        return False
+    return True
+
+
+def _formats_reading(text: str) -> list[str]:
+    """The ``TIME_FORMATS`` that read ``text``."""
+    return [fmt for fmt in TIME_FORMATS if _reads(text, fmt)]
+
+
+def _is_iso(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _regularity(moments: list[datetime]) -> float:
+    """The share of the commonest gap between the distinct times, in order."""
+    stamps = np.unique([moment.timestamp() for moment in moments])
+    if len(stamps) < 2:
+        return 0.0
+    _, counts = np.unique(np.diff(stamps), return_counts=True)
+    return float(counts.max() / counts.sum())

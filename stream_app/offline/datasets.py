@@ -116,6 +116,7 @@ def load_dataset(
 ) -> GridDataset:
     """Load a data file, or the one data file in a directory, as a ``GridDataset``."""
     file = _data_file(Path(path))
+    start = None if start is None else _utc(start)
     grid = read_grid(file)
     values, sensor_ids, found = grid.values, grid.sensor_ids, _Meta(None, grid.start, grid.step_s)
     meta = _Meta(name, start, step_s).over(found).over(_sidecar(file)).over(_builtin(file.name))
@@ -194,6 +195,8 @@ def _sidecar(file: Path) -> _Meta:
 
 
 def _utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; without an offset, the file's own clock read as UTC, as its times
+    are (``dataset_files.NAIVE``)."""
     if moment.utcoffset() is None:
-        raise DatasetError(f"{METADATA_FILE}: start {moment.isoformat()} needs a UTC offset")
+        return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
