@@ -170,6 +170,52 @@ def test_parquet_times_without_a_zone_are_the_files_clock(
     assert "no UTC offset; read as UTC" in caplog.text
 
 
+def test_pandas_frames_in_hdf5_as_metr_la_and_pems_bay_come(
+    tmp_path: Path, pems08: GridDataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    """METR-LA (key ``df``) and PEMS-BAY (``speed``) are pandas frames written by ``to_hdf``:
+    a row per time (a naive index), a column per sensor. Written here by pandas itself."""
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("tables")
+    h5py = pytest.importorskip("h5py")
+    flows = _leading(pems08, steps=30, sensors=12)
+    index = pd.date_range("2016-07-01", periods=30, freq="5min")
+    frame = pd.DataFrame(flows, index=index, columns=[f"7{i:05d}" for i in range(12)])
+    frame.to_hdf(tmp_path / "metr.h5", key="df")
+    ds = load_dataset(tmp_path / "metr.h5")
+    assert (ds.start, ds.step_s, ds.sensors[0]) == (pems08.start, 300, "metr/700000")
+    np.testing.assert_array_equal(ds.values[:, :, 0], flows)
+    assert "no UTC offset" in caplog.text
+    # a text column is left out; a zone-aware index gives UTC times; a dropped row is a gap
+    frame = frame.drop(index[3]).tz_localize("America/Los_Angeles")
+    frame.insert(2, "district", "4")
+    frame.to_hdf(tmp_path / "bay.h5", key="speed")
+    caplog.clear()
+    ds = load_dataset(tmp_path / "bay.h5")
+    assert ds.start == datetime(2016, 7, 1, 7, tzinfo=UTC) and ds.n_sensors == 12
+    assert np.isnan(ds.values[3]).all() and ds.values[4, 0, 0] == flows[4, 0]
+    assert "['district'] are not numbers: left out" in caplog.text
+    assert "no UTC offset" not in caplog.text
+    # pandas before 2 wrote its index as "datetime64", in nanoseconds
+    with h5py.File(tmp_path / "metr.h5", "r+") as h5:
+        axis = h5["df/axis1"]
+        unit = axis.attrs["kind"].decode()
+        scale = {"datetime64[us]": 1_000, "datetime64[ms]": 1_000_000}.get(unit, 1)
+        times_ns = axis[()] * scale
+        del h5["df/axis1"]
+        h5["df/axis1"] = times_ns
+        h5["df/axis1"].attrs["kind"] = b"datetime64"
+    assert load_dataset(tmp_path / "metr.h5").start == pems08.start
+    with h5py.File(tmp_path / "plain.h5", "w") as h5:  # an array, as the .npz files hold
+        h5["data"] = flows
+    ds = load_dataset(tmp_path / "plain.h5", start=pems08.start, step_s=300)
+    np.testing.assert_array_equal(ds.values[:, :, 0], flows)
+    with h5py.File(tmp_path / "other.h5", "w") as h5:
+        h5["speeds"] = flows
+    with pytest.raises(DatasetError, match=r"neither one pandas frame .* found \['speeds'\]"):
+        load_dataset(tmp_path / "other.h5")
+
+
 def test_missing_start_and_step_names_the_flag(tmp_path: Path, pems08: GridDataset) -> None:
     np.savez(tmp_path / "mystery.npz", data=pems08.values[:4, :5, 0])
     with pytest.raises(DatasetError, match=r"--start .* --dataset-step-s.*stcast\.json"):

@@ -134,3 +134,30 @@ def test_neighbours_pad_and_normalise() -> None:
     np.testing.assert_allclose(weight.sum(axis=1), [1, 1, 1, 0])
     wide_index, wide_weight = neighbours(graph, 6)  # more columns than other sensors
     assert wide_index.shape == wide_weight.shape == (4, 6) and wide_index[0, 3:].max() == -1
+
+
+def test_dcrnn_pickle_as_metr_la_and_pems_bay_come(tmp_path: Path, shared: Path) -> None:
+    """``adj_mx.pkl``: (sensor ids, id -> position, float32 matrix), pickled by Python 2 at
+    protocol 2. PEMS08's road graph written that way, its ids in another order, reads back as
+    the edge list gives it; a pickle that would run code is refused."""
+    import pickle
+
+    dataset = load_dataset(shared / "PEMS08")
+    sensors = dataset.sensors
+    graph = load_graph(shared / "PEMS08" / "PEMS08.csv", sensors)
+    order = np.random.default_rng(0).permutation(len(sensors))
+    ids = [sensors[i].split("/")[1] for i in order]
+    matrix = graph.weights[np.ix_(order, order)].astype(np.float32)
+    with (tmp_path / "adj_mx.pkl").open("wb") as f:
+        pickle.dump((ids, {s: i for i, s in enumerate(ids)}, matrix), f, protocol=2)
+    loaded = load_graph(tmp_path / "adj_mx.pkl", sensors)
+    np.testing.assert_allclose(loaded.weights, graph.weights, rtol=1e-6)
+    assert loaded.source == "matrix:adj_mx.pkl"
+
+    class Runs:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("ran",))
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps((ids, Runs(), matrix), protocol=2))
+    with pytest.raises(DatasetError, match=r"not a pickled graph .*print is not an array"):
+        load_graph(tmp_path / "evil.pkl", sensors)

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 TIME_COLUMNS = ("ts", "time", "timestamp", "date", "datetime")
 LONG_HEADER = ("sensor", "ts", "value")
-DATA_SUFFIXES = (".npz", ".csv", ".parquet")
+DATA_SUFFIXES = (".npz", ".csv", ".parquet", ".h5", ".hdf5")
 
 
 class DatasetError(ValueError):
@@ -47,7 +47,7 @@ def is_data_file(path: Path) -> bool:
     if path.suffix == ".npz":
         with np.load(path) as archive:
             return "data" in archive.files
-    if path.suffix == ".parquet":
+    if path.suffix in (".parquet", ".h5", ".hdf5"):
         return True
     header = {h.strip().lower() for h in _header(path)}
     locations = {"latitude", "longitude"} <= header or {"lat", "lon"} <= header
@@ -81,7 +81,11 @@ def read_grid(file: Path) -> FileGrid:
         return _read_wide(header, rows[1:], file)
     if file.suffix == ".parquet":
         return _read_parquet(file)
-    raise DatasetError(f"{file}: unknown format; use .npz (key 'data'), .csv or .parquet")
+    if file.suffix in (".h5", ".hdf5"):
+        return _read_hdf5(file)
+    raise DatasetError(
+        f"{file}: unknown format; use .npz (key 'data'), .csv, .parquet or .h5 (a pandas frame)"
+    )
 
 
 def _read_npz(file: Path) -> FileGrid:
@@ -89,6 +93,78 @@ def _read_npz(file: Path) -> FileGrid:
         if "data" not in archive.files:
             raise DatasetError(f"{file}: no array named 'data' (found {archive.files})")
         values = np.asarray(archive["data"], dtype=np.float64)
+    return _array_grid(values, file)
+
+
+def _read_hdf5(file: Path) -> FileGrid:
+    """An HDF5 file as ``pandas.DataFrame.to_hdf`` writes a frame (METR-LA's ``df``, PEMS-BAY's
+    ``speed``: a row per time, a column per sensor; columns that are not numbers are left out
+    with a warning), or with an array ``data`` like the ``.npz`` files. Needs h5py, not pandas."""
+    try:
+        import h5py
+    except ImportError:
+        raise DatasetError(
+            f"{file}: reading HDF5 needs h5py (pip install h5py; the 'train' extra has it)"
+        ) from None
+    with h5py.File(file, "r") as h5:
+        if isinstance(h5.get("data"), h5py.Dataset):
+            return _array_grid(np.asarray(h5["data"], dtype=np.float64), file)
+        frames = [
+            name
+            for name, node in h5.items()
+            if isinstance(node, h5py.Group) and {"axis0", "axis1", "block0_values"} <= node.keys()
+        ]
+        if len(frames) != 1:
+            raise DatasetError(
+                f"{file}: holds neither one pandas frame (a group with axis0, axis1 and "
+                f"block0_values) nor an array 'data'; found {sorted(h5.keys())}"
+            )
+        return _pandas_frame(h5[frames[0]], file)
+
+
+def _pandas_frame(group: Any, file: Path) -> FileGrid:
+    """The grid of a frame ``to_hdf`` wrote in its fixed format: ``axis0`` the column labels,
+    ``axis1`` the index (times: ``kind`` names the unit), ``blockK_items`` and
+    ``blockK_values`` (rows by items) the columns, by dtype."""
+    labels = [_text(label) for label in group["axis0"][()]]
+    columns: dict[str, npt.NDArray[np.float64]] = {}
+    for k in range(int(group.attrs.get("nblocks", 1))):
+        values = group[f"block{k}_values"]
+        items = [_text(item) for item in group[f"block{k}_items"][()]]
+        if values.dtype.kind not in "biuf" or values.ndim != 2:
+            log.warning("%s: columns %s are not numbers: left out", file, items)
+            continue
+        block = np.asarray(values, dtype=np.float64)
+        columns.update({item: block[:, i] for i, item in enumerate(items)})
+    sensors = [label for label in labels if label in columns]
+    if not sensors:
+        raise DatasetError(f"{file}: the frame {group.name} has no numeric column")
+    grid = np.stack([columns[s] for s in sensors], axis=1)
+    index, kind = group["axis1"], _text(group["axis1"].attrs.get("kind", b""))
+    if not kind.startswith("datetime64"):  # no times: the flags or stcast.json say them
+        return FileGrid(grid[:, :, np.newaxis], sensors)
+    unit = kind[len("datetime64[") : -1] if "[" in kind else "ns"  # older pandas: always ns
+    if unit not in MS_PER_TICK:
+        raise DatasetError(f"{file}: index times in {kind!r}, a unit stcast does not read")
+    times_ms = np.floor_divide(np.asarray(index, dtype=np.int64) * MS_PER_TICK[unit][0],
+                               MS_PER_TICK[unit][1])  # fmt: skip
+    if "tz" not in index.attrs:  # a naive index: the file's own clock (``NAIVE``)
+        log.warning(NAIVE.format(file=file))
+    at, start, step_s = _regular_axis(times_ms, file)
+    out = np.full((int(at.max()) + 1, len(sensors)), np.nan)
+    out[at] = grid
+    return FileGrid(out[:, :, np.newaxis], sensors, start, step_s)
+
+
+MS_PER_TICK = {"ns": (1, 1_000_000), "us": (1, 1_000), "ms": (1, 1), "s": (1_000, 1)}
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _array_grid(values: npt.NDArray[np.float64], file: Path) -> FileGrid:
+    """A (T, N) or (T, N, F) array, its sensors numbered."""
     if values.ndim == 2:
         values = values[:, :, np.newaxis]
     if values.ndim != 3:

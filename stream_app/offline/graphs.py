@@ -1,16 +1,17 @@
 """Sensor graphs: who informs whom in a network, as a dense (N, N) weight matrix.
 
 ``SensorGraph.weights[i, j] > 0`` means sensor ``j``'s readings are context for sensor ``i``.
-Given graphs come from edge lists (``from,to[,weight|cost]``), N x N matrices (CSV or npz), the
-NYC zone adjacency, or station coordinates; where a network has none, ``correlation_graph``
-learns one from the training rows. ``neighbours`` turns any graph into the fixed-size neighbour
-lists a model takes.
+Given graphs come from edge lists (``from,to[,weight|cost]``), N x N matrices (CSV, npz, or
+the ``adj_mx.pkl`` that METR-LA and PEMS-BAY come with), the NYC zone adjacency, or station
+coordinates; where a network has none, ``correlation_graph`` learns one from the training rows.
+``neighbours`` turns any graph into the fixed-size neighbour lists a model takes.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,10 @@ def load_graph(path: str | Path, sensors: Sequence[str], *, symmetric: bool = Tr
     file = Path(path)
     if file.suffix == ".npz":
         return from_weights(_npz_matrix(file), f"matrix:{file.name}", symmetric=symmetric)
+    if file.suffix in PICKLE_SUFFIXES:
+        ids, matrix = _pickled_matrix(file)
+        matrix = _ordered(matrix, ids, sensors, file)
+        return from_weights(matrix, f"matrix:{file.name}", symmetric=symmetric)
     rows = _csv_rows(file)
     header = [cell.strip().lower() for cell in rows[0]]
     if header[:2] == ["from", "to"]:
@@ -243,6 +248,13 @@ def _matrix(rows: list[list[str]], sensors: Sequence[str], file: Path) -> FloatA
     if labelled:
         ids = [r[0].strip() for r in rows]
     matrix = _numbers([r[1:] if labelled else r for r in rows], slice(None), file)
+    return _ordered(matrix, ids, sensors, file)
+
+
+def _ordered(
+    matrix: FloatArray, ids: list[str] | None, sensors: Sequence[str], file: Path
+) -> FloatArray:
+    """``matrix`` reordered to ``sensors`` by its row ids (as it is without them)."""
     if matrix.shape != (len(sensors), len(sensors)):
         raise DatasetError(f"{file}: a {matrix.shape} matrix for {len(sensors)} sensors")
     if ids is None:
@@ -262,6 +274,42 @@ def _npz_matrix(file: Path) -> FloatArray:
     if not arrays:
         raise DatasetError(f"{file}: no (N, N) array (use the key 'adj_mx')")
     return np.asarray(arrays[0], dtype=np.float64)
+
+
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+# What DCRNN's ``adj_mx.pkl`` (a tuple of sensor ids, their positions and the matrix, pickled by
+# Python 2) needs to be read: numpy arrays and nothing that runs code. Module names as Python 2
+# and numpy 1 wrote them.
+_PICKLED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how Python 3 writes an array's bytes at protocol 2
+}  # fmt: skip
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _PICKLED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not an array")
+        return super().find_class(module.replace("numpy.core.", "numpy._core."), name)
+
+
+def _pickled_matrix(file: Path) -> tuple[list[str] | None, FloatArray]:
+    """The sensor ids and the (N, N) matrix of a pickled graph: DCRNN's ``(sensor_ids,
+    sensor_id_to_ind, adj_mx)``, or a bare matrix. Only arrays, lists, tuples, dicts and
+    text are unpickled: a pickle that would run code is refused."""
+    try:
+        with file.open("rb") as f:
+            loaded = _ArraysOnly(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise DatasetError(f"{file}: not a pickled graph stcast reads ({exc})") from None
+    parts = list(loaded) if isinstance(loaded, tuple | list) else [loaded]
+    matrices = [p for p in parts if isinstance(p, np.ndarray) and p.ndim == 2]
+    if not matrices:
+        raise DatasetError(f"{file}: no (N, N) array in the pickle")
+    texts = [p for p in parts if isinstance(p, list) and all(isinstance(i, str) for i in p)]
+    return (texts[0] if texts else None), np.asarray(matrices[0], dtype=np.float64)
 
 
 def _positions(sensors: Sequence[str]) -> dict[str, int]:
@@ -302,6 +350,10 @@ def network_sensors(path: str | Path, network: str) -> tuple[str, ...]:
     file = Path(path)
     if file.suffix == ".npz":
         return tuple(f"{network}/{i}" for i in range(len(_npz_matrix(file))))
+    if file.suffix in PICKLE_SUFFIXES:
+        ids, matrix = _pickled_matrix(file)
+        ids = ids or [str(i) for i in range(len(matrix))]
+        return tuple(i if "/" in i else f"{network}/{i}" for i in ids)
     rows = _csv_rows(file)
     if [cell.strip().lower() for cell in rows[0][:2]] == ["from", "to"]:
         ends = {row[k].strip() for row in rows[1:] for k in (0, 1)}
