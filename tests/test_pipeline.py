@@ -273,6 +273,59 @@ def test_a_record_without_a_value_is_malformed_not_a_crash(columnar: bool) -> No
     )
 
 
+def test_single_ticks_on_the_fast_path_are_placed_as_the_reference_places_them() -> None:
+    """Single ticks that can only be placed skip the tick-by-tick path (``_place_single``).
+    A stream of them with every kind of exception among them (a gap, a late, a duplicate, a
+    null reading, a future time, another network, an integer reading, a new sensor) gives the
+    reference decoder's forecasts, dead letters and counts, and most ticks took the fast path."""
+    rng = random.Random(3)
+    items = [tick(s, step, round(rng.uniform(0, 99), 2)) for step in range(12) for s in "abcd"]
+    items[18]["value"] = None  # reported missing
+    items[25]["value"] = 7  # an integer
+    items[30]["network"] = "other"
+    del items[33]  # a gap for b: its next reading fills it
+    items += [tick("a", 3, 1.0), tick("c", 11, 2.0), tick("e", 11, 3.0)]  # late, dup, new
+    items += [{"sensor": "d", "ts": ts(10**6), "value": 1.0}, tick("a", 12, 4.0)]  # future
+    messages = [single(item, offset) for offset, item in enumerate(items)]
+    outputs = {}
+    for columnar in (True, False):
+        registry = CollectorRegistry()
+        pipeline = make_pipeline(FakeForecaster(), registry, network="net", columnar=columnar)
+        calls = _spy_on_single_ticks(pipeline)
+        seen = [
+            (kind, record)
+            for start in range(0, len(messages), 5)
+            for output in pipeline.step(messages[start : start + 5])
+            for kind, records in (("forecast", output.forecasts), ("dead", output.dead_letters))
+            for record in records
+        ]
+        counts = {
+            sample.name + str(sorted(sample.labels.items())): sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
+        outputs[columnar] = (seen, counts, calls)
+    assert outputs[True][:2] == outputs[False][:2]
+    assert outputs[False][2] == []  # the reference path never takes it
+    placed = [call for call in outputs[True][2] if call is not None]
+    assert len(placed) >= 30 and 1 in placed  # b's gap was filled on the fast path
+    assert sum(kind == "dead" for kind, _ in outputs[True][0]) == 4
+
+
+def _spy_on_single_ticks(pipeline: Pipeline) -> list[int | None]:
+    """What each call of the pipeline's ``_place_single`` returns, from now on."""
+    calls: list[int | None] = []
+    place = pipeline._place_single
+
+    def spied(*args: Any) -> int | None:
+        calls.append(place(*args))
+        return calls[-1]
+
+    pipeline._place_single = spied  # type: ignore[method-assign, assignment]
+    return calls
+
+
 def test_a_bad_element_of_a_tick_batch_is_dead_lettered_alone() -> None:
     pipeline = make_pipeline()
     run(pipeline, [batch([tick(s, step, 1.0) for s in "ab"], step) for step in range(2)])

@@ -34,6 +34,7 @@ from .chunks import (
     DeadLetterRaw,
     Decoded,
     Output,
+    TickMessage,
     TickRow,
     columnar_ticks,
     stacked,
@@ -316,6 +317,18 @@ class Pipeline:
                         done, running = self._rotate(chunk, running)
                         yield from done
                         chunk = Chunk()
+            elif (
+                read is not None
+                and not read[1]
+                and (single := self._place_single(read[0][0], message, consumed_at, chunk))
+                is not None
+            ):  # a plain single tick, placed; anything else goes tick by tick below
+                ticks += 1
+                imputed += single
+                if len(chunk.rows) >= self.batch_size and self.neighbours is None:
+                    done, running = self._rotate(chunk, running)
+                    yield from done
+                    chunk = Chunk()
             else:
                 for tick, index, item in self._ticks_in(message, read):
                     ticks += 1
@@ -433,6 +446,43 @@ class Pipeline:
             self._note_newest(ts_ms, slot, state.partition)
             if window.is_full if self._needs_full else window.observed >= self._warmup:
                 self._take(chunk, state, slot, generation, consumed_at, origin)
+        return filled
+
+    def _place_single(
+        self, row: TickRow | TickMessage, message: Incoming, consumed_at: float, chunk: Chunk
+    ) -> int | None:
+        """``_place`` for a single-tick message whose tick can only be placed: a sensor, a
+        time not in the future, a number (msgspec types only finite ones), this network, and
+        the slot after its window's newest (a sensor that reports every step). Returns None,
+        having changed nothing, for any other tick, which the tick-by-tick path then places
+        or rejects as the reference decoder says; else how many values it let us impute."""
+        value, network = row.value, self.network
+        if (
+            not row.sensor
+            or not (type(value) is float or (type(value) is int and -_BIG < value < _BIG))
+            or (network and row.network is not None and row.network != network)
+        ):
+            return None
+        try:
+            ts_ms = self._parse_ts.parse(row.ts)
+        except Rejected:
+            return None
+        if ts_ms > (self.clock() + self.future_tolerance_s) * 1000:
+            return None
+        slot = (ts_ms + self._step_ms // 2) // self._step_ms
+        state = self._sensors.get(row.sensor, message.partition)
+        window = state.window
+        if window.newest is None or slot != window.newest + 1:
+            return None  # a first reading, a gap, a late or a duplicate one
+        reading = float(value)
+        filled = window.add(slot, reading)
+        sensor_row = state.index
+        generation = chunk.generation.get(sensor_row, 0)
+        chunk.generation[sensor_row] = generation + 1
+        chunk.actuals.add(sensor_row, slot, reading, generation)
+        self._note_newest(ts_ms, slot, message.partition)
+        if window.is_full if self._needs_full else window.observed >= self._warmup:
+            self._take(chunk, state, slot, generation, consumed_at, None)
         return filled
 
     def _place_step(
