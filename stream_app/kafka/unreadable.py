@@ -189,7 +189,7 @@ class TolerantReader:
             )
         except DECODE_ERRORS as error:
             return await self._recover(error, partitions)
-        records = {tp: [_incoming(tp, r) for r in batch] for tp, batch in fetched.items() if batch}
+        records = {tp: _incoming(tp, batch) for tp, batch in fetched.items() if batch}
         self._handed_over(records)
         return records, []
 
@@ -254,8 +254,9 @@ class TolerantReader:
         return {tp: good for tp, good in records.items() if good}, found
 
 
-def _incoming(tp: TopicPartition, record: Any) -> Incoming:
-    return Incoming(tp.topic, tp.partition, record.offset, record.key, record.value)
+def _incoming(tp: TopicPartition, batch: Sequence[Any]) -> list[Incoming]:
+    topic, partition = tp.topic, tp.partition
+    return [Incoming(topic, partition, r.offset, r.key, r.value) for r in batch]
 
 
 class RawFetcher:
