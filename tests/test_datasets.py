@@ -296,6 +296,13 @@ def test_day_or_month_first_is_the_reading_on_a_regular_grid(tmp_path: Path) -> 
     assert (ds.start, ds.step_s, ds.n_steps) == (datetime(2020, 2, 1, tzinfo=UTC), 86400, 4)
 
 
+def test_monthly_times_are_refused_with_the_reason(tmp_path: Path) -> None:
+    rows = ["date,a", "2004-01-01,1", "2004-02-01,2", "2004-03-01,3", "2004-04-01,4"]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match="a calendar month apart, whose length varies"):
+        load_dataset(tmp_path / "m.csv")
+
+
 def test_a_time_that_is_none_says_what_is_read(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text("ts,a\n2016-07-01 00:00,1\nyesterday,2\n")
     with pytest.raises(DatasetError, match=r"'yesterday' \(data row 2\) is not a time: RFC 3339"):

@@ -235,3 +235,18 @@ def test_json_and_table_for_basicts(pems08: GridDataset) -> None:
     assert "MAPE (%)" in table and "historical_average" in table
     h12 = next(line for line in table.splitlines() if line.startswith("H12"))
     assert h12.split()[1:3] == ["40.03", "*"]  # persistence, the best at H12
+
+
+def test_a_test_part_with_nothing_to_score_says_why(pems08: GridDataset) -> None:
+    """Not a table of dashes: 40 steps leave the test part 8, too few for a window and its
+    targets; a test part whose every window has a hole says so."""
+    short = GridDataset(
+        "short", pems08.values[:40, :, :1], pems08.start, 300, pems08.sensors, ("flow",)
+    )
+    with pytest.raises(ValueError, match=r"last 8 of 40 steps\) is too short .* at least 120"):
+        evaluate(None, short, "basicts")
+    holes = pems08.values[:200, :, :1].copy()
+    holes[::5] = np.nan  # a missing reading every fifth step: no window of 12 is whole
+    gappy = GridDataset("gappy", holes, pems08.start, 300, pems08.sensors, ("flow",))
+    with pytest.raises(ValueError, match=r"holds \d+ windows, each with a missing reading"):
+        evaluate(None, gappy, "basicts")

@@ -256,9 +256,20 @@ def _regular_axis(
     step_ms = Counter(np.diff(distinct).tolist()).most_common(1)[0][0]
     offsets = times_ms - distinct[0]
     if step_ms % 1000 or np.any(offsets % step_ms):
+        days = step_ms / 86_400_000
+        if 28 <= days <= 31 or 89 <= days <= 92 or 365 <= days <= 366:
+            raise DatasetError(
+                f"{file}: the times are a calendar {_calendar_step(days)} apart, whose length "
+                "varies; stcast's grid steps by a fixed number of seconds (from minutes to "
+                "weeks)"
+            )
         raise DatasetError(f"{file}: times are not on a regular grid of {step_ms} ms")
     start = datetime.fromtimestamp(int(distinct[0]) / 1000, tz=UTC)
     return offsets // step_ms, start, int(step_ms // 1000)
+
+
+def _calendar_step(days: float) -> str:
+    return "month" if days < 32 else "quarter" if days < 93 else "year"
 
 
 # How spreadsheets, R and pandas write a missing reading (compared lower-cased and stripped)

@@ -110,6 +110,8 @@ def evaluate(
     if model_dir is not None:
         forecaster = open_model(model_dir, dataset, parts, provider, threads)
     samples = evaluation_samples(dataset, parts)
+    if len(samples) == 0:
+        raise ValueError(_nothing_to_score(dataset, parts, samples))
     forecasts = baseline_forecasts(dataset, parts, samples)
     coverage = None
     if forecaster is not None:
@@ -127,6 +129,26 @@ def evaluate(
     metrics = {m: score(forecasts[m], samples.targets, parts) for m in METHODS if m in forecasts}
     labels = tuple(parts.horizon_labels(dataset.step_s))
     return Report(dataset.name, protocol, labels, metrics, len(samples), samples.skipped, coverage)
+
+
+def _nothing_to_score(dataset: GridDataset, parts: Split, samples: Samples) -> str:
+    """Why a test part holds no window to score, and what would give it one."""
+    test, window, horizon = parts.test, parts.window, parts.horizon
+    where = (
+        f"{dataset.name}'s test part under the {parts.protocol} protocol (its last "
+        f"{len(test)} of {dataset.n_steps} steps)"
+    )
+    if samples.skipped:
+        return (
+            f"{where} holds {samples.skipped} windows, each with a missing reading among its "
+            f"{window}: nothing to score"
+        )
+    share = len(test) / dataset.n_steps
+    needed = math.ceil((window + horizon) / share)
+    return (
+        f"{where} is too short for a window of {window} readings and its {horizon} targets: "
+        f"give at least {needed} steps"
+    )
 
 
 def open_model(
