@@ -296,6 +296,32 @@ def test_day_or_month_first_is_the_reading_on_a_regular_grid(tmp_path: Path) -> 
     assert (ds.start, ds.step_s, ds.n_steps) == (datetime(2020, 2, 1, tzinfo=UTC), 86400, 4)
 
 
+def test_uci_layouts_year_month_day_hour_columns_row_numbers_and_text(
+    tmp_path: Path, shared: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Beijing stations' original files: a ``No`` column numbering the rows, the time in
+    ``year``, ``month``, ``day``, ``hour`` columns, and two columns of text (wind direction,
+    station name), which are left out with a warning."""
+    folder = shared / "corpus" / "BEIJING_AIR" / "original" / "PRSA_Data_20130301-20170228"
+    original = sorted(folder.glob("*.csv"))[0]
+    lines = original.read_text(encoding="utf-8").splitlines()[:49]
+    (tmp_path / "station.csv").write_text("\n".join(lines) + "\n")
+    ds = load_dataset(tmp_path / "station.csv")
+    assert (ds.start, ds.step_s, ds.n_steps) == (datetime(2013, 3, 1, tzinfo=UTC), 3600, 48)
+    assert [s.split("/")[1] for s in ds.sensors][:3] == ["PM2.5", "PM10", "SO2"]
+    assert ds.n_sensors == 11 and "['wd', 'station'] hold no number: left out" in caplog.text
+    first = next(csv.reader([lines[1]]))
+    assert ds.values[0, 0, 0] == float(first[5])  # PM2.5 of the first hour
+    # pandas' to_csv writes its index first, unnamed
+    (tmp_path / "pandas.csv").write_text(",date,a\n0,2016-07-01,1\n1,2016-07-02,2\n")
+    ds = load_dataset(tmp_path / "pandas.csv")
+    assert (ds.sensors, ds.step_s) == (("pandas/a",), 86400)
+    # a date without its hour repeats: refused, not overwritten
+    (tmp_path / "days.csv").write_text("day,a\n2016-07-01,1\n2016-07-01,2\n2016-07-02,3\n")
+    with pytest.raises(DatasetError, match=r"data rows 1 and 2 have the same time"):
+        load_dataset(tmp_path / "days.csv")
+
+
 def test_monthly_times_are_refused_with_the_reason(tmp_path: Path) -> None:
     rows = ["date,a", "2004-01-01,1", "2004-02-01,2", "2004-03-01,3", "2004-04-01,4"]
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")

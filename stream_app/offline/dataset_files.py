@@ -184,20 +184,105 @@ def _csv_rows(file: Path) -> list[list[str]]:
 def _read_wide(header: list[str], rows: list[list[str]], file: Path) -> FileGrid:
     if any(len(row) != len(header) for row in rows):
         raise DatasetError(f"{file}: every row must have {len(header)} cells, like the header")
+    if len(header) > 2 and _is_row_number(header[0], [row[0] for row in rows]):
+        header, rows = header[1:], [row[1:] for row in rows]  # pandas' index, R's row names
     if len(header) > 2 and _date_and_clock(rows[0]) is not None:  # split, as spreadsheets write
         rows = [[_date_and_clock(row) or f"{row[0]} {row[1]}", *row[2:]] for row in rows]
         header = [f"{header[0]} {header[1]}", *header[2:]]
+    if (parts := _time_parts(header)) is not None:  # year, month, day[, hour[, minute]]
+        rows = [[_joined_time(row, parts, file), *_without(row, parts)] for row in rows]
+        header = ["ts", *_without(header, parts)]
     has_time = header[0].lower() in TIME_COLUMNS or _is_time(rows[0][0] if rows[0] else "")
     cells = np.array(rows, dtype=object)
-    values = _floats(cells[:, 1:] if has_time else cells, file)
     sensors = header[1:] if has_time else header
+    try:
+        values = _floats(cells[:, int(has_time) :], file)
+    except DatasetError:  # columns of text are left out; a number column's bad cell is named
+        cells, sensors = _without_text(cells, sensors, int(has_time), file)
+        values = _floats(cells[:, int(has_time) :], file)
     if not has_time:
         return FileGrid(values[:, :, np.newaxis], sensors)
     times_ms = _times_ms([str(c) for c in cells[:, 0]], file)
+    _check_distinct(times_ms, cells[:, 0], file)
     index, start, step_s = _regular_axis(times_ms, file)
     grid = np.full((int(index[-1]) + 1, len(sensors)), np.nan)
     grid[index] = values
     return FileGrid(grid[:, :, np.newaxis], sensors, start, step_s)
+
+
+def _check_distinct(times_ms: npt.NDArray[np.int64], cells: npt.NDArray[Any], file: Path) -> None:
+    """A wide file's rows are distinct times: a repeated one (a date without its hour, say)
+    would overwrite a row silently."""
+    _, first, counts = np.unique(times_ms, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        row = int(first[np.argmax(counts > 1)])
+        again = int(np.flatnonzero(times_ms == times_ms[row])[1])
+        raise DatasetError(
+            f"{file}: data rows {row + 1} and {again + 1} have the same time ({cells[row]!r}); "
+            "a wide file has a row per time"
+        )
+
+
+ROW_NUMBERS = ("", "unnamed: 0", "index", "no", "instant", "id", "row")
+
+
+def _is_row_number(name: str, cells: list[str]) -> bool:
+    """A first column that numbers the rows (``DataFrame.to_csv``'s unnamed index, a ``No``
+    column): named so, and counting up by one."""
+    if name.strip().strip('"').lower() not in ROW_NUMBERS:
+        return False
+    try:
+        numbers = [int(cell) for cell in cells]
+    except ValueError:
+        return False
+    return numbers == list(range(numbers[0], numbers[0] + len(numbers))) if numbers else False
+
+
+TIME_PARTS = ("year", "month", "day", "hour", "minute")
+
+
+def _time_parts(header: list[str]) -> list[int] | None:
+    """The columns of ``year``, ``month``, ``day`` and, if there, ``hour`` and ``minute`` (as
+    the UCI air-quality and bike files write a time), in that order; None without all three
+    of the first."""
+    names = [h.strip().lower() for h in header]
+    found = [names.index(part) for part in TIME_PARTS if part in names]
+    return found if len(found) >= 3 and all(p in names for p in TIME_PARTS[:3]) else None
+
+
+def _joined_time(row: list[str], parts: list[int], file: Path) -> str:
+    """A row's time from its ``TIME_PARTS`` cells, as ISO 8601 without an offset."""
+    try:
+        numbers = [int(float(row[p])) for p in parts] + [0, 0]
+    except ValueError:
+        cells = [row[p] for p in parts]
+        raise DatasetError(f"{file}: {cells} are not a year, month, day and hour") from None
+    year, month, day, hour, minute = numbers[:5]
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:00"
+
+
+def _without(row: list[str], parts: list[int]) -> list[str]:
+    return [cell for i, cell in enumerate(row) if i not in parts]
+
+
+def _without_text(
+    cells: npt.NDArray[Any], sensors: list[str], first: int, file: Path
+) -> tuple[npt.NDArray[Any], list[str]]:
+    """The cells without the columns of text (a station's name, a wind direction: no cell a
+    number), left out with a warning; a column of numbers with text among them stays, for
+    ``_floats`` to refuse with the cell named."""
+    text = [
+        j
+        for j in range(len(sensors))
+        if not any(
+            _is_number(_normalised(c)) and _normalised(c) != "nan" for c in cells[:, first + j]
+        )
+    ]
+    if not text:
+        return cells, sensors
+    log.warning("%s: columns %s hold no number: left out", file, [sensors[j] for j in text])
+    keep = [j for j in range(len(sensors)) if j not in text]
+    return cells[:, list(range(first)) + [first + j for j in keep]], [sensors[j] for j in keep]
 
 
 def _read_long(rows: list[list[str]], file: Path) -> FileGrid:
@@ -313,7 +398,7 @@ def _is_time(cell: str) -> bool:
     first column of them is the time column whatever its header says (``Zeit``,
     ``DateTime``...). A number has no ``/``, ``:`` or second dot, so it is never one."""
     text = cell.strip()
-    if "-" in text[1:] and ":" in text:
+    if "-" in text[1:] and (":" in text or ISO_DATE.fullmatch(text)):
         try:
             datetime.fromisoformat(text)
         except ValueError:
@@ -325,6 +410,7 @@ def _is_time(cell: str) -> bool:
     return bool(_formats_reading(text))
 
 
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}(?:\.\d+)?))?(Z|[+-]\d{2}:?\d{2})?")
 DOTTED_CLOCK = re.compile(r"(\d{1,2}\.\d{2}\.\d{2})(.*)")  # 18.00.00: never a number
 
