@@ -19,6 +19,7 @@ from .cli_offline import (
     dataset_grid_args,
     evaluate_args,
     evaluate_command,
+    missing_value_arg,
     pretrain_args,
     pretrain_command,
     train_args,
@@ -181,7 +182,9 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from .offline.datasets import load_dataset
     from .tools.replay import replay
 
-    dataset = load_dataset(args.dataset, start=args.start, step_s=args.dataset_step_s)
+    dataset = load_dataset(
+        args.dataset, start=args.start, step_s=args.dataset_step_s, missing=args.missing_value
+    )
     options = client_options(settings)
     topics = {settings.ticks_topic: settings.partitions}
     ensure_topics_sync(settings.bootstrap_servers, topics, client_options=options)
@@ -241,6 +244,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         steps=args.steps,
         steps_per_s=args.steps_per_s,
         as_json=args.json,
+        missing=args.missing_value,
     )
 
 
@@ -253,6 +257,7 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
         help="dataset to stream (default: the bundled PEMS08 slice)",
     )
     parser.add_argument("--batched", action="store_true", help="publish one message per step")
+    missing_value_arg(parser)
     parser.add_argument("--steps", type=int, default=None, help="steps to stream (default: all)")
     parser.add_argument(
         "--steps-per-s",

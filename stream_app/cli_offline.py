@@ -18,7 +18,9 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
         raise RuntimeError(f"training needs torch ({exc}): pip install 'stcast[train]'") from None
     from .offline.datasets import load_dataset
 
-    dataset = load_dataset(args.dataset, start=args.start, step_s=args.dataset_step_s)
+    dataset = load_dataset(
+        args.dataset, start=args.start, step_s=args.dataset_step_s, missing=args.missing_value
+    )
     out = Path(args.out or f"models-out/{dataset.name}-{args.protocol}")
     if args.init:
         result = _fine_tune(args, dataset, out)
@@ -183,7 +185,9 @@ def evaluate_command(args: argparse.Namespace, settings: Settings) -> int:
     from .offline.evaluation import evaluate, format_table
     from .offline.network_context import network_context
 
-    dataset = load_dataset(args.dataset, start=args.start, step_s=args.dataset_step_s)
+    dataset = load_dataset(
+        args.dataset, start=args.start, step_s=args.dataset_step_s, missing=args.missing_value
+    )
     model = model_path(args.model) if args.model else None
     if model is not None and not model.is_dir():
         raise ValueError(
@@ -314,4 +318,17 @@ def dataset_grid_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="seconds between the dataset's steps (when the data does not say)",
+    )
+    missing_value_arg(parser)
+
+
+def missing_value_arg(parser: argparse.ArgumentParser) -> None:
+    """``--missing-value``: a code the data writes for a missing reading (repeatable)."""
+    parser.add_argument(
+        "--missing-value",
+        type=float,
+        action="append",
+        default=[],
+        metavar="X",
+        help="a reading the data writes for a missing one, e.g. -200 or -9999 (repeatable)",
     )

@@ -347,12 +347,21 @@ def test_a_date_and_a_time_of_day_in_two_columns_are_one_time(tmp_path: Path) ->
     assert ds.sensors == ("air/CO", "air/NO2") and ds.step_s == 3600
     assert ds.start == datetime(2004, 3, 10, 18, tzinfo=UTC)
     np.testing.assert_array_equal(ds.values[:, :, 0], [[2.6, 113], [2.0, 92], [np.nan, 94]])
-    # as the original UCI file writes them: day first, dotted clock, decimal commas
-    rows = ["Date;Time;CO;NO2", "10/03/2004;18.00.00;2,6;113", "10/03/2004;19.00.00;2;92"]
+    # as the original UCI file writes them: day first, dotted clock, decimal commas, and -200
+    # for a missing reading (a code, named by a flag or in stcast.json)
+    rows = ["Date;Time;CO;NO2", "10/03/2004;18.00.00;2,6;113", "10/03/2004;19.00.00;2;-200"]
     (tmp_path / "air.csv").write_text("\n".join(rows) + "\n")
     ds = load_dataset(tmp_path / "air.csv")
     assert (ds.start, ds.step_s) == (datetime(2004, 3, 10, 18, tzinfo=UTC), 3600)
-    np.testing.assert_array_equal(ds.values[:, :, 0], [[2.6, 113], [2.0, 92]])
+    np.testing.assert_array_equal(ds.values[:, :, 0], [[2.6, 113], [2.0, -200]])
+    ds = load_dataset(tmp_path / "air.csv", missing=[-200.0])
+    np.testing.assert_array_equal(ds.values[:, :, 0], [[2.6, 113], [2.0, np.nan]])
+    (tmp_path / "stcast.json").write_text('{"missing": -200}')
+    np.testing.assert_array_equal(load_dataset(tmp_path / "air.csv").values, ds.values)
+    (tmp_path / "stcast.json").write_text('{"missing": ["none"]}')
+    with pytest.raises(DatasetError, match=r"stcast\.json: could not convert"):
+        load_dataset(tmp_path / "air.csv")
+    (tmp_path / "stcast.json").unlink()
     # a reading that looks like 12:50 is a reading: a number has one dot at most
     (tmp_path / "daily.csv").write_text("Date,a,b\n2004-03-10,12.50,1\n2004-03-11,13.10,2\n")
     ds = load_dataset(tmp_path / "daily.csv")

@@ -14,6 +14,7 @@ import pytest
 from export.onnx_graphs import build_seed_lstm
 from stream_app.core.forecasters import WindowBatch
 from stream_app.core.onnx_forecaster import OnnxForecaster
+from stream_app.core.records import format_ts
 from stream_app.offline.datasets import GridDataset, bundled_dataset_path, load_dataset
 from stream_app.offline.eval_baselines import (
     baseline_forecasts,
@@ -250,3 +251,35 @@ def test_a_test_part_with_nothing_to_score_says_why(pems08: GridDataset) -> None
     gappy = GridDataset("gappy", holes, pems08.start, 300, pems08.sensors, ("flow",))
     with pytest.raises(ValueError, match=r"holds \d+ windows, each with a missing reading"):
         evaluate(None, gappy, "basicts")
+
+
+def test_a_missing_value_code_given_on_the_command_line(
+    tmp_path: Path, pems08: GridDataset, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--missing-value -200`` (the UCI air file's code): the same report as the file with
+    those readings left empty; without it, -200 is scored as a reading."""
+    from stream_app.cli import main
+
+    flows = pems08.values[:300, :4, 0]
+    coded = flows.astype(object)
+    for t, s in ((250, 0), (262, 1), (281, 2), (290, 3), (100, 0)):
+        coded[t, s] = -200
+    times = [format_ts(int(pems08.start.timestamp() + 300 * t) * 1000) for t in range(300)]
+
+    def write(name: str, code: str) -> str:
+        rows = [",".join([times[t], *(code if v == -200 else f"{v:g}" for v in coded[t])])
+                for t in range(300)]  # fmt: skip
+        (tmp_path / name).write_text("ts,a,b,c,d\n" + "\n".join(rows) + "\n")
+        return str(tmp_path / name)
+
+    reports = []
+    for path, extra in (
+        (write("coded.csv", "-200"), ["--missing-value", "-200"]),
+        (write("empty.csv", ""), []),
+        (write("raw.csv", "-200"), []),
+    ):
+        assert main(["evaluate", "--dataset", path, "--json", *extra]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    cleaned, empty, raw = (r["metrics"] for r in reports)
+    assert cleaned == empty
+    assert raw != empty

@@ -9,6 +9,7 @@ beside the data, else from a table of the shared reference datasets.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -82,6 +83,7 @@ class _Meta:
     start: datetime | None = None
     step_s: int | None = None
     channels: tuple[str, ...] | None = None
+    missing: tuple[float, ...] | None = None
 
     def over(self, fallback: _Meta) -> _Meta:
         """Fields of self, or of ``fallback`` where self has none."""
@@ -92,7 +94,7 @@ class _Meta:
 
 
 def _fields(meta: _Meta) -> tuple[Any, ...]:
-    return meta.name, meta.start, meta.step_s, meta.channels
+    return meta.name, meta.start, meta.step_s, meta.channels, meta.missing
 
 
 def _builtin(file_name: str) -> _Meta:
@@ -113,13 +115,20 @@ def load_dataset(
     start: datetime | None = None,
     step_s: int | None = None,
     name: str | None = None,
+    missing: Sequence[float] = (),
 ) -> GridDataset:
-    """Load a data file, or the one data file in a directory, as a ``GridDataset``."""
+    """Load a data file, or the one data file in a directory, as a ``GridDataset``. Readings
+    equal to a ``missing`` code (the UCI air file's -200, a weather service's -9999), or to one
+    the file's ``stcast.json`` names, are missing readings."""
     file = _data_file(Path(path))
     start = None if start is None else _utc(start)
     grid = read_grid(file)
     values, sensor_ids, found = grid.values, grid.sensor_ids, _Meta(None, grid.start, grid.step_s)
-    meta = _Meta(name, start, step_s).over(found).over(_sidecar(file)).over(_builtin(file.name))
+    sidecar = _sidecar(file)
+    meta = _Meta(name, start, step_s).over(found).over(sidecar).over(_builtin(file.name))
+    codes = [*missing, *(sidecar.missing or ())]
+    if codes:
+        values = np.where(np.isin(values, codes), np.nan, values)
     _check_agrees(found, start, step_s)
     if meta.start is None or meta.step_s is None:
         raise DatasetError(
@@ -187,11 +196,18 @@ def _sidecar(file: Path) -> _Meta:
     try:
         raw = json.loads(meta_path.read_text(encoding="utf-8"))
         start = datetime.fromisoformat(raw["start"]) if "start" in raw else None
-    except ValueError as exc:
+        codes = raw.get("missing")
+        missing = None if codes is None else tuple(float(c) for c in _listed(codes))
+    except (ValueError, TypeError) as exc:
         raise DatasetError(f"{meta_path}: {exc}") from exc
     channels = tuple(raw["channels"]) if "channels" in raw else None
     step = int(raw["step_s"]) if "step_s" in raw else None
-    return _Meta(raw.get("name"), None if start is None else _utc(start), step, channels)
+    return _Meta(raw.get("name"), None if start is None else _utc(start), step, channels, missing)
+
+
+def _listed(codes: Any) -> list[Any]:
+    """``"missing": -200`` or ``"missing": [-200, -999]``."""
+    return codes if isinstance(codes, list) else [codes]
 
 
 def _utc(moment: datetime) -> datetime:

@@ -28,6 +28,7 @@ import logging
 import signal
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,10 +97,11 @@ def run_demo(
     steps: int | None,
     steps_per_s: float,
     as_json: bool,
+    missing: Sequence[float] = (),
 ) -> int:
     say = _Say(quiet=as_json)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)  # its INFO lines drown the view
-    dataset = load_dataset(dataset_path)
+    dataset = load_dataset(dataset_path, missing=missing)
     steps, fast_steps = plan_steps(dataset.n_steps, dataset.n_sensors, dataset.step_s, steps)
     cut = f" (the first {steps} of {dataset.n_steps}: --steps N)" if steps < dataset.n_steps else ""
     say(
