@@ -231,7 +231,7 @@ def adapt(
             "windows: wait for more history"
         )
     spread = float(np.nanstd(series[parts.train]) or 1.0)
-    best, history = _fit(
+    best, history, stopped = _fit(
         model, inputs, train, val, parts, spread, deadline, seed, progress, max_epochs
     )
     model.load_state_dict(best)
@@ -273,7 +273,7 @@ def adapt(
         epochs=len(history) - 1,
         best_epoch=summary["best_epoch"],
         seconds=time.monotonic() - start,
-        stopped="time budget" if time.monotonic() >= deadline else "early stop",
+        stopped=stopped,
         val_metrics={"mae": val_mae},
     )
 
@@ -321,18 +321,23 @@ def _fit(
     seed: int,
     progress: bool,
     max_epochs: int,
-) -> tuple[dict[str, Tensor], list[float]]:
-    """Epochs until ``deadline`` or ``PATIENCE`` epochs without progress; the best weights."""
+) -> tuple[dict[str, Tensor], list[float], str]:
+    """Epochs until ``deadline`` (another would pass it) or ``PATIENCE`` epochs without
+    progress; the best weights, the validation MAE by epoch, and why it stopped."""
     rng = np.random.default_rng(seed)
     own = [p for name, p in model.named_parameters() if name.startswith("sensor_embedding")]
     rest = [p for name, p in model.named_parameters() if not name.startswith("sensor_embedding")]
     groups = [{"params": rest, "lr": LR}, {"params": own, "lr": SENSOR_LR}]
     optimiser = torch.optim.AdamW(groups, LR, weight_decay=1e-4)
     best_state, history = copy.deepcopy(model.state_dict()), [_val_mae(model, inputs, val, parts)]
-    since_best, epoch_s = 0, 0.0
+    since_best, epoch_s, stopped = 0, 0.0, "max_epochs"
     bar = tqdm(total=max_epochs, unit="epoch", disable=not progress, desc="fine-tuning")
     for _ in range(max_epochs):
-        if time.monotonic() + epoch_s > deadline or since_best >= PATIENCE:
+        if time.monotonic() + epoch_s > deadline:
+            stopped = "time budget"
+            break
+        if since_best >= PATIENCE:
+            stopped = "early stop"
             break
         began = time.monotonic()
         _epoch(model, optimiser, inputs, train, parts, spread, rng)
@@ -345,7 +350,7 @@ def _fit(
         bar.update(1)
         bar.set_postfix(val_mae=f"{history[-1]:.4f}", best=f"{min(history):.4f}")
     bar.close()
-    return best_state, history
+    return best_state, history, stopped
 
 
 def _epoch(

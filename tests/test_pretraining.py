@@ -122,6 +122,10 @@ def test_train_init_adapts_the_pretrained_model_and_never_reads_the_test_part(
     assert card.kind == "universal" and card.model_id == "pems08-universal@1"
     assert card.training["init"] == "universal@1" and card.training["protocol"] == "basicts"
     assert runs[0].epochs == 2 and np.isfinite(runs[0].val_metrics["mae"])
+    assert runs[0].stopped == "max_epochs"  # neither the budget nor the patience
+    hurried = fine_tune_universal(small, "basicts", tmp_path / "c", tiny, max_minutes=1e-4,
+                                  progress=False)  # fmt: skip
+    assert (hurried.epochs, hurried.stopped) == (0, "time budget")  # the export reserve is all
     states = [torch.load(out / "checkpoint.pt", weights_only=False)["state"] for out in
               (tmp_path / "a", tmp_path / "b")]  # fmt: skip
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
