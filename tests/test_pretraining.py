@@ -126,6 +126,13 @@ def test_train_init_adapts_the_pretrained_model_and_never_reads_the_test_part(
     hurried = fine_tune_universal(small, "basicts", tmp_path / "c", tiny, max_minutes=1e-4,
                                   progress=False)  # fmt: skip
     assert (hurried.epochs, hurried.stopped) == (0, "time budget")  # the export reserve is all
+    from models.finetune_universal import LR, RETRAIN_LR, fine_tune_recent
+
+    assert card.training["lr"] == LR
+    recent = dataclasses.replace(small, values=small.values[:700, :, :1].copy(),
+                                 channels=small.channels[:1])  # fmt: skip
+    fine_tune_recent(tiny, recent, 664, tmp_path / "d", "net-universal", "2", max_seconds=5)
+    assert ModelCard.load(tmp_path / "d").training["lr"] == RETRAIN_LR < LR  # a retrain's
     states = [torch.load(out / "checkpoint.pt", weights_only=False)["state"] for out in
               (tmp_path / "a", tmp_path / "b")]  # fmt: skip
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
