@@ -394,7 +394,7 @@ def test_semicolons_tabs_and_any_time_header(tmp_path: Path) -> None:
         ["2016-07-01T00:00:00Z", "1", "2"],
         ["2016-07-01T00:05:00Z", "3", ""],
     ]
-    for delimiter, name in ((";", "semi.csv"), ("\t", "tabs.csv")):
+    for delimiter, name in ((";", "semi.csv"), ("\t", "tabs.csv"), ("\t", "tabs.tsv")):
         (tmp_path / name).write_text("\n".join(delimiter.join(r) for r in rows) + "\n")
         ds = load_dataset(tmp_path / name)
         assert ds.sensors == (f"{name[:4]}/a", f"{name[:4]}/b") and ds.step_s == 300

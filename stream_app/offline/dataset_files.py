@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 TIME_COLUMNS = ("ts", "time", "timestamp", "date", "datetime")
 LONG_HEADER = ("sensor", "ts", "value")
-DATA_SUFFIXES = (".npz", ".csv", ".parquet", ".h5", ".hdf5")
+DATA_SUFFIXES = (".npz", ".csv", ".tsv", ".parquet", ".h5", ".hdf5")
 
 
 class DatasetError(ValueError):
@@ -73,7 +73,7 @@ def read_grid(file: Path) -> FileGrid:
     """The (T, N, F) values, the source's sensor ids, and the file's own start and step if any."""
     if file.suffix == ".npz":
         return _read_npz(file)
-    if file.suffix == ".csv":
+    if file.suffix in (".csv", ".tsv"):  # the delimiter is found from the header
         rows = _csv_rows(file)
         header = [h.strip() for h in rows[0]]
         if tuple(h.lower() for h in header) == LONG_HEADER:
@@ -84,7 +84,8 @@ def read_grid(file: Path) -> FileGrid:
     if file.suffix in (".h5", ".hdf5"):
         return _read_hdf5(file)
     raise DatasetError(
-        f"{file}: unknown format; use .npz (key 'data'), .csv, .parquet or .h5 (a pandas frame)"
+        f"{file}: unknown format; use .npz (key 'data'), .csv or .tsv, .parquet or .h5 (a "
+        "pandas frame)"
     )
 
 
