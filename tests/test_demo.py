@@ -89,3 +89,19 @@ def test_leads_and_steps_read_as_a_person_says_them() -> None:
     assert [_step_text(s) for s in (300, 900, 3_600, 86_400, 604_800, 90)] == [
         "5 min", "15 min", "1 h", "1 day", "7 days", "90 s",
     ]  # fmt: skip
+
+
+def test_the_graph_beside_a_dataset_is_found_as_each_set_ships_it(tmp_path: Path) -> None:
+    """``--batched`` reads the graph shipped beside the data: PEMS' ``<folder>.csv``, NYC's
+    ``adjacency.csv``, METR-LA's and PEMS-BAY's ``adj_mx.pkl``; none where there is none."""
+    from stream_app.tools.demo import graph_file
+
+    folder = tmp_path / "metr-la"
+    folder.mkdir()
+    (folder / "metr-la.h5").write_bytes(b"")
+    assert graph_file(folder / "metr-la.h5") is None
+    (folder / "adj_mx.pkl").write_bytes(b"")
+    assert graph_file(folder / "metr-la.h5") == folder / "adj_mx.pkl"
+    (folder / "metr-la.csv").write_text("from,to,cost\n")
+    assert graph_file(folder / "metr-la.h5") == folder / "metr-la.csv"  # the folder's own first
+    assert graph_file(folder / "metr-la.csv") == folder / "adj_mx.pkl"  # never the data itself

@@ -174,10 +174,12 @@ class _Say:
 
 
 def graph_file(dataset_path: Path) -> Path | None:
-    """The graph shipped beside a dataset: the bundled PEMS08 slice's road graph, or the graph
-    of a shared dataset (by its corpus entry); None when there is none."""
+    """The graph shipped beside a dataset: the bundled PEMS08 slice's road graph, the graph of
+    a shared dataset (by its corpus entry), or DCRNN's ``adj_mx.pkl`` as METR-LA and PEMS-BAY
+    come with it; None when there is none."""
     folder = dataset_path if dataset_path.is_dir() else dataset_path.parent
-    for candidate in (folder / f"{folder.name}.csv", folder / "adjacency.csv"):
+    candidates = (folder / f"{folder.name}.csv", folder / "adjacency.csv", folder / "adj_mx.pkl")
+    for candidate in candidates:
         if candidate.is_file() and candidate != dataset_path:
             return candidate
     return None
