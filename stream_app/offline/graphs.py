@@ -292,7 +292,10 @@ class _ArraysOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in _PICKLED:
             raise pickle.UnpicklingError(f"{module}.{name} is not an array")
-        return super().find_class(module.replace("numpy.core.", "numpy._core."), name)
+        try:  # numpy 2 moved numpy.core to numpy._core (the old name warns there)
+            return super().find_class(module.replace("numpy.core.", "numpy._core."), name)
+        except ImportError:  # numpy 1
+            return super().find_class(module.replace("numpy._core.", "numpy.core."), name)
 
 
 def _pickled_matrix(file: Path) -> tuple[list[str] | None, FloatArray]:
