@@ -325,10 +325,6 @@ class Pipeline:
             ):  # a plain single tick, placed; anything else goes tick by tick below
                 ticks += 1
                 imputed += single
-                if len(chunk.rows) >= self.batch_size and self.neighbours is None:
-                    done, running = self._rotate(chunk, running)
-                    yield from done
-                    chunk = Chunk()
             else:
                 for tick, index, item in self._ticks_in(message, read):
                     ticks += 1
@@ -348,8 +344,9 @@ class Pipeline:
                         done, running = self._rotate(chunk, running)
                         yield from done
                         chunk = Chunk()
-            # with neighbours, a message (a whole step) is placed before it is inferred
-            if len(chunk.rows) >= self.batch_size and self.neighbours is not None:
+            # a message is placed before its chunk is inferred: a single tick's, and with
+            # neighbours any message's (a whole step); without, a batch's rotated as it filled
+            if len(chunk.rows) >= self.batch_size:
                 done, running = self._rotate(chunk, running)
                 yield from done
                 chunk = Chunk()
@@ -474,16 +471,7 @@ class Pipeline:
         window = state.window
         if window.newest is None or slot != window.newest + 1:
             return None  # a first reading, a gap, a late or a duplicate one
-        reading = float(value)
-        filled = window.add(slot, reading)
-        sensor_row = state.index
-        generation = chunk.generation.get(sensor_row, 0)
-        chunk.generation[sensor_row] = generation + 1
-        chunk.actuals.add(sensor_row, slot, reading, generation)
-        self._note_newest(ts_ms, slot, message.partition)
-        if window.is_full if self._needs_full else window.observed >= self._warmup:
-            self._take(chunk, state, slot, generation, consumed_at, None)
-        return filled
+        return self._place(ts_ms, float(value), state, consumed_at, chunk)
 
     def _place_step(
         self,
