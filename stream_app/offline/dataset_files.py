@@ -276,7 +276,7 @@ def _without_text(
         j
         for j in range(len(sensors))
         if not any(
-            _is_number(_normalised(c)) and _normalised(c) != "nan" for c in cells[:, first + j]
+            (cell := _normalised(c)) != "nan" and _is_number(cell) for c in cells[:, first + j]
         )
     ]
     if not text:
@@ -399,13 +399,8 @@ def _is_time(cell: str) -> bool:
     first column of them is the time column whatever its header says (``Zeit``,
     ``DateTime``...). A number has no ``/``, ``:`` or second dot, so it is never one."""
     text = cell.strip()
-    if "-" in text[1:] and (":" in text or ISO_DATE.fullmatch(text)):
-        try:
-            datetime.fromisoformat(text)
-        except ValueError:
-            pass
-        else:
-            return True
+    if "-" in text[1:] and (":" in text or ISO_DATE.fullmatch(text)) and _is_iso(text):
+        return True
     if "/" not in text and ":" not in text and text.count(".") != 2:
         return False
     return bool(_formats_reading(text))
