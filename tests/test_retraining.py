@@ -209,6 +209,27 @@ def test_a_challenger_that_does_not_win_is_not_published(
     assert worker.registry.versions("pems08-lstm") == ["1"]
 
 
+def test_drift_of_universal_on_a_network_with_its_own_version_is_answered(tmp_path: Path) -> None:
+    """Drift events raised under the shared universal model before the network's own version
+    (here on trial) reached the workers: that version answered them, none is fine-tuned again;
+    another network, still on universal, is retrained."""
+    from stream_app.bundled import UNIVERSAL, model_path
+
+    worker = RetrainWorker(Settings(model_registry=str(tmp_path / "registry")))
+    worker.registry.publish(model_path(UNIVERSAL))
+    own = tmp_path / "own"
+    shutil.copytree(model_path(UNIVERSAL), own)
+    card = json.loads((own / CARD_FILE).read_text())
+    (own / CARD_FILE).write_text(json.dumps({**card, "name": "pems08-universal", "version": "1"}))
+    worker.registry.publish(own)
+    event = _event("universal@1")  # network pems08
+    answered = asyncio.run(worker.handle(event, _NoProducer()))  # type: ignore[arg-type]
+    assert answered.result == "skipped"
+    assert answered.detail == "pems08 has its own pems08-universal@1: a retrain answered it"
+    other = RetrainEvent.decode(event)
+    assert worker._serving(replace(other, network="metr-la"))[0] is not None
+
+
 def test_without_a_holdout_the_challenger_goes_to_its_trial(
     serving_dir: Path, pems08: GridDataset, tmp_path: Path
 ) -> None:

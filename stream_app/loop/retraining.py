@@ -170,13 +170,11 @@ class RetrainWorker:
         if event.reason == ROLLBACK:
             return await self.roll_back(event, producer)
         try:
-            serving = self._serving(event)
+            serving, answered = self._serving(event)
         except RegistryError as exc:
             return Outcome(event.id, "skipped", str(exc))
         if serving is None:
-            return Outcome(
-                event.id, "skipped", f"{event.model} no longer serves: a retrain answered it"
-            )
+            return Outcome(event.id, "skipped", answered)
         await self._catch_up(event)
         try:
             # cut on the event loop: the tail goes on adding readings while the thread trains;
@@ -221,12 +219,22 @@ class RetrainWorker:
         log.warning("rolled back %s to %s: %s", event.model, previous.model_id, detail)
         return Outcome(event.id, "rolled back", detail, previous.model_id, {"rollback": verdict})
 
-    def _serving(self, event: RetrainEvent) -> Version | None:
+    def _serving(self, event: RetrainEvent) -> tuple[Version | None, str]:
+        """The version the event is about, if it is still the one to fine-tune; else None and
+        why: a retrain already answered it with a newer version of its lineage, or, for the
+        shared universal model, with a version of the network's own (serving, or on trial:
+        drift events raised before its announcement reached the workers make one retrain,
+        not one each)."""
         name, _ = parse_model_id(event.model)
         current = self.registry.current(name)
         if current is None:
             raise RegistryError(f"{name} has no current version in {self.registry.root}")
-        return current if current.model_id == event.model else None
+        if current.model_id != event.model:
+            return None, f"{event.model} no longer serves: a retrain answered it"
+        own = self.registry.current(network_model_name(current, event.network))
+        if own is not None and own.name != name:
+            return None, f"{event.network} has its own {own.model_id}: a retrain answered it"
+        return current, ""
 
     async def _catch_up(self, event: RetrainEvent) -> None:
         """Wait (a little) until the history holds the readings up to the detection."""
