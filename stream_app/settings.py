@@ -183,7 +183,8 @@ class Settings:
     canary_margin: float = _setting(
         0.0,
         "a new model goes (rejected on trial, or rolled back) when its MAE at the last horizon "
-        "step is more than this share above the other model's on the canary's targets",
+        "step, or at the step nearest an hour ahead, is more than this share above the other "
+        "model's on the canary's targets",
     )
     canary_min_pairs: int = _setting(
         100, "fewest scored targets at the last horizon step before a canary decides"

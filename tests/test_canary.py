@@ -9,7 +9,7 @@ import json
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from stream_app.core.canary import Canary
+from stream_app.core.canary import Canary, judged_steps
 from stream_app.core.forecasters import FloatArray, Persistence, WindowBatch
 from stream_app.core.metrics import Metrics
 from stream_app.core.pipeline import Pipeline
@@ -63,6 +63,29 @@ def test_the_verdict_waits_for_its_time_and_pairs_and_respects_the_margin() -> N
     verdict = canary.verdict(150.0)
     assert verdict is not None and verdict.rollback  # 0.75 > 0.25 x 1.1
     assert canary.ratio == 3.0
+
+
+def test_a_new_model_better_at_the_last_step_but_worse_an_hour_ahead_goes() -> None:
+    # hourly steps, horizon 2: the hour ahead is step 1, the last step 2; both are judged
+    judged = judged_steps(3600, 2)
+    assert judged == (1, 2)
+    canary = Canary(Persistence(2, 3), "m@2", "m@1", 0.0, horizon=2, duration_s=0, min_pairs=1,
+                    judged=judged)  # fmt: skip
+    canary.add(np.array([0]), np.array([5]), np.array([[13.0, 10.0]]), np.array([[10.0, 12.0]]))
+    canary.score(np.array([0]), np.array([6]), np.array([10.0]))  # step 1: new 3, old 0
+    canary.score(np.array([0]), np.array([7]), np.array([10.0]))  # step 2: new 0, old 2
+    verdict = canary.verdict(1.0)
+    assert verdict is not None and verdict.rollback and verdict.step == 1
+    assert (verdict.served_mae, verdict.previous_mae) == (3.0, 0.0)
+    assert verdict.to_json()["step"] == 1 and canary.ratio == float("inf")
+    # judged at the last step alone (as on a 5-minute grid with 12 steps), it would stay
+    alone = Canary(Persistence(2, 3), "m@2", "m@1", 0.0, horizon=2, duration_s=0, min_pairs=1)
+    alone.add(np.array([0]), np.array([5]), np.array([[13.0, 10.0]]), np.array([[10.0, 12.0]]))
+    for slot in (6, 7):
+        alone.score(np.array([0]), np.array([slot]), np.array([10.0]))
+    kept = alone.verdict(1.0)
+    assert kept is not None and not kept.rollback and kept.step == 2
+    assert judged_steps(300, 12) == (12,) and judged_steps(86_400, 12) == (1, 12)
 
 
 def ticks(step: int, values: dict[str, float]) -> Incoming:

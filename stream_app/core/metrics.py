@@ -138,8 +138,8 @@ class Metrics:
             self.canary_verdicts.labels(decision=decision)
         self.canary_ratio = Gauge(
             "canary_mae_ratio",
-            "While a canary runs: the new model's MAE at the last horizon step over the one it "
-            "replaces, on the same targets (above 1: worse)",
+            "While a canary runs: the new model's MAE over the one it replaces on the same "
+            "targets, at the judged horizon step where it is highest (above 1: worse)",
             net,
             namespace=PREFIX,
             registry=registry,

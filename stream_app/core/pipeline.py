@@ -26,7 +26,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from .canary import Canary, CanaryVerdict, median_forecast
+from .canary import Canary, CanaryVerdict, judged_steps, median_forecast
 from .card import UNIVERSAL
 from .chunks import (
     NOT_DECODED,
@@ -193,6 +193,7 @@ class Pipeline:
                 forecaster if trial else old, forecaster.model_id, old.model_id,
                 self.newest_ts_s, forecaster.horizon, trial=trial, duration_s=self.canary_s,
                 margin=self.canary_margin, min_pairs=self.canary_min_pairs,
+                judged=judged_steps(self.step_s, forecaster.horizon),
             )  # fmt: skip
         if trial:
             log.info("trial of %s against %s: it forecasts in the shadow first",
@@ -656,9 +657,10 @@ class Pipeline:
             self.metrics.canary_verdicts.labels(decision=verdict.decision).inc()
             self.metrics.set_canary_ratio(0.0, self.network)  # no canary runs
         log.info(
-            "%s of %s against %s over %d targets: MAE %.3f vs %.3f at the last step: %s",
+            "%s of %s against %s over %d targets: MAE %.3f vs %.3f at step %d of %d: %s",
             "trial" if verdict.trial else "canary", verdict.served, verdict.previous,
-            verdict.pairs, verdict.served_mae, verdict.previous_mae, verdict.decision,
+            verdict.pairs, verdict.served_mae, verdict.previous_mae, verdict.step,
+            canary.horizon, verdict.decision,
         )  # fmt: skip
         if canary.shadow is not None and verdict.rollback != verdict.trial:
             self.swap(canary.shadow, canary=False)  # back after a swap; in after a trial

@@ -52,6 +52,7 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
 from ..assembly import build_pipeline
+from ..core.canary import hour_ahead_step
 from ..core.card import UNIVERSAL, ModelCard
 from ..core.drift import DriftSink
 from ..core.metrics import Metrics
@@ -216,13 +217,16 @@ def stream_policy(
 
 
 def served_versus_kept(
-    run: Run, stream: GridDataset, settings: Settings, horizon_step: int = 12
+    run: Run, stream: GridDataset, settings: Settings, horizon_step: int | None = None
 ) -> list[dict[str, Any]]:
     """Per version that served after a swap (a retrain's or a rollback's): its MAE at
-    ``horizon_step`` on the forecasts it made, and what the version it replaced, kept serving
-    (a fresh pipeline over the same steps, warmed on the steps before), gives on the same
-    (step, sensor) pairs."""
+    ``horizon_step`` (default: the step nearest an hour ahead, +60 min) on the forecasts it
+    made, and what the version it replaced, kept serving (a fresh pipeline over the same steps,
+    warmed on the steps before), gives on the same (step, sensor) pairs."""
     truth = stream.values[:, :, 0]
+    if horizon_step is None:
+        horizon = len(next(iter(run.forecasts.values()))) if run.forecasts else 1
+        horizon_step = hour_ahead_step(stream.step_s, horizon)
     found = []
     ends = [start for start, _ in run.served[1:]] + [stream.n_steps]
     for (start, model), end, (_, before) in zip(
