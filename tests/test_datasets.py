@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -320,6 +320,41 @@ def test_uci_layouts_year_month_day_hour_columns_row_numbers_and_text(
     (tmp_path / "days.csv").write_text("day,a\n2016-07-01,1\n2016-07-01,2\n2016-07-02,3\n")
     with pytest.raises(DatasetError, match=r"data rows 1 and 2 have the same time"):
         load_dataset(tmp_path / "days.csv")
+
+
+def test_a_date_with_its_hour_elsewhere_compact_dates_and_calendar_columns(
+    tmp_path: Path, shared: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The UCI bike hours' original: ``instant`` numbering the rows, the date in ``dteday`` and
+    the hour in ``hr``, calendar columns (season, yr, mnth, holiday, weekday, workingday) that
+    are left out with a warning. The European weather set's original: dates as ``20000101``
+    and a ``MONTH`` column."""
+    bikes = shared / "corpus" / "BIKE_DC" / "original" / "Bike-Sharing-Dataset" / "hour.csv"
+    lines = bikes.read_text(encoding="utf-8").splitlines()[:49]
+    (tmp_path / "hour.csv").write_text("\n".join(lines) + "\n")
+    ds = load_dataset(tmp_path / "hour.csv")
+    assert (ds.start, ds.step_s) == (datetime(2011, 1, 1, tzinfo=UTC), 3600)
+    assert [s.split("/")[1] for s in ds.sensors] == [
+        "weathersit", "temp", "atemp", "hum", "windspeed", "casual", "registered", "cnt",
+    ]  # fmt: skip
+    assert "calendar columns ['season', 'yr', 'mnth', 'holiday', 'weekday', 'workingday']" in (
+        caplog.text
+    )
+    rows = [next(csv.reader([line])) for line in lines[1:]]  # 1 Jan, 2 Jan less an hour, 3 Jan
+    assert ds.n_steps == 49 and np.isnan(ds.values[:, -1, 0]).sum() == 1  # the hour missing
+    for row in rows:  # each count at its date and hour
+        step = (date.fromisoformat(row[1]) - date(2011, 1, 1)).days * 24 + int(row[5])
+        assert ds.values[step, -1, 0] == float(row[16])
+    weather = shared / "corpus" / "EU_WEATHER" / "original" / "weather_prediction_dataset.csv"
+    lines = weather.read_text(encoding="utf-8").splitlines()[:11]
+    (tmp_path / "weather.csv").write_text("\n".join(lines) + "\n")
+    ds = load_dataset(tmp_path / "weather.csv")
+    assert (ds.start, ds.step_s, ds.n_steps) == (datetime(2000, 1, 1, tzinfo=UTC), 86400, 10)
+    assert ds.sensors[0] == "weather/BASEL_cloud_cover" and ds.n_sensors == 163
+    assert ds.values[0, 0, 0] == float(lines[1].split(",")[2])
+    # an epoch-ms column is never read as compact dates
+    (tmp_path / "ms.csv").write_text("ts,a\n1467331200000,1\n1467331500000,2\n")
+    assert load_dataset(tmp_path / "ms.csv").step_s == 300
 
 
 def test_monthly_times_are_refused_with_the_reason(tmp_path: Path) -> None:

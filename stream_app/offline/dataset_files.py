@@ -193,7 +193,16 @@ def _read_wide(header: list[str], rows: list[list[str]], file: Path) -> FileGrid
     if (parts := _time_parts(header)) is not None:  # year, month, day[, hour[, minute]]
         rows = [[_joined_time(row, parts, file), *_without(row, parts)] for row in rows]
         header = ["ts", *_without(header, parts)]
-    has_time = header[0].lower() in TIME_COLUMNS or _is_time(rows[0][0] if rows[0] else "")
+    elif (hour := _hour_column(header, rows)) is not None:  # a date, and the hour elsewhere
+        rows = [[f"{row[0].strip()} {int(row[hour]):02d}:00", *_without(row, [0, hour])]
+                for row in rows]  # fmt: skip
+        header = [header[0], *_without(header, [0, hour])]
+    firsts = [row[0] for row in rows]
+    has_time = (
+        header[0].lower() in TIME_COLUMNS
+        or _is_time(firsts[0] if firsts else "")
+        or _compact_moments(firsts) is not None
+    )
     cells = np.array(rows, dtype=object)
     sensors = header[1:] if has_time else header
     try:
@@ -203,6 +212,7 @@ def _read_wide(header: list[str], rows: list[list[str]], file: Path) -> FileGrid
         values = _floats(cells[:, int(has_time) :], file)
     if not has_time:
         return FileGrid(values[:, :, np.newaxis], sensors)
+    values, sensors = _without_calendar(values, sensors, file)
     times_ms = _times_ms([str(c) for c in cells[:, 0]], file)
     _check_distinct(times_ms, cells[:, 0], file)
     index, start, step_s = _regular_axis(times_ms, file)
@@ -251,6 +261,32 @@ def _time_parts(header: list[str]) -> list[int] | None:
     return found if len(found) >= 3 and all(p in names for p in TIME_PARTS[:3]) else None
 
 
+HOUR_COLUMNS = ("hour", "hr", "hour_of_day")
+
+
+def _hour_column(header: list[str], rows: list[list[str]]) -> int | None:
+    """The column of a file whose first column is a date without a time of day that holds
+    the hour (``hour`` or ``hr``, 0 to 23: the UCI bike hours' ``dteday`` and ``hr``, Seoul's
+    bike demand's ``Date`` and ``Hour``); None when there is none.
+
+    >>> _hour_column(["dteday", "season", "hr", "cnt"], [["2011-01-01", "1", "0", "16"]])
+    2
+    >>> _hour_column(["ts", "hr"], [["2011-01-01 00:00", "0"]]) is None  # a time already
+    True
+    """
+    names = [h.strip().strip('"').lower() for h in header]
+    found = next((names.index(name) for name in HOUR_COLUMNS if name in names[1:]), None)
+    if found is None or not rows:
+        return None
+    first = rows[0][0].strip()
+    if ISO_DATE.fullmatch(first) is None and DATE_SHAPE.fullmatch(first) is None:
+        return None
+    hours = [row[found].strip() for row in rows]
+    if not all(hour.isdigit() and int(hour) < 24 for hour in hours):
+        return None
+    return found
+
+
 def _joined_time(row: list[str], parts: list[int], file: Path) -> str:
     """A row's time from its ``TIME_PARTS`` cells, as ISO 8601 without an offset."""
     try:
@@ -284,6 +320,35 @@ def _without_text(
     log.warning("%s: columns %s hold no number: left out", file, [sensors[j] for j in text])
     keep = [j for j in range(len(sensors)) if j not in text]
     return cells[:, list(range(first)) + [first + j for j in keep]], [sensors[j] for j in keep]
+
+
+# columns that say when, not what was measured (the UCI bike hours' season, yr, mnth, holiday,
+# weekday and workingday; the European weather set's MONTH): a model reads the calendar from
+# the times, and a forecast of them would only blur the accuracy of the real series
+CALENDAR_COLUMNS = frozenset({
+    "year", "yr", "month", "mnth", "mon", "day", "weekday", "dayofweek", "day_of_week", "dow",
+    "week", "weekofyear", "quarter", "season", "seasons", "holiday", "workingday", "working_day",
+    "weekend", "hour", "hr", "minute",
+})  # fmt: skip
+
+
+def _without_calendar(
+    values: npt.NDArray[np.float64], sensors: list[str], file: Path
+) -> tuple[npt.NDArray[np.float64], list[str]]:
+    """A time-indexed file's values without its calendar columns (``CALENDAR_COLUMNS`` by
+    name, whole numbers only), left out with a warning; a file of nothing else keeps them."""
+    calendar = [
+        j
+        for j, name in enumerate(sensors)
+        if name.strip().strip('"').lower() in CALENDAR_COLUMNS
+        and np.array_equal(values[:, j], np.round(values[:, j]), equal_nan=True)
+    ]
+    if not calendar or len(calendar) == len(sensors):
+        return values, sensors
+    names = [sensors[j] for j in calendar]
+    log.warning("%s: calendar columns %s left out (the times say when)", file, names)
+    keep = [j for j in range(len(sensors)) if j not in calendar]
+    return values[:, keep], [sensors[j] for j in keep]
 
 
 def _read_long(rows: list[list[str]], file: Path) -> FileGrid:
@@ -466,7 +531,8 @@ TIME_FORMATS = tuple(
 DATE_SHAPE = re.compile(r"\d{1,4}([/.-])\d{1,2}\1\d{1,4}")
 ACCEPTED = (
     "RFC 3339 (2024-01-31T00:00:00Z), ISO 8601 without an offset (2024-01-31 00:00), "
-    "2024/1/31 0:00, 31/1/2024 00:00 or 1/31/2024 (day or month first), 31.1.2024, or epoch ms"
+    "2024/1/31 0:00, 31/1/2024 00:00 or 1/31/2024 (day or month first), 31.1.2024, 20240131, "
+    "or epoch ms"
 )
 
 
@@ -476,12 +542,13 @@ def _times_ms(cells: list[str], file: Path) -> npt.NDArray[np.int64]:
     times with and without one."""
     texts = [cell.strip() for cell in cells]
     out = np.zeros(len(texts), dtype=np.int64)
-    timed = [i for i, text in enumerate(texts) if not text.lstrip("-").isdigit()]
+    compact = _compact_moments(texts)
+    timed = [i for i, text in enumerate(texts) if compact or not text.lstrip("-").isdigit()]
     for i in set(range(len(texts))) - set(timed):
         out[i] = int(texts[i])
     if not timed:
         return out
-    moments = _moments([texts[i] for i in timed], file)
+    moments = compact or _moments([texts[i] for i in timed], file)
     aware = [moment.utcoffset() is not None for moment in moments]
     if not all(aware):
         if any(aware):
@@ -494,6 +561,32 @@ def _times_ms(cells: list[str], file: Path) -> npt.NDArray[np.int64]:
         moments = [moment.replace(tzinfo=UTC) for moment in moments]
     out[timed] = [round(moment.timestamp() * 1000) for moment in moments]
     return out
+
+
+COMPACT_FORMATS = {8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M"}
+
+
+def _compact_moments(cells: list[str]) -> list[datetime] | None:
+    """The times of a column of compact dates (``20000101``, as the European weather set and
+    many archives write them; ``2000010113`` with the hour, ``200001011330`` with minutes), or
+    None when it is not one: every cell of the same length, and each a valid date from 1800
+    to 2200 (epoch milliseconds, read as such, never are: at any regular step their last
+    digits run past a valid month, day, hour or minute).
+
+    >>> [f"{t:%Y-%m-%d %H:%M}" for t in _compact_moments(["20000101", "20000102"]) or []]
+    ['2000-01-01 00:00', '2000-01-02 00:00']
+    >>> _compact_moments(["1467331200000", "1467331500000"]) is None  # epoch ms
+    True
+    """
+    texts = [cell.strip() for cell in cells]
+    fmt = COMPACT_FORMATS.get(len(texts[0])) if texts else None
+    if fmt is None or not all(len(text) == len(texts[0]) and text.isdigit() for text in texts):
+        return None
+    try:
+        moments = [datetime.strptime(text, fmt) for text in texts]  # noqa: DTZ007 (naive: UTC)
+    except ValueError:
+        return None
+    return moments if all(1800 <= moment.year <= 2200 for moment in moments) else None
 
 
 def _moments(texts: list[str], file: Path) -> list[datetime]:
