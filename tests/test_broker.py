@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 
@@ -157,3 +158,33 @@ def test_cancelled_paced_replay_flushes_what_it_sent(broker: EmbeddedBroker) -> 
     sent, leftover = asyncio.run(scenario())
     assert sent in (340, 510), "whole steps, each acknowledged before the next is due"
     assert not leftover, f"producer tasks still running: {leftover}"
+
+
+def test_a_hold_keeps_a_paced_replay_waiting_and_the_pace_resumes_after_it(
+    broker: EmbeddedBroker,
+) -> None:
+    bootstrap = broker.bootstrap_servers
+    pems08 = load_dataset(bundled_dataset_path())
+    held: list[float] = []  # when each step's hold was asked, from the replay's start
+
+    async def scenario() -> tuple[int, float]:
+        await ensure_topics(bootstrap, {"held": 1})
+        began = time.monotonic()
+
+        async def hold(step: int) -> float:
+            held.append(time.monotonic() - began)
+            assert step == len(held) - 1  # the index of the step about to go
+            if len(held) != 2:
+                return 0.0
+            await asyncio.sleep(1.0)  # before the second step: as a retrain would
+            return 1.0
+
+        # speed 1200 with 5-minute steps: a step every 0.25 s, so 4 steps take 0.75 s unheld
+        await replay(bootstrap, "held", pems08, speed=1200, steps=4, progress=False, hold=hold)
+        seconds = time.monotonic() - began
+        return await _drain(bootstrap, "held"), seconds
+
+    sent, seconds = asyncio.run(scenario())
+    assert sent == 4 * 170 and len(held) == 4
+    assert 1.75 <= seconds < 5.0  # 0.75 s of pace plus the 1 s hold: no catching up after it
+    assert held[2] - held[1] >= 1.0 + 0.25 - 0.05  # the step after the hold waits its turn

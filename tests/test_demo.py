@@ -105,3 +105,59 @@ def test_the_graph_beside_a_dataset_is_found_as_each_set_ships_it(tmp_path: Path
     (folder / "metr-la.csv").write_text("from,to,cost\n")
     assert graph_file(folder / "metr-la.h5") == folder / "metr-la.csv"  # the folder's own first
     assert graph_file(folder / "metr-la.csv") == folder / "adj_mx.pkl"  # never the data itself
+
+
+def test_the_replay_waits_while_the_retrain_worker_answers_the_events_seen(
+    tmp_path: Path,
+) -> None:
+    """At the demo's pace a minute of fine-tuning would let hours of data pass; in real time it
+    is within a step. So the replay holds until the retrain worker's log answers every retrain
+    event read so far."""
+    import asyncio
+
+    from stream_app.tools.demo import _Hold, _Say
+    from stream_app.tools.demo_report import Observed
+
+    observed, log = Observed(), tmp_path / "retrain.log"
+    log.write_text("")
+    hold = _Hold(observed, log, _Say(quiet=True), end=100, trial_steps=10)
+
+    async def scenario() -> tuple[float, float, float]:
+        none_pending = await hold(0)
+        observed.events.append({"reason": "drift", "sensors": ["s1"]})
+
+        async def answer() -> None:
+            await asyncio.sleep(0.6)
+            log.write_text("12:00 INFO stream_app.loop.retraining: retrain event e1: rejected\n")
+
+        answering = asyncio.create_task(answer())
+        too_late = await hold(90)  # 10 steps left: a challenger's trial would not end
+        held = await hold(89)
+        await answering
+        return none_pending, too_late, held, await hold(89)
+
+    none_pending, too_late, held, after = asyncio.run(scenario())
+    assert none_pending == 0.0 and too_late == 0.0 and after == 0.0
+    assert 0.6 <= held < 2.0
+
+
+def test_the_report_names_a_version_still_in_its_trial(tmp_path: Path) -> None:
+    from stream_app.loop.registry import Registry
+    from stream_app.offline.datasets import bundled_dataset_path, load_dataset
+    from stream_app.tools.demo_report import Observed, demo_report, format_report
+
+    dataset = load_dataset(bundled_dataset_path())
+    observed = Observed()
+    for step in range(100, 104):
+        for sensor in dataset.sensors[:3]:
+            observed.forecasts[(sensor, step)] = ([0.0] * 12, "m@1")
+    observed.updates = [{"model": "m@2", "validation": {}}]
+    observed.retrains = ["e1: published m@2 (holdout ...)", "e2: published m@3 (holdout ...)"]
+    report = demo_report(dataset, 300, observed, Registry(tmp_path), 1.0)
+    assert report["served"] == [{"model": "m@1", "from": "Fri 01 Jul 08:20"}]
+    assert report["on_trial_at_end"] == ["m@2"]
+    assert report["published_after_the_end"] == ["m@3"]  # its announcement came too late
+    assert "  m@2: still in its trial when the stream ended" in format_report(report)
+    assert "  m@3: published as the stream ended, never tried" in format_report(report)
+    observed.canaries = ["trial of m@2 against m@1 over 900 targets: MAE 2.0 vs 1.0 at step 12"]
+    assert demo_report(dataset, 300, observed, Registry(tmp_path), 1.0)["on_trial_at_end"] == []

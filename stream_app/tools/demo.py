@@ -8,8 +8,10 @@
    and gives the model each sensor's neighbours.
 3. The first days are replayed as fast as the broker takes them (the drift monitors learn
    each sensor's usual error there), then the rest (for PEMS08: the 4 July holiday and the
-   morning after) at ``--steps-per-s``, so that a retrain fits in while the stream flows. A
-   retrain fine-tunes the serving model for this network and publishes a network version.
+   morning after) at ``--steps-per-s``. While the retrain worker answers a retrain event the
+   replay waits (``_Hold``), as real time would hardly move meanwhile. A retrain fine-tunes
+   the serving model for this network and publishes a network version, which the worker tries
+   in the shadow before it serves.
 4. A live view every two seconds: data time, ticks per second, the rolling MAE of the last
    hour's forecasts against persistence and seasonal naive on the same targets, drift events,
    retrains and the serving version, all read from the topics (forecasts, retrain events, model
@@ -30,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import ceil
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +64,12 @@ from .services import WorkerProcess, scrape
 HOUR_S = 3_600
 FAST_DAYS = 3  # Friday to Sunday as fast as they go; the holiday Monday is paced
 FAST_SHARE = 0.7  # of a dataset too short for that, the share streamed fast
-PACED_STEPS = 432  # the most steps paced: 108 s at the default 4 a second (PEMS08: 418)
+PACED_STEPS = 432  # the most steps paced: 86 s at the default 5 a second (PEMS08: 418)
 DEFAULT_TICKS = 600_000  # without --steps, the most ticks streamed (PEMS08's slice: 217,940)
 ROLLING_STEPS = 12  # the live view's rolling MAE: forecasts of the last hour of data
-RETRAIN_MAX_S = 40.0
+RETRAIN_MAX_S = 20.0
+# a retrain also waits for the history to catch up, exports and validates: the longest hold
+HOLD_MAX_S = RETRAIN_MAX_S + 40.0
 DRAIN_S = 30.0  # after the replay, give up on the last forecasts after this long without one
 
 
@@ -142,9 +147,14 @@ def run_demo(
                     f"{first.model_id} zero-shot ({neighbours}); retrain worker pid "
                     f"{retrainer.pid}; metrics {worker.metrics_url}"
                 )
-                plan = _Plan(dataset, steps, fast_steps, steps_per_s, batched, first.card.warmup)
+                plan = _Plan(
+                    dataset, steps, fast_steps, steps_per_s, batched, first.card.warmup,
+                    first.card.horizon,
+                )  # fmt: skip
                 try:
-                    observed = asyncio.run(_stream(settings, plan, worker, say))
+                    observed = asyncio.run(
+                        _stream(settings, plan, worker, tmp / "retrain.log", say)
+                    )
                 except asyncio.CancelledError:
                     say("interrupted: stopping the workers and the broker")
                     return 130
@@ -198,16 +208,63 @@ class _Plan:
     steps_per_s: float
     batched: bool
     window: int
+    horizon: int
 
 
-async def _stream(settings: Settings, plan: _Plan, worker: WorkerProcess, say: _Say) -> Observed:
+class _Hold:
+    """Keeps the replay waiting while the retrain worker handles the retrain events seen so
+    far (until its log has an outcome line for each, ``HOLD_MAX_S`` at most): in real time a
+    fine-tuning of a minute is over within a 5-minute step, while at the demo's pace it would
+    let hours of data pass, and a challenger's trial start too late to end in the stream. Not
+    once the steps left are fewer than a trial takes (``trial_steps``): a challenger published
+    then could not serve before the end, and the wait would only make the demo longer."""
+
+    def __init__(
+        self, observed: Observed, retrain_log: Path, say: _Say, end: int = 0, trial_steps: int = 0
+    ) -> None:
+        self.observed = observed
+        self.retrain_log = retrain_log
+        self.say = say
+        self.end, self.trial_steps = end, trial_steps
+        self.answered = 0  # outcome lines in the retrain worker's log, when last read
+        self.holding = False  # the live view stays quiet meanwhile: nothing flows
+
+    def _pending(self) -> int:
+        if len(self.observed.events) > self.answered:  # read the log only when it may be behind
+            self.answered = len(retrain_outcomes(self.retrain_log))
+        return len(self.observed.events) - self.answered
+
+    async def __call__(self, step: int = 0) -> float:
+        if self.end and self.end - step <= self.trial_steps:
+            return 0.0
+        if self._pending() <= 0:
+            return 0.0
+        began = time.monotonic()
+        self.say("  HOLD    the replay waits while the retrain worker fine-tunes and validates")
+        self.holding = True
+        try:
+            while self._pending() > 0 and time.monotonic() - began < HOLD_MAX_S:
+                await asyncio.sleep(0.25)
+        finally:
+            self.holding = False
+        held = time.monotonic() - began
+        self.say(f"  HOLD    over after {held:.0f} s: the replay goes on")
+        return held
+
+
+async def _stream(
+    settings: Settings, plan: _Plan, worker: WorkerProcess, retrain_log: Path, say: _Say
+) -> Observed:
     _cancel_on_signals(asyncio.current_task())
     observed = Observed()
+    trial_s = settings.canary_s if settings.canary_mode == "before" else 0.0
+    trial_steps = ceil(trial_s / plan.dataset.step_s) + plan.horizon
+    hold = _Hold(observed, retrain_log, say, plan.steps, trial_steps)
     readers = [
         asyncio.create_task(_read_forecasts(settings, plan.dataset, observed)),
         asyncio.create_task(_read_loop_topics(settings, plan.dataset, observed, say)),
     ]
-    view = asyncio.create_task(_live_view(plan, worker, observed, say))
+    view = asyncio.create_task(_live_view(plan, worker, observed, hold, say))
     try:
         dataset = plan.dataset
         say(f"replaying the first {plan.fast_steps} steps as fast as they go...")
@@ -218,6 +275,7 @@ async def _stream(settings: Settings, plan: _Plan, worker: WorkerProcess, say: _
             batched=plan.batched,
             steps=plan.fast_steps,
             progress=False,
+            hold=hold,
         )
         if plan.steps > plan.fast_steps:
             say(
@@ -233,6 +291,7 @@ async def _stream(settings: Settings, plan: _Plan, worker: WorkerProcess, say: _
                 steps=plan.steps - plan.fast_steps,
                 speed=plan.steps_per_s * dataset.step_s,
                 progress=False,
+                hold=hold,
             )
         expected = (plan.steps - plan.window + 1) * dataset.n_sensors
         last_count, last_change = -1, time.monotonic()
@@ -341,7 +400,9 @@ def _model_update(update: dict[str, Any], settings: Settings) -> str:
     return f"  MODEL   {update['model']} published ({judged}); {then}"
 
 
-async def _live_view(plan: _Plan, worker: WorkerProcess, observed: Observed, say: _Say) -> None:
+async def _live_view(
+    plan: _Plan, worker: WorkerProcess, observed: Observed, hold: _Hold, say: _Say
+) -> None:
     truth = plan.dataset.values[:, :, 0]
     column = {sensor: i for i, sensor in enumerate(plan.dataset.sensors)}
     last_ticks, last_time = 0.0, time.monotonic()
@@ -352,8 +413,8 @@ async def _live_view(plan: _Plan, worker: WorkerProcess, observed: Observed, say
         ticks = samples.get("stcast_ticks_total", 0.0)
         rate = (ticks - last_ticks) / (now - last_time)
         last_ticks, last_time = ticks, now
-        if observed.newest_step < 0:
-            continue  # nothing to show before the first forecast
+        if observed.newest_step < 0 or hold.holding:
+            continue  # nothing to show before the first forecast, nor while the replay waits
         horizon = min(12, HOUR_S // plan.dataset.step_s) or 1
         model_mae, naive_mae, season_mae = _rolling_mae(
             observed, truth, column, horizon, season_steps(plan.dataset.step_s)

@@ -3,7 +3,7 @@ seasonal naive on the same targets, and what version 1 would have done on its su
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +57,29 @@ def _log_lines(log_path: Path, marker: str) -> list[str]:
     return [line.split(marker, 1)[1] for line in lines if marker in line]
 
 
+def served_periods(
+    forecasts: dict[tuple[str, int], tuple[list[float], str]],
+) -> list[tuple[str, int]]:
+    """(model, first data step) of each period one model served: the model that made most of
+    a step's forecasts serves it. Read from the forecasts' own steps, not their arrival, so
+    that partitions read a little out of step around a swap do not show it two or three times.
+
+    >>> made = {(s, 1): "m@1" for s in "abc"} | {("a", 2): "m@2", ("b", 2): "m@1", ("c", 2): "m@1"}
+    >>> made |= {(s, 3): "m@2" for s in "abc"} | {("c", 4): "m@1"}  # late arrivals count too
+    >>> served_periods({key: ([], model) for key, model in made.items()})
+    [('m@1', 1), ('m@2', 3), ('m@1', 4)]
+    """
+    by_step: dict[int, Counter[str]] = defaultdict(Counter)
+    for (_, step), (_, model) in forecasts.items():
+        by_step[step][model] += 1
+    periods: list[tuple[str, int]] = []
+    for step in sorted(by_step):
+        model = by_step[step].most_common(1)[0][0]
+        if not periods or periods[-1][0] != model:
+            periods.append((model, step))
+    return periods
+
+
 def demo_report(
     dataset: GridDataset,
     steps: int,
@@ -83,8 +106,9 @@ def demo_report(
                     abs(truth[step, n] - actual)
                 )
                 errors[f"seasonal naive, same targets as {model}"][h].append(abs(earlier - actual))
-    first = observed.swaps[0][0] if observed.swaps else ""
-    if first and any(model != first for model, _ in observed.swaps):
+    served = served_periods(observed.forecasts)
+    first = served[0][0] if served else ""
+    if first and any(model != first for model, _ in served):
         name, version = first.split("@")
         kept = registry.get(name, version)
         _what_the_first_would_have_done(dataset, observed, kept, errors, neighbours)
@@ -121,7 +145,9 @@ def demo_report(
         "models_published": [
             {"model": u["model"], "validation": u.get("validation", {})} for u in observed.updates
         ],
-        "served": [{"model": m, "from": step_time(dataset, step)} for m, step in observed.swaps],
+        "published_after_the_end": _published_unread(observed),
+        "served": [{"model": m, "from": step_time(dataset, step)} for m, step in served],
+        "on_trial_at_end": _on_trial(observed, served),
         "registry_versions": registry.versions(first.split("@")[0]) if first else [],
         "network_versions": {
             name: registry.versions(name)
@@ -178,6 +204,27 @@ def lead(seconds: int) -> str:
     return f"+{seconds // 86_400} days"
 
 
+def _published_unread(observed: Observed) -> list[str]:
+    """Versions the retrain worker's log says it published whose announcement the demo had
+    not read when the stream ended (a retrain that finished in the last seconds)."""
+    announced = {u["model"] for u in observed.updates}
+    named = (line.split(": published ", 1)[1].split()[0] for line in observed.retrains
+             if ": published " in line)  # fmt: skip
+    return [model for model in named if model not in announced]
+
+
+def _on_trial(observed: Observed, served: list[tuple[str, int]]) -> list[str]:
+    """Versions published that had neither served nor been judged when the stream ended: still
+    in their trial (they would serve only after it)."""
+    judged = {line.split()[2] for line in observed.canaries}  # "trial of NEW against OLD ..."
+    done = judged | {model for model, _ in served}
+    return [
+        u["model"]
+        for u in observed.updates
+        if "rollback" not in u.get("validation", {}) and u["model"] not in done
+    ]
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"demo report: {report['forecasts']:,} forecasts over {report['steps']} steps of "
@@ -187,6 +234,14 @@ def format_report(report: dict[str, Any]) -> str:
         + (", ".join(m["model"] for m in report["models_published"]) or "none"),
         *(f"  retrain event {line}" for line in report["retrains"]),
         *(f"  {line}" for line in report["canaries"]),
+        *(
+            f"  {model}: still in its trial when the stream ended"
+            for model in report.get("on_trial_at_end", [])
+        ),
+        *(
+            f"  {model}: published as the stream ended, never tried"
+            for model in report.get("published_after_the_end", [])
+        ),
         f"MAE ({report.get('channel', 'readings')}, zero readings ignored):",
     ]
     for name, by in report["mae"].items():

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -116,11 +117,14 @@ async def replay(
     network: str | None = None,
     progress: bool = True,
     client_options: dict[str, Any] | None = None,
+    hold: Callable[[int], Awaitable[float]] | None = None,
 ) -> ReplayReport:
     """Publish ``steps`` grid steps from ``start_step`` (all: None) at ``speed`` times real time.
 
-    ``speed=0`` sends as fast as the broker takes them. The producer is flushed and stopped on
-    the way out, also when the task is cancelled.
+    ``speed=0`` sends as fast as the broker takes them. ``hold``, awaited with each step's
+    index before it is sent, may keep the stream waiting (the demo's, while a retrain runs)
+    and returns the seconds it did; the pacing resumes from there. The producer is flushed and
+    stopped on the way out, also when the task is cancelled.
     """
     span = _span(dataset, channel, speed, start_step, steps)
     plan = _Plan(dataset, topic, span, channel, batched, network, speed)
@@ -130,7 +134,7 @@ async def replay(
     await producer.start()
     began = time.monotonic()
     try:
-        messages = await _publish(producer, plan, progress)
+        messages = await _publish(producer, plan, progress, hold)
         await producer.flush()
     finally:
         await producer.stop()
@@ -149,12 +153,19 @@ def _span(
     return range(start_step, end)
 
 
-async def _publish(producer: AIOKafkaProducer, plan: _Plan, progress: bool) -> int:
+async def _publish(
+    producer: AIOKafkaProducer,
+    plan: _Plan,
+    progress: bool,
+    hold: Callable[[int], Awaitable[float]] | None,
+) -> int:
     sent = 0
     pending: list[asyncio.Future[Any]] = []
     began = time.monotonic()
     with tqdm(total=len(plan.steps), unit="step", file=sys.stderr, disable=not progress) as bar:
         for t in plan.steps:
+            if hold is not None:
+                began += await hold(t)  # the steps after a hold are due that much later
             await plan.wait_until_due(t, began)
             messages = plan.encode(t)
             for key, value in messages:
