@@ -345,6 +345,11 @@ def test_a_date_with_its_hour_elsewhere_compact_dates_and_calendar_columns(
     for row in rows:  # each count at its date and hour
         step = (date.fromisoformat(row[1]) - date(2011, 1, 1)).days * 24 + int(row[5])
         assert ds.values[step, -1, 0] == float(row[16])
+    # the whole original, whose row numbers hold a stray byte in data row 160, as published
+    whole = load_dataset(bikes)
+    assert (whole.n_steps, whole.n_sensors) == (2 * 365 * 24 + 24, 8)  # 2011-2012, a leap day
+    assert "(instant) unreadable in data rows [(160, '\\x1160')]" in caplog.text
+    assert whole.values[-1, -1, 0] == float(bikes.read_text().splitlines()[-1].split(",")[-1])
     weather = shared / "corpus" / "EU_WEATHER" / "original" / "weather_prediction_dataset.csv"
     lines = weather.read_text(encoding="utf-8").splitlines()[:11]
     (tmp_path / "weather.csv").write_text("\n".join(lines) + "\n")

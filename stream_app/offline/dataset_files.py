@@ -185,7 +185,7 @@ def _csv_rows(file: Path) -> list[list[str]]:
 def _read_wide(header: list[str], rows: list[list[str]], file: Path) -> FileGrid:
     if any(len(row) != len(header) for row in rows):
         raise DatasetError(f"{file}: every row must have {len(header)} cells, like the header")
-    if len(header) > 2 and _is_row_number(header[0], [row[0] for row in rows]):
+    if len(header) > 2 and _is_row_number(header[0], [row[0] for row in rows], file):
         header, rows = header[1:], [row[1:] for row in rows]  # pandas' index, R's row names
     if len(header) > 2 and _date_and_clock(rows[0]) is not None:  # split, as spreadsheets write
         rows = [[_date_and_clock(row) or f"{row[0]} {row[1]}", *row[2:]] for row in rows]
@@ -237,16 +237,23 @@ def _check_distinct(times_ms: npt.NDArray[np.int64], cells: npt.NDArray[Any], fi
 ROW_NUMBERS = ("", "unnamed: 0", "index", "no", "instant", "id", "row")
 
 
-def _is_row_number(name: str, cells: list[str]) -> bool:
+def _is_row_number(name: str, cells: list[str], file: Path) -> bool:
     """A first column that numbers the rows (``DataFrame.to_csv``'s unnamed index, a ``No``
-    column): named so, and counting up by one."""
-    if name.strip().strip('"').lower() not in ROW_NUMBERS:
+    column): named so, and counting up by one, but for at most 1 % of unreadable cells (the
+    UCI bike hours' ``instant`` holds a stray byte in row 160), named in a warning."""
+    if name.strip().strip('"').lower() not in ROW_NUMBERS or not cells:
         return False
-    try:
-        numbers = [int(cell) for cell in cells]
-    except ValueError:
+    numbers = [int(cell) if cell.strip().isdigit() else None for cell in cells]
+    known = [(row, n) for row, n in enumerate(numbers) if n is not None]
+    if not known or len(known) < 0.99 * len(cells):
         return False
-    return numbers == list(range(numbers[0], numbers[0] + len(numbers))) if numbers else False
+    first = known[0][1] - known[0][0]
+    if any(n != first + row for row, n in known):
+        return False
+    bad = [(row + 1, cells[row]) for row, n in enumerate(numbers) if n is None]
+    if bad:
+        log.warning("%s: row numbers (%s) unreadable in data rows %s", file, name, bad[:5])
+    return True
 
 
 TIME_PARTS = ("year", "month", "day", "hour", "minute")
