@@ -111,8 +111,8 @@ def test_the_replay_waits_while_the_retrain_worker_answers_the_events_seen(
     tmp_path: Path,
 ) -> None:
     """At the demo's pace a minute of fine-tuning would let hours of data pass; in real time it
-    is within a step. So the replay holds until the retrain worker's log answers every retrain
-    event read so far."""
+    is within a step. So the paced replay holds until the retrain worker's log answers every
+    retrain event read so far; not for an event of the fast part alone, nor near the end."""
     import asyncio
 
     from stream_app.tools.demo import _Hold, _Say
@@ -120,15 +120,19 @@ def test_the_replay_waits_while_the_retrain_worker_answers_the_events_seen(
 
     observed, log = Observed(), tmp_path / "retrain.log"
     log.write_text("")
-    hold = _Hold(observed, log, _Say(quiet=True), end=100, trial_steps=10)
+    hold = _Hold(observed, log, _Say(quiet=True), end=100, trial_steps=10, paced_from_s=1000)
 
-    async def scenario() -> tuple[float, float, float]:
+    async def scenario() -> tuple[float, float, float, float]:
+        observed.events.append({"detected_at": "1970-01-01T00:16:39Z"})  # 999: the fast part's
         none_pending = await hold(0)
-        observed.events.append({"reason": "drift", "sensors": ["s1"]})
+        observed.events.append({"detected_at": "1970-01-01T00:16:40Z"})  # 1000: paced
 
         async def answer() -> None:
             await asyncio.sleep(0.6)
-            log.write_text("12:00 INFO stream_app.loop.retraining: retrain event e1: rejected\n")
+            log.write_text("".join(
+                f"12:00 INFO stream_app.loop.retraining: retrain event e{n}: rejected\n"
+                for n in (1, 2)
+            ))  # fmt: skip
 
         answering = asyncio.create_task(answer())
         too_late = await hold(90)  # 10 steps left: a challenger's trial would not end

@@ -212,27 +212,38 @@ class _Plan:
 
 
 class _Hold:
-    """Keeps the replay waiting while the retrain worker handles the retrain events seen so
-    far (until its log has an outcome line for each, ``HOLD_MAX_S`` at most): in real time a
+    """Keeps the paced replay waiting while the retrain worker handles the retrain events seen
+    so far (until its log has an outcome line for each, ``HOLD_MAX_S`` at most): in real time a
     fine-tuning of a minute is over within a 5-minute step, while at the demo's pace it would
-    let hours of data pass, and a challenger's trial start too late to end in the stream. Not
-    once the steps left are fewer than a trial takes (``trial_steps``): a challenger published
-    then could not serve before the end, and the wait would only make the demo longer."""
+    let hours of data pass, and a challenger's trial start too late to end in the stream. Only
+    for events detected from ``paced_from_s`` on (those of the first days, streamed fast to warm
+    the monitors up, do not hold it), and not once the steps left are fewer than a trial takes
+    (``trial_steps``): a challenger published then could not serve before the end."""
 
     def __init__(
-        self, observed: Observed, retrain_log: Path, say: _Say, end: int = 0, trial_steps: int = 0
+        self,
+        observed: Observed,
+        retrain_log: Path,
+        say: _Say,
+        *,
+        end: int = 0,
+        trial_steps: int = 0,
+        paced_from_s: int = 0,
     ) -> None:
         self.observed = observed
         self.retrain_log = retrain_log
         self.say = say
-        self.end, self.trial_steps = end, trial_steps
+        self.end, self.trial_steps, self.paced_from_s = end, trial_steps, paced_from_s
         self.answered = 0  # outcome lines in the retrain worker's log, when last read
         self.holding = False  # the live view stays quiet meanwhile: nothing flows
 
     def _pending(self) -> int:
-        if len(self.observed.events) > self.answered:  # read the log only when it may be behind
+        """Events of the paced part not answered yet (the retrain worker answers in order)."""
+        events = self.observed.events
+        if len(events) > self.answered:  # read the log only when it may be behind
             self.answered = len(retrain_outcomes(self.retrain_log))
-        return len(self.observed.events) - self.answered
+        paced = sum(epoch_s(event["detected_at"]) >= self.paced_from_s for event in events)
+        return min(len(events) - self.answered, paced)
 
     async def __call__(self, step: int = 0) -> float:
         if self.end and self.end - step <= self.trial_steps:
@@ -259,7 +270,9 @@ async def _stream(
     observed = Observed()
     trial_s = settings.canary_s if settings.canary_mode == "before" else 0.0
     trial_steps = ceil(trial_s / plan.dataset.step_s) + plan.horizon
-    hold = _Hold(observed, retrain_log, say, plan.steps, trial_steps)
+    paced_from_s = int(plan.dataset.start.timestamp()) + plan.fast_steps * plan.dataset.step_s
+    hold = _Hold(observed, retrain_log, say, end=plan.steps, trial_steps=trial_steps,
+                 paced_from_s=paced_from_s)  # fmt: skip
     readers = [
         asyncio.create_task(_read_forecasts(settings, plan.dataset, observed)),
         asyncio.create_task(_read_loop_topics(settings, plan.dataset, observed, say)),
@@ -275,8 +288,7 @@ async def _stream(
             batched=plan.batched,
             steps=plan.fast_steps,
             progress=False,
-            hold=hold,
-        )
+        )  # no hold here: these steps warm the monitors up, as fast as they go
         if plan.steps > plan.fast_steps:
             say(
                 f"then {plan.steps - plan.fast_steps} steps from "
