@@ -447,3 +447,24 @@ def test_semicolons_tabs_and_any_time_header(tmp_path: Path) -> None:
     )
     (tmp_path / "naive.csv").write_text("When,a\n2016-07-01 00:00:00,1\n2016-07-01 00:05:00,2\n")
     assert load_dataset(tmp_path / "naive.csv").sensors == ("naive/a",)  # When: the times
+
+
+def test_npy_arrays_and_an_array_stored_sensors_first(tmp_path: Path, shared: Path) -> None:
+    """ELECTRICITY's original is a (321 clients, 840 hours) array, as transdim stores its
+    data: ``"sensors_first": true`` in ``stcast.json`` says so."""
+    original = shared / "corpus" / "ELECTRICITY_321" / "original" / "electricity35.npy"
+    array = np.load(original)
+    (tmp_path / "clients.npy").write_bytes(original.read_bytes())
+    meta = {"start": "2012-01-01T00:00:00Z", "step_s": 3600, "sensors_first": True}
+    (tmp_path / "stcast.json").write_text(json.dumps(meta))
+    ds = load_dataset(tmp_path / "clients.npy")
+    assert (ds.n_steps, ds.n_sensors, ds.step_s) == (840, 321, 3600)
+    assert np.array_equal(ds.values[:, :, 0], array.T, equal_nan=True)
+    assert ds.sensors[:2] == ("clients/0", "clients/1")
+    (tmp_path / "stcast.json").write_text(json.dumps({**meta, "sensors_first": False}))
+    assert load_dataset(tmp_path / "clients.npy").n_steps == 321  # as stored: (T, N)
+    (tmp_path / "stcast.json").write_text(json.dumps({**meta, "sensors_first": "yes"}))
+    with pytest.raises(DatasetError, match="sensors_first must be true or false"):
+        load_dataset(tmp_path / "clients.npy")
+    (tmp_path / "stcast.json").write_text(json.dumps(meta))
+    assert load_dataset(tmp_path).n_sensors == 321  # a folder holding it, as any data file

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 TIME_COLUMNS = ("ts", "time", "timestamp", "date", "datetime")
 LONG_HEADER = ("sensor", "ts", "value")
-DATA_SUFFIXES = (".npz", ".csv", ".tsv", ".parquet", ".h5", ".hdf5")
+DATA_SUFFIXES = (".npz", ".npy", ".csv", ".tsv", ".parquet", ".h5", ".hdf5")
 
 
 class DatasetError(ValueError):
@@ -47,7 +47,7 @@ def is_data_file(path: Path) -> bool:
     if path.suffix == ".npz":
         with np.load(path) as archive:
             return "data" in archive.files
-    if path.suffix in (".parquet", ".h5", ".hdf5"):
+    if path.suffix in (".npy", ".parquet", ".h5", ".hdf5"):
         return True
     header = {h.strip().lower() for h in _header(path)}
     locations = {"latitude", "longitude"} <= header or {"lat", "lon"} <= header
@@ -73,6 +73,8 @@ def read_grid(file: Path) -> FileGrid:
     """The (T, N, F) values, the source's sensor ids, and the file's own start and step if any."""
     if file.suffix == ".npz":
         return _read_npz(file)
+    if file.suffix == ".npy":
+        return _array_grid(np.asarray(np.load(file, allow_pickle=False), dtype=np.float64), file)
     if file.suffix in (".csv", ".tsv"):  # the delimiter is found from the header
         rows = _csv_rows(file)
         header = [h.strip() for h in rows[0]]
@@ -84,8 +86,8 @@ def read_grid(file: Path) -> FileGrid:
     if file.suffix in (".h5", ".hdf5"):
         return _read_hdf5(file)
     raise DatasetError(
-        f"{file}: unknown format; use .npz (key 'data'), .csv or .tsv, .parquet or .h5 (a "
-        "pandas frame)"
+        f"{file}: unknown format; use .npz (key 'data') or .npy, .csv or .tsv, .parquet or .h5 "
+        "(a pandas frame)"
     )
 
 
@@ -169,7 +171,7 @@ def _array_grid(values: npt.NDArray[np.float64], file: Path) -> FileGrid:
     if values.ndim == 2:
         values = values[:, :, np.newaxis]
     if values.ndim != 3:
-        raise DatasetError(f"{file}: 'data' must be (T, N) or (T, N, F), got {values.shape}")
+        raise DatasetError(f"{file}: the array must be (T, N) or (T, N, F), got {values.shape}")
     return FileGrid(values, [str(i) for i in range(values.shape[1])])
 
 

@@ -1,9 +1,10 @@
 """Datasets as regular grids: T steps by N sensors by F channels, with a start time and a step.
 
-Reads PEMS-style ``.npz`` arrays, wide CSV (a row per time, a column per sensor), and long CSV
-or Parquet (``sensor,ts,value``; Parquet needs pyarrow): see ``dataset_files``. Start and step
-come from the arguments, else from the data's own times, else from ``stcast.json``
-beside the data, else from a table of the shared reference datasets.
+Reads PEMS-style ``.npz`` arrays and ``.npy`` arrays, wide CSV (a row per time, a column per
+sensor), long CSV or Parquet (``sensor,ts,value``; Parquet needs pyarrow) and pandas frames in
+HDF5: see ``dataset_files``. Start and step come from the arguments, else from the data's own
+times, else from ``stcast.json`` beside the data (which may also say that an array is stored
+sensors first), else from a table of the shared reference datasets.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class _Meta:
     step_s: int | None = None
     channels: tuple[str, ...] | None = None
     missing: tuple[float, ...] | None = None
+    sensors_first: bool | None = None  # an array stored (N, T[, F]), as transdim's are
 
     def over(self, fallback: _Meta) -> _Meta:
         """Fields of self, or of ``fallback`` where self has none."""
@@ -94,7 +96,7 @@ class _Meta:
 
 
 def _fields(meta: _Meta) -> tuple[Any, ...]:
-    return meta.name, meta.start, meta.step_s, meta.channels, meta.missing
+    return meta.name, meta.start, meta.step_s, meta.channels, meta.missing, meta.sensors_first
 
 
 def _builtin(file_name: str) -> _Meta:
@@ -125,6 +127,11 @@ def load_dataset(
     grid = read_grid(file)
     values, sensor_ids, found = grid.values, grid.sensor_ids, _Meta(None, grid.start, grid.step_s)
     sidecar = _sidecar(file)
+    if sidecar.sensors_first:
+        if file.suffix not in (".npz", ".npy"):
+            raise DatasetError(f"{file}: sensors_first applies to arrays (.npz, .npy) only")
+        values = values.transpose(1, 0, 2)
+        sensor_ids = [str(i) for i in range(values.shape[1])]
     meta = _Meta(name, start, step_s).over(found).over(sidecar).over(_builtin(file.name))
     codes = [*missing, *(sidecar.missing or ())]
     if codes:
@@ -202,7 +209,11 @@ def _sidecar(file: Path) -> _Meta:
         raise DatasetError(f"{meta_path}: {exc}") from exc
     channels = tuple(raw["channels"]) if "channels" in raw else None
     step = int(raw["step_s"]) if "step_s" in raw else None
-    return _Meta(raw.get("name"), None if start is None else _utc(start), step, channels, missing)
+    first = raw.get("sensors_first")
+    if first is not None and not isinstance(first, bool):
+        raise DatasetError(f"{meta_path}: sensors_first must be true or false, not {first!r}")
+    when = None if start is None else _utc(start)
+    return _Meta(raw.get("name"), when, step, channels, missing, first)
 
 
 def _listed(codes: Any) -> list[Any]:
