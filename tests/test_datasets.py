@@ -468,3 +468,19 @@ def test_npy_arrays_and_an_array_stored_sensors_first(tmp_path: Path, shared: Pa
         load_dataset(tmp_path / "clients.npy")
     (tmp_path / "stcast.json").write_text(json.dumps(meta))
     assert load_dataset(tmp_path).n_sensors == 321  # a folder holding it, as any data file
+
+
+def test_an_npz_of_one_array_whatever_its_name(tmp_path: Path, shared: Path) -> None:
+    """``np.savez(file, array)`` names the array ``arr_0``, as NYC's taxi flows come."""
+    original = (
+        shared / "corpus" / "NYC_MOBILITY" / "original" / "201901-202012-NYCtaxi-inoutflow.npz"
+    )
+    with np.load(original) as archive:
+        flows = archive["arr_0"][:48]  # two days of (zone in, zone out) hourly flows
+    np.savez(tmp_path / "taxi.npz", flows)
+    ds = load_dataset(tmp_path, start=datetime(2019, 1, 1, tzinfo=UTC), step_s=3600)
+    assert (ds.n_steps, ds.n_sensors, len(ds.channels)) == (48, 69, 2)
+    assert np.array_equal(ds.values, flows)
+    np.savez(tmp_path / "taxi.npz", flows, flows)  # two arrays, neither named data
+    with pytest.raises(DatasetError, match=r"no array named 'data' \(found \['arr_0', 'arr_1'\]\)"):
+        load_dataset(tmp_path / "taxi.npz", start=datetime(2019, 1, 1, tzinfo=UTC), step_s=3600)

@@ -46,7 +46,7 @@ def is_data_file(path: Path) -> bool:
         return False
     if path.suffix == ".npz":
         with np.load(path) as archive:
-            return "data" in archive.files
+            return _npz_key(archive.files) is not None
     if path.suffix in (".npy", ".parquet", ".h5", ".hdf5"):
         return True
     header = {h.strip().lower() for h in _header(path)}
@@ -92,11 +92,18 @@ def read_grid(file: Path) -> FileGrid:
 
 
 def _read_npz(file: Path) -> FileGrid:
+    """The archive's ``data`` array, or its only array whatever its name (``np.savez(file,
+    array)`` calls it ``arr_0``, as the NYC taxi and bike flows come)."""
     with np.load(file) as archive:
-        if "data" not in archive.files:
+        key = _npz_key(archive.files)
+        if key is None:
             raise DatasetError(f"{file}: no array named 'data' (found {archive.files})")
-        values = np.asarray(archive["data"], dtype=np.float64)
+        values = np.asarray(archive[key], dtype=np.float64)
     return _array_grid(values, file)
+
+
+def _npz_key(names: list[str]) -> str | None:
+    return "data" if "data" in names else (names[0] if len(names) == 1 else None)
 
 
 def _read_hdf5(file: Path) -> FileGrid:
