@@ -246,11 +246,16 @@ def _check_distinct(times_ms: npt.NDArray[np.int64], cells: npt.NDArray[Any], fi
 ROW_NUMBERS = ("", "unnamed: 0", "index", "no", "instant", "id", "row")
 
 
+def _label(name: str) -> str:
+    """A column's name as the layouts below are recognised by: no padding, quotes or case."""
+    return name.strip().strip('"').lower()
+
+
 def _is_row_number(name: str, cells: list[str], file: Path) -> bool:
     """A first column that numbers the rows (``DataFrame.to_csv``'s unnamed index, a ``No``
     column): named so, and counting up by one, but for at most 1 % of unreadable cells (the
     UCI bike hours' ``instant`` holds a stray byte in row 160), named in a warning."""
-    if name.strip().strip('"').lower() not in ROW_NUMBERS or not cells:
+    if _label(name) not in ROW_NUMBERS or not cells:
         return False
     numbers = [int(cell) if cell.strip().isdigit() else None for cell in cells]
     known = [(row, n) for row, n in enumerate(numbers) if n is not None]
@@ -272,7 +277,7 @@ def _time_parts(header: list[str]) -> list[int] | None:
     """The columns of ``year``, ``month``, ``day`` and, if there, ``hour`` and ``minute`` (as
     the UCI air-quality and bike files write a time), in that order; None without all three
     of the first."""
-    names = [h.strip().lower() for h in header]
+    names = [_label(h) for h in header]
     found = [names.index(part) for part in TIME_PARTS if part in names]
     return found if len(found) >= 3 and all(p in names for p in TIME_PARTS[:3]) else None
 
@@ -290,12 +295,11 @@ def _hour_column(header: list[str], rows: list[list[str]]) -> int | None:
     >>> _hour_column(["ts", "hr"], [["2011-01-01 00:00", "0"]]) is None  # a time already
     True
     """
-    names = [h.strip().strip('"').lower() for h in header]
+    names = [_label(h) for h in header]
     found = next((names.index(name) for name in HOUR_COLUMNS if name in names[1:]), None)
     if found is None or not rows:
         return None
-    first = rows[0][0].strip()
-    if ISO_DATE.fullmatch(first) is None and DATE_SHAPE.fullmatch(first) is None:
+    if DATE_SHAPE.fullmatch(rows[0][0].strip()) is None:  # 2011-01-01, 1/1/2011, 1.1.2011
         return None
     hours = [row[found].strip() for row in rows]
     if not all(hour.isdigit() and int(hour) < 24 for hour in hours):
@@ -356,7 +360,7 @@ def _without_calendar(
     calendar = [
         j
         for j, name in enumerate(sensors)
-        if name.strip().strip('"').lower() in CALENDAR_COLUMNS
+        if _label(name) in CALENDAR_COLUMNS
         and np.array_equal(values[:, j], np.round(values[:, j]), equal_nan=True)
     ]
     if not calendar or len(calendar) == len(sensors):
@@ -594,9 +598,11 @@ def _compact_moments(cells: list[str]) -> list[datetime] | None:
     >>> _compact_moments(["1467331200000", "1467331500000"]) is None  # epoch ms
     True
     """
+    fmt = COMPACT_FORMATS.get(len(cells[0].strip())) if cells else None
+    if fmt is None:  # most columns are told apart by their first cell, without reading on
+        return None
     texts = [cell.strip() for cell in cells]
-    fmt = COMPACT_FORMATS.get(len(texts[0])) if texts else None
-    if fmt is None or not all(len(text) == len(texts[0]) and text.isdigit() for text in texts):
+    if not all(len(text) == len(texts[0]) and text.isdigit() for text in texts):
         return None
     try:
         moments = [datetime.strptime(text, fmt) for text in texts]  # noqa: DTZ007 (naive: UTC)
