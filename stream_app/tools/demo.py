@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..bundled import UNIVERSAL, model_path
+from ..core.canary import hour_ahead_step
 from ..core.forecasters import season_steps
 from ..kafka.clients import topic_reader
 from ..kafka.topics import ensure_topics_sync
@@ -61,7 +62,6 @@ from .demo_report import (
 from .replay import replay
 from .services import WorkerProcess, scrape
 
-HOUR_S = 3_600
 FAST_DAYS = 3  # Friday to Sunday as fast as they go; the holiday Monday is paced
 FAST_SHARE = 0.7  # of a dataset too short for that, the share streamed fast
 PACED_STEPS = 432  # the most steps paced: 86 s at the default 5 a second (PEMS08: 418)
@@ -427,7 +427,7 @@ async def _live_view(
         last_ticks, last_time = ticks, now
         if observed.newest_step < 0 or hold.holding:
             continue  # nothing to show before the first forecast, nor while the replay waits
-        horizon = min(12, HOUR_S // plan.dataset.step_s) or 1
+        horizon = hour_ahead_step(plan.dataset.step_s, plan.horizon)  # as the trial judges
         model_mae, naive_mae, season_mae = _rolling_mae(
             observed, truth, column, horizon, season_steps(plan.dataset.step_s)
         )
