@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli_offline import (
+    dataset_from_args,
     dataset_grid_args,
     evaluate_args,
     evaluate_command,
@@ -179,12 +180,9 @@ def _broker_args(parser: argparse.ArgumentParser) -> None:
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from .kafka.clients import client_options, producer_options
     from .kafka.topics import ensure_topics_sync
-    from .offline.datasets import load_dataset
     from .tools.replay import replay
 
-    dataset = load_dataset(
-        args.dataset, start=args.start, step_s=args.dataset_step_s, missing=args.missing_value
-    )
+    dataset = dataset_from_args(args)
     options = client_options(settings)
     topics = {settings.ticks_topic: settings.partitions}
     ensure_topics_sync(settings.bootstrap_servers, topics, client_options=options)

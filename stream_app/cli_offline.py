@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .offline.datasets import GridDataset
+from .offline.datasets import GridDataset, load_dataset
 from .settings import Settings
 
 
@@ -16,11 +16,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
         from models.training import train
     except ImportError as exc:  # the runtime install has no torch
         raise RuntimeError(f"training needs torch ({exc}): pip install 'stcast[train]'") from None
-    from .offline.datasets import load_dataset
-
-    dataset = load_dataset(
-        args.dataset, start=args.start, step_s=args.dataset_step_s, missing=args.missing_value
-    )
+    dataset = dataset_from_args(args)
     out = Path(args.out or f"models-out/{dataset.name}-{args.protocol}")
     if args.init:
         result = _fine_tune(args, dataset, out)
@@ -181,13 +177,10 @@ def _protocol_and_dataset_args(parser: argparse.ArgumentParser) -> None:
 def evaluate_command(args: argparse.Namespace, settings: Settings) -> int:
     from .bundled import model_path
     from .core.card import UNIVERSAL, ModelCard
-    from .offline.datasets import load_dataset
     from .offline.evaluation import evaluate, format_table
     from .offline.network_context import network_context
 
-    dataset = load_dataset(
-        args.dataset, start=args.start, step_s=args.dataset_step_s, missing=args.missing_value
-    )
+    dataset = dataset_from_args(args)
     model = model_path(args.model) if args.model else None
     if model is not None and not model.is_dir():
         raise ValueError(
@@ -320,6 +313,13 @@ def dataset_grid_args(parser: argparse.ArgumentParser) -> None:
         help="seconds between the dataset's steps (when the data does not say)",
     )
     missing_value_arg(parser)
+
+
+def dataset_from_args(args: argparse.Namespace) -> GridDataset:
+    """The dataset named by ``dataset_grid_args``' flags (and ``--dataset``)."""
+    return load_dataset(
+        args.dataset, start=args.start, step_s=args.dataset_step_s, missing=args.missing_value
+    )
 
 
 def missing_value_arg(parser: argparse.ArgumentParser) -> None:
