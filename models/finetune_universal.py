@@ -213,9 +213,8 @@ def adapt(
     lr: float = LR,
 ) -> TrainResult:
     """Fine-tune ``init``'s universal model on ``parts.train`` at learning rate ``lr``, keep
-    the epoch best on
-    ``parts.val``, export it as ``name@version``; ``parts.test`` is never read, nor is a step of
-    ``held_out`` ever a training target. With
+    the epoch best on ``parts.val``, export it as ``name@version``; ``parts.test`` is never
+    read, nor is a step of ``held_out`` ever a training target. With
     ``sensor_rows`` the model gains an embedding row per sensor of the network (its card then
     lists them; a sensor it does not know gets a row of its own)."""
     start = time.monotonic()
