@@ -79,6 +79,21 @@ def test_the_demo_ends_in_minutes_on_any_dataset() -> None:
     assert plan_steps(1282, 170, 300, 0) == (1282, 864)  # --steps 0: as if none were given
 
 
+def test_the_demo_trial_fits_its_paced_part_unless_the_user_sets_one() -> None:
+    """Two hours at 5 minutes (a challenger published on the Tuesday morning can serve before
+    the end), the default 6 hours on an hourly grid, and STCAST_CANARY_S as the user set it."""
+    from stream_app.settings import Settings
+    from stream_app.tools.demo import trial_s
+
+    settings = Settings()
+    assert settings.canary_s == 21_600
+    assert trial_s(settings, 300, {}) == 7_200
+    assert trial_s(settings, 3_600, {}) == 21_600
+    assert trial_s(settings.replace(canary_s=1_800), 300, {}) == 1_800
+    user = Settings.from_env({"STCAST_CANARY_S": "36000"})
+    assert trial_s(user, 300, {"STCAST_CANARY_S": "36000"}) == 36_000
+
+
 def test_leads_and_steps_read_as_a_person_says_them() -> None:
     from stream_app.tools.demo import _step_text
     from stream_app.tools.demo_report import lead

@@ -11,7 +11,8 @@
    morning after) at ``--steps-per-s``. While the retrain worker answers a retrain event the
    replay waits (``_Hold``), as real time would hardly move meanwhile. A retrain fine-tunes
    the serving model for this network and publishes a network version, which the worker tries
-   in the shadow before it serves.
+   in the shadow before it serves (for ``TRIAL_STEPS`` steps: the default 6 hours would outlast
+   the paced part's newest retrains).
 4. A live view every two seconds: data time, ticks per second, the rolling MAE of the last
    hour's forecasts against persistence and seasonal naive on the same targets, drift events,
    retrains and the serving version, all read from the topics (forecasts, retrain events, model
@@ -27,10 +28,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import ceil
 from pathlib import Path
@@ -46,7 +48,7 @@ from ..kafka.topics import ensure_topics_sync
 from ..loop.registry import Registry
 from ..offline.datasets import GridDataset, load_dataset
 from ..offline.network_context import network_context
-from ..settings import Settings
+from ..settings import Settings, env_name
 from .broker import EmbeddedBroker
 from .demo_report import (
     REPORTED_HORIZONS,
@@ -68,6 +70,11 @@ PACED_STEPS = 432  # the most steps paced: 86 s at the default 5 a second (PEMS0
 DEFAULT_TICKS = 600_000  # without --steps, the most ticks streamed (PEMS08's slice: 217,940)
 ROLLING_STEPS = 12  # the live view's rolling MAE: forecasts of the last hour of data
 RETRAIN_MAX_S = 20.0
+# A challenger's trial in the shadow lasts at most this many grid steps (2 hours at 5 minutes,
+# the default 6 hours on coarser grids), unless STCAST_CANARY_S is set: the paced part is a day
+# and a half, and a 6-hour trial of a challenger published on the Tuesday morning would outlast
+# the stream, so no drift-triggered version would ever serve in the demo.
+TRIAL_STEPS = 24
 # a retrain also waits for the history to catch up, exports and validates: the longest hold
 HOLD_MAX_S = RETRAIN_MAX_S + 40.0
 DRAIN_S = 30.0  # after the replay, give up on the last forecasts after this long without one
@@ -83,6 +90,13 @@ def plan_steps(n_steps: int, n_sensors: int, step_s: int, steps: int | None) -> 
     steps = min(steps, n_steps)
     fast = min(FAST_DAYS * 86_400 // step_s, int(FAST_SHARE * steps))
     return steps, max(fast, steps - PACED_STEPS)
+
+
+def trial_s(settings: Settings, step_s: int, environ: Mapping[str, str]) -> float:
+    """The demo's trial: ``STCAST_CANARY_S`` when set, else at most ``TRIAL_STEPS`` steps."""
+    if env_name("canary_s") in environ:
+        return settings.canary_s
+    return min(settings.canary_s, float(TRIAL_STEPS * step_s))
 
 
 def _step_text(step_s: int) -> str:
@@ -120,7 +134,10 @@ def run_demo(
         first = registry.publish(settings.model_path or model_path(UNIVERSAL))
         graph = graph_file(dataset_path) if batched else None
         with EmbeddedBroker() as broker:
-            settings = settings.replace(bootstrap_servers=broker.bootstrap_servers)
+            settings = settings.replace(
+                bootstrap_servers=broker.bootstrap_servers,
+                canary_s=trial_s(settings, dataset.step_s, os.environ),
+            )
             _create_topics(settings)
             common = {
                 **vars(settings),

@@ -244,8 +244,9 @@ def format_report(report: dict[str, Any]) -> str:
         ),
         f"MAE ({report.get('channel', 'readings')}, zero readings ignored):",
     ]
+    width = max(map(len, report["mae"]), default=0)
     for name, by in report["mae"].items():
-        lines.append(f"  {name:<50} " + "  ".join(f"{k} {v:6.2f}" for k, v in by.items()))
+        lines.append(f"  {name:<{width}} " + "  ".join(f"{k} {v:6.2f}" for k, v in by.items()))
     coverage = dict(report.get("interval_coverage", {}))
     horizon = coverage.pop("horizon", "")
     if coverage:
