@@ -11,7 +11,7 @@ baseline forecasts, is in :mod:`stream_app.offline.eval_baselines`; the metrics 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,21 +112,28 @@ def evaluate(
     samples = evaluation_samples(dataset, parts)
     if len(samples) == 0:
         raise ValueError(_nothing_to_score(dataset, parts, samples))
-    forecasts = baseline_forecasts(dataset, parts, samples)
+    # The baselines are scored and let go before the model forecasts: a test part of millions
+    # of windows never holds their forecasts and the model's quantiles at once.
+    scored = {
+        m: score(f, samples.targets, parts)
+        for m, f in baseline_forecasts(dataset, parts, samples).items()
+    }
     coverage = None
     if forecaster is not None:
         inputs = ModelInputs(target_series(dataset, parts), neighbours, calendar_known)
         if forecaster.card.quantiles:
             quantiles = model_quantiles(forecaster, dataset, samples, inputs, chunk)
             quantiles = quantiles[:, :, : parts.horizon]
-            forecasts["model"] = quantiles[:, forecaster.card.quantiles.index(0.5)]
+            median = quantiles[:, forecaster.card.quantiles.index(0.5)]
+            scored["model"] = score(median, samples.targets, parts)
             coverage = interval_coverage(quantiles, forecaster.card.quantiles, samples, parts)
             coverage["served"] = served_coverage(
                 quantiles, forecaster.card.quantiles, samples, parts, interval_rate
             )
         else:
-            forecasts["model"] = model_forecasts(forecaster, dataset, samples, chunk)
-    metrics = {m: score(forecasts[m], samples.targets, parts) for m in METHODS if m in forecasts}
+            forecasts = model_forecasts(forecaster, dataset, samples, chunk)
+            scored["model"] = score(forecasts, samples.targets, parts)
+    metrics = {m: scored[m] for m in METHODS if m in scored}
     labels = tuple(parts.horizon_labels(dataset.step_s))
     return Report(dataset.name, protocol, labels, metrics, len(samples), samples.skipped, coverage)
 
@@ -237,7 +244,7 @@ def model_quantiles(
     window = forecaster.window
     pad = padded(inputs.series, window)
     last_ts = dataset.timestamps()[samples.ends]
-    out = []
+    out = np.empty((len(samples), len(forecaster.quantiles), forecaster.horizon))
     for i in range(0, len(samples), chunk):
         ends, sensors = samples.ends[i : i + chunk], samples.sensors[i : i + chunk]
         nb = None
@@ -250,10 +257,8 @@ def model_quantiles(
             nb,
             inputs.calendar_known,
         )
-        out.append(forecaster.forecast_quantiles(batch))
-    if not out:
-        return np.empty((0, len(forecaster.quantiles), forecaster.horizon))
-    return np.concatenate(out)
+        out[i : i + chunk] = forecaster.forecast_quantiles(batch)
+    return out
 
 
 def interval_coverage(
@@ -300,26 +305,28 @@ def served_coverage(
     targets, scored = samples.targets, _scored(samples, parts)
     calibration = IntervalCalibration.for_levels(horizon, levels, rate)
     sensors = len(np.unique(samples.sensors))
-    times = samples.target_steps()  # (pairs, horizon): the step each target arrives
-    pair, step = np.nonzero(scored)
-    by_arrival = np.argsort(times[pair, step], kind="stable")
-    pair, step = pair[by_arrival], step[by_arrival]
-    arrivals = times[pair, step]
-    order = np.argsort(samples.ends, kind="stable")
-    ends = samples.ends[order]
-    for now in np.unique(np.concatenate([arrivals, ends])):
-        a, b = np.searchsorted(arrivals, [now, now + 1])
-        if b > a:  # score what arrives now, with the interval it was served with
-            p, h = pair[a:b], step[a:b]
+    made_at = _by_window_end(samples.ends)
+    first = int(samples.ends.min()) if len(samples) else 0
+    last = int(samples.ends.max()) + horizon if len(samples) else -1
+    for now in range(first, last + 1):
+        # Score what arrives now (the k-th target of every window that ended k steps ago) with
+        # the interval it was served with; then forecast from it.
+        pairs, steps = [], []
+        for ahead in range(horizon):
+            ended = made_at(now - 1 - ahead)
+            pairs.append(ended[scored[ended, ahead]])
+            steps.append(np.full(len(pairs[-1]), ahead))
+        p = np.concatenate(pairs)
+        if len(p):
+            h = np.concatenate(steps)
             inside = ((targets[p, h] >= low[p, h]) & (targets[p, h] <= high[p, h])).astype(float)
             calibration.update(
-                Scores(samples.sensors[p], h + 1, np.zeros(b - a), np.arange(b - a),
+                Scores(samples.sensors[p], h + 1, np.zeros(len(p)), np.arange(len(p)),
                        inside=inside),
                 sensors,
             )  # fmt: skip
-        c, d = np.searchsorted(ends, [now, now + 1])
-        if d > c:  # then forecast from it
-            made = order[c:d]
+        made = made_at(now)
+        if len(made):
             low[made], high[made] = calibration.apply(
                 median[made], median[made], low[made], high[made]
             )
@@ -328,6 +335,23 @@ def served_coverage(
         **_shares_inside(low, high, samples, parts),
         "scale": [float(v) for v in calibration.scale],
     }
+
+
+def _by_window_end(ends: IntArray) -> Callable[[int], IntArray]:
+    """The pairs whose window ends at a given step, in pair order: slices of one sort."""
+    order = np.argsort(ends, kind="stable")
+    first = int(ends.min()) if len(ends) else 0
+    steps = np.arange(first, int(ends.max()) + 2) if len(ends) else np.arange(0)
+    bounds = np.searchsorted(ends[order], steps)
+
+    def made_at(step: int) -> IntArray:
+        i = step - first
+        if i < 0 or i + 1 >= len(bounds):
+            return order[:0]
+        found: IntArray = order[bounds[i] : bounds[i + 1]]
+        return found
+
+    return made_at
 
 
 def mae_from_forecasts(
