@@ -77,6 +77,30 @@ def test_a_swap_a_lost_row_or_a_new_firing_starts_from_no_evidence() -> None:
     assert feedback.active == 0
 
 
+def test_the_mix_ends_a_quiet_context_after_the_monitor_last_fired() -> None:
+    """Counted in one-step-ahead actuals of the row (its other steps do not count); a new
+    firing starts the count again; a row that never fired is untouched."""
+    feedback = ErrorFeedback(horizon=2, rate=0.5, quiet_steps=3)
+    assert feedback.quiet_steps == 3 and ErrorFeedback(2, 0.5).quiet_steps == 288
+    feedback.activate(0)
+    feedback.activate(1)
+    rows = np.array([0, 1, 2])
+    for _ in range(2):
+        feedback.update(scores([0, 0, 1, 2], [1, 2, 2, 1], [10.0] * 4, [0.0] * 4))
+    assert feedback.weights(rows)[:, 0].tolist() == [1.0, 0.0, 0.0]  # row 1: no step-1 error yet
+    assert feedback.weights(rows)[:, 1].tolist() == [1.0, 1.0, 0.0]
+    feedback.activate(0)  # fired again after two quiet steps: three more from now
+    for _ in range(2):
+        feedback.update(scores([0, 1], [1, 1], [10.0, 10.0], [0.0, 0.0]))
+    assert feedback.active == 2
+    feedback.update(scores([1], [1], [10.0], [0.0]))  # row 1's third
+    assert feedback.active == 1
+    assert feedback.weights(rows)[:, 0].tolist() == [1.0, 0.0, 0.0]
+    feedback.update(scores([0], [1], [10.0], [0.0]))  # row 0's third since it fired again
+    assert feedback.active == 0
+    assert not feedback.weights(rows).any()
+
+
 def test_the_rate_must_be_a_share() -> None:
     for rate in (0.0, 1.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="rate"):

@@ -15,8 +15,8 @@
    the paced part's newest retrains).
 4. A live view every two seconds: data time, ticks per second, the rolling MAE of the last
    hour's forecasts against persistence and seasonal naive on the same targets, drift events,
-   retrains and the serving version, all read from the topics (forecasts, retrain events, model
-   updates) and the worker's metrics.
+   models published and the serving version, all read from the topics (forecasts, retrain
+   events, model updates) and the worker's metrics.
 5. A report (``--json`` for machines): accuracy by horizon and model version against the same
    baselines on the same targets, scored against the dataset itself, the events, the models
    published, and what version 1 would have done on the targets its successors served.
@@ -450,6 +450,7 @@ async def _live_view(
         )
         newest = observed.newest_step
         serving = observed.swaps[-1][0] if observed.swaps else "-"
+        published = sum("rollback" not in u.get("validation", {}) for u in observed.updates)
         covered = samples.get(f'stcast_interval_coverage{{horizon="{horizon}"}}')
         known = covered is not None and np.isfinite(covered)
         interval = f", 80 % interval holds {covered:.0%}" if known else ""
@@ -457,7 +458,7 @@ async def _live_view(
             f"  {step_time(plan.dataset, max(newest, 0))}  {rate:>8,.0f} ticks/s  "
             f"MAE {lead(horizon * plan.dataset.step_s)} {model_mae:6.1f} vs persistence "
             f"{naive_mae:6.1f}, seasonal naive {season_mae:6.1f}{interval}  drift events "
-            f"{len(observed.events)}  retrains {len(observed.updates)}  serving {serving}"
+            f"{len(observed.events)}  published {published}  serving {serving}"
         )
 
 
