@@ -353,3 +353,27 @@ def test_the_served_interval_is_calibrated_in_arrival_order_whatever_the_pairs_o
     assert served["per_step"] == list(inside.sum(axis=0) / scored.sum(axis=0))
     assert served["scale"] == scale
     assert 0.3 < served["overall"] < 0.98
+
+
+def test_offline_neighbour_context_reads_a_shared_neighbour_once_with_the_same_numbers() -> None:
+    """``neighbour_contexts`` normalises each (step, neighbour) window once however many pairs
+    share it: the same numbers as each pair's neighbours taken one by one, with a missing
+    neighbour (-1), a sensor without any, pairs out of order and NaN in the series."""
+    from stream_app.core.contexts import neighbour_context
+    from stream_app.offline.model_inputs import neighbour_contexts, padded
+
+    rng = np.random.default_rng(5)
+    series = rng.gamma(3.0, 20.0, size=(60, 5))
+    series[rng.random(series.shape) < 0.1] = np.nan
+    pad = padded(series, 16)
+    index = np.array([[1, 2], [0, -1], [0, 1], [-1, -1], [3, 2]], dtype=np.int64)
+    weight = rng.random(index.shape).astype(np.float32)
+    ends = np.array([30, 30, 30, 30, 30, 12, 59, 12, 40, 30], dtype=np.int64)
+    sensors = np.array([0, 1, 2, 3, 4, 2, 0, 4, 1, 0], dtype=np.int64)
+    got = neighbour_contexts(pad, ends, sensors, 16, index, weight)
+    for i, (end, sensor) in enumerate(zip(ends.tolist(), sensors.tolist(), strict=True)):
+        own = index[sensor : sensor + 1]
+        windows = pad[end : end + 16].T  # every sensor's window ending at ``end``
+        want = neighbour_context(windows, own, weight[sensor : sensor + 1])[0]
+        np.testing.assert_array_equal(got[i], want)
+    assert np.isnan(got[3]).all() and np.isfinite(got[0]).any()

@@ -50,7 +50,11 @@ def neighbour_contexts(
     mine = index[sensors]  # (pairs, k)
     real = mine >= 0
     which, _ = np.nonzero(real)  # only real neighbours' contexts are read
-    rows = ends[which, None] + np.arange(context)
+    # A neighbour's window at a step is the same for every sensor it neighbours: read and
+    # normalise each (step, neighbour) once (a chunk of a test part holds each about k times).
+    width = pad.shape[1]
+    read, flat_read = np.unique(ends[which] * width + mine[real], return_inverse=True)
+    rows = read[:, None] // width + np.arange(context)
     flat = np.full(mine.shape, -1, dtype=np.int64)
-    flat[real] = np.arange(len(which))
-    return neighbour_context(pad[rows, mine[real][:, None]], flat, weight[sensors])
+    flat[real] = flat_read.reshape(-1)
+    return neighbour_context(pad[rows, read[:, None] % width], flat, weight[sensors])
