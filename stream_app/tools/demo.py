@@ -70,10 +70,10 @@ PACED_STEPS = 432  # the most steps paced: 86 s at the default 5 a second (PEMS0
 DEFAULT_TICKS = 600_000  # without --steps, the most ticks streamed (PEMS08's slice: 217,940)
 ROLLING_STEPS = 12  # the live view's rolling MAE: forecasts of the last hour of data
 RETRAIN_MAX_S = 20.0
-# A challenger's trial in the shadow lasts at most this many grid steps (2 hours at 5 minutes,
-# the default 6 hours on coarser grids), unless STCAST_CANARY_S is set: the paced part is a day
-# and a half, and a 6-hour trial of a challenger published on the Tuesday morning would outlast
-# the stream, so no drift-triggered version would ever serve in the demo.
+# A challenger's trial in the shadow lasts at most this many grid steps (2 hours at 5 minutes;
+# from 15-minute steps on, the worker's 6 hours), unless STCAST_CANARY_S is set: PEMS08's paced
+# part is a day and a half, and a 6-hour trial of the challenger published on the Tuesday
+# morning outlasted the stream, so no drift-triggered version ever served in the demo.
 TRIAL_STEPS = 24
 # a retrain also waits for the history to catch up, exports and validates: the longest hold
 HOLD_MAX_S = RETRAIN_MAX_S + 40.0
