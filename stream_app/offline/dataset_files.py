@@ -207,10 +207,11 @@ def _read_wide(header: list[str], rows: list[list[str]], file: Path) -> FileGrid
                 for row in rows]  # fmt: skip
         header = [header[0], *_without(header, [0, hour])]
     firsts = [row[0] for row in rows]
+    compact = _compact_moments(firsts)  # read once: the times below are these
     has_time = (
         header[0].lower() in TIME_COLUMNS
         or _is_time(firsts[0] if firsts else "")
-        or _compact_moments(firsts) is not None
+        or compact is not None
     )
     cells = np.array(rows, dtype=object)
     sensors = header[1:] if has_time else header
@@ -222,7 +223,7 @@ def _read_wide(header: list[str], rows: list[list[str]], file: Path) -> FileGrid
     if not has_time:
         return FileGrid(values[:, :, np.newaxis], sensors)
     values, sensors = _without_calendar(values, sensors, file)
-    times_ms = _times_ms([str(c) for c in cells[:, 0]], file)
+    times_ms = _times_ms([str(c) for c in cells[:, 0]], file, compact)
     _check_distinct(times_ms, cells[:, 0], file)
     index, start, step_s = _regular_axis(times_ms, file)
     grid = np.full((int(index[-1]) + 1, len(sensors)), np.nan)
@@ -556,13 +557,15 @@ ACCEPTED = (
 )
 
 
-def _times_ms(cells: list[str], file: Path) -> npt.NDArray[np.int64]:
+def _times_ms(
+    cells: list[str], file: Path, compact: list[datetime] | None = None
+) -> npt.NDArray[np.int64]:
     """Epoch milliseconds of a column of times (``ACCEPTED``), each cell an integer epoch-ms
     string or a time. Times without an offset are read as UTC (``NAIVE``); a column may not mix
-    times with and without one."""
+    times with and without one. ``compact``: the column already read as compact dates."""
     texts = [cell.strip() for cell in cells]
     out = np.zeros(len(texts), dtype=np.int64)
-    compact = _compact_moments(texts)
+    compact = compact if compact is not None else _compact_moments(texts)
     timed = [i for i, text in enumerate(texts) if compact or not text.lstrip("-").isdigit()]
     for i in set(range(len(texts))) - set(timed):
         out[i] = int(texts[i])
