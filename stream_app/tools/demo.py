@@ -58,6 +58,7 @@ from .demo_report import (
     epoch_s,
     format_report,
     lead,
+    published,
     retrain_outcomes,
     step_time,
 )
@@ -285,8 +286,8 @@ async def _stream(
 ) -> Observed:
     _cancel_on_signals(asyncio.current_task())
     observed = Observed()
-    trial_s = settings.canary_s if settings.canary_mode == "before" else 0.0
-    trial_steps = ceil(trial_s / plan.dataset.step_s) + plan.horizon
+    shadow_s = settings.canary_s if settings.canary_mode == "before" else 0.0  # the trial's
+    trial_steps = ceil(shadow_s / plan.dataset.step_s) + plan.horizon
     paced_from_s = int(plan.dataset.start.timestamp()) + plan.fast_steps * plan.dataset.step_s
     hold = _Hold(observed, retrain_log, say, end=plan.steps, trial_steps=trial_steps,
                  paced_from_s=paced_from_s)  # fmt: skip
@@ -450,7 +451,6 @@ async def _live_view(
         )
         newest = observed.newest_step
         serving = observed.swaps[-1][0] if observed.swaps else "-"
-        published = sum("rollback" not in u.get("validation", {}) for u in observed.updates)
         covered = samples.get(f'stcast_interval_coverage{{horizon="{horizon}"}}')
         known = covered is not None and np.isfinite(covered)
         interval = f", 80 % interval holds {covered:.0%}" if known else ""
@@ -458,7 +458,7 @@ async def _live_view(
             f"  {step_time(plan.dataset, max(newest, 0))}  {rate:>8,.0f} ticks/s  "
             f"MAE {lead(horizon * plan.dataset.step_s)} {model_mae:6.1f} vs persistence "
             f"{naive_mae:6.1f}, seasonal naive {season_mae:6.1f}{interval}  drift events "
-            f"{len(observed.events)}  published {published}  serving {serving}"
+            f"{len(observed.events)}  published {len(published(observed))}  serving {serving}"
         )
 
 

@@ -213,16 +213,17 @@ def _published_unread(observed: Observed) -> list[str]:
     return [model for model in named if model not in announced]
 
 
+def published(observed: Observed) -> list[str]:
+    """The versions announced as new (a rollback's announcement of an old one aside)."""
+    return [u["model"] for u in observed.updates if "rollback" not in u.get("validation", {})]
+
+
 def _on_trial(observed: Observed, served: list[tuple[str, int]]) -> list[str]:
     """Versions published that had neither served nor been judged when the stream ended: still
     in their trial (they would serve only after it)."""
     judged = {line.split()[2] for line in observed.canaries}  # "trial of NEW against OLD ..."
     done = judged | {model for model, _ in served}
-    return [
-        u["model"]
-        for u in observed.updates
-        if "rollback" not in u.get("validation", {}) and u["model"] not in done
-    ]
+    return [model for model in published(observed) if model not in done]
 
 
 def format_report(report: dict[str, Any]) -> str:
