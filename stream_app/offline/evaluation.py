@@ -305,10 +305,8 @@ def served_coverage(
     targets, scored = samples.targets, _scored(samples, parts)
     calibration = IntervalCalibration.for_levels(horizon, levels, rate)
     sensors = len(np.unique(samples.sensors))
-    made_at = _by_window_end(samples.ends)
-    first = int(samples.ends.min()) if len(samples) else 0
-    last = int(samples.ends.max()) + horizon if len(samples) else -1
-    for now in range(first, last + 1):
+    made_at, ends = _by_window_end(samples.ends)
+    for now in range(ends.start, ends.stop + horizon):
         # Score what arrives now (the k-th target of every window that ended k steps ago) with
         # the interval it was served with; then forecast from it.
         pairs, steps = [], []
@@ -337,21 +335,21 @@ def served_coverage(
     }
 
 
-def _by_window_end(ends: IntArray) -> Callable[[int], IntArray]:
-    """The pairs whose window ends at a given step, in pair order: slices of one sort."""
+def _by_window_end(ends: IntArray) -> tuple[Callable[[int], IntArray], range]:
+    """The pairs whose window ends at a given step, in pair order (slices of one sort), and
+    the steps from the first window end to the last (empty without pairs)."""
     order = np.argsort(ends, kind="stable")
-    first = int(ends.min()) if len(ends) else 0
-    steps = np.arange(first, int(ends.max()) + 2) if len(ends) else np.arange(0)
-    bounds = np.searchsorted(ends[order], steps)
+    span = range(int(ends.min()), int(ends.max()) + 1) if len(ends) else range(0)
+    bounds = np.searchsorted(ends[order], np.arange(span.start, span.stop + 1))
 
     def made_at(step: int) -> IntArray:
-        i = step - first
+        i = step - span.start
         if i < 0 or i + 1 >= len(bounds):
             return order[:0]
         found: IntArray = order[bounds[i] : bounds[i + 1]]
         return found
 
-    return made_at
+    return made_at, span
 
 
 def mae_from_forecasts(
