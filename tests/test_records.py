@@ -7,9 +7,11 @@ import json
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from stream_app.core.records import (
+    ForecastText,
     Incoming,
     Reason,
     Rejected,
@@ -208,14 +210,46 @@ def test_forecast_values_go_from_float32_arrays_to_text() -> None:
 
 def test_a_forecast_batch_is_keyed_like_its_tick_batch_and_read_back_whole() -> None:
     ticks = Incoming("stcast.ticks", 0, 5, b"pems08", b"")
-    records = [{"sensor": "a", "values": np.zeros(2, np.float32)}, {"sensor": "b"}]
+    records = [encode_json({"sensor": "a", "values": np.zeros(2, np.float32)}), b'{"sensor":"b"}']
     key, value = forecast_batch(records, ticks)
     assert key == b"pems08"
     assert json.loads(value) == {
         "forecasts": [{"sensor": "a", "values": [0.0, 0.0]}, {"sensor": "b"}]
     }
+    assert value == encode_json({"forecasts": [json.loads(r) for r in records]})
     assert [f["sensor"] for f in forecasts_in(value)] == ["a", "b"]
     assert forecasts_in(b'{"sensor": "c", "values": [1.0]}') == [{"sensor": "c", "values": [1.0]}]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("horizon", [1, 12])
+def test_forecast_text_is_the_record_dicts_encoding(dtype: type, horizon: int) -> None:
+    """``ForecastText`` builds each record from pieces; it must be byte for byte what orjson
+    makes of the record's dict, with and without quantiles and quarantine, for odd sensor
+    names, odd numbers and a non-finite bound."""
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=(5, horizon)) * 10.0 ** rng.integers(-8, 30, size=(5, 1))
+    values = values.astype(dtype)
+    values[1, 0] = 0.1
+    values[2, -1] = -0.0
+    low, high = values - 1, values + 1
+    high[3, 0] = np.nan  # written as null, as orjson writes it in an array
+    sensors = ['pems08/"17"', "é/ünï", "a\\b", "tab\there", "x"]
+    for interval in (None, (low, high)):
+        text = ForecastText(values, interval, 3600, 'universal@"1"', "2026-12-07T10:00:00Z")
+        for row, sensor in enumerate(sensors):
+            stuck = row % 2 == 1
+            record: dict[str, Any] = {
+                "sensor": sensor, "ts": "2016-07-01T00:05:00Z", "step_s": 3600,
+                "values": values[row], "model": 'universal@"1"',
+                "emitted_at": "2026-12-07T10:00:00Z", "imputed": row,
+            }  # fmt: skip
+            if interval is not None:
+                record["quantiles"] = {"0.1": low[row], "0.9": high[row]}
+            if stuck:
+                record["quarantined"] = "stuck"
+            built = text.record(row, orjson.dumps(sensor), b'"2016-07-01T00:05:00Z"', row, stuck)
+            assert built == encode_json(record)
 
 
 WHERE = Incoming(topic="stcast.ticks", partition=3, offset=41, key=b"pems08/17", value=b"")

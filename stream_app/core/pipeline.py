@@ -25,6 +25,7 @@ from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from .canary import Canary, CanaryVerdict, judged_steps, median_forecast
 from .card import UNIVERSAL
@@ -46,13 +47,13 @@ from .forecasters import FloatArray, Forecaster, IntArray, QuantileForecaster, W
 from .metrics import Metrics
 from .readings import ReadingSink
 from .records import (
+    ForecastText,
     Incoming,
     Reason,
     Rejected,
     Tick,
     TimestampParser,
     encode_dead_letter,
-    encode_json,
     forecast_batch,
     format_ts,
     tick_from_json,
@@ -119,7 +120,7 @@ class Pipeline:
         self.columnar = columnar  # False: every message through the reference decoder
         self.forecast_batch = forecast_batch  # a tick batch answered by one forecast batch
         self._step_ms = step_s * 1000
-        self._ts_text: dict[int, str] = {}
+        self._ts_json: dict[int, bytes] = {}  # a slot's time as a JSON string
         self._newest_ms = 0
         self._newest_slot: dict[int, int] = {}  # per partition: partitions are read unevenly
         self._restoring = False
@@ -750,39 +751,33 @@ class Pipeline:
         made_by: IntArray,
         output: Output,
     ) -> None:
-        """The chunk's forecast records, values straight from the float32 arrays (``orjson``):
+        """The chunk's forecast records, written by ``ForecastText`` from the float32 arrays:
         a record each, or, for the ticks of a tick batch with ``forecast_batch``, one forecast
         batch record per batch (its rows are consecutive in the chunk)."""
         step_ms = self._step_ms
-        emitted_at = format_ts(int(self.clock() * 1000))
-        model, step_s = self.forecaster.model_id, self.step_s
-        rows = zip(chunk.states, chunk.slots, finite, chunk.imputed, chunk.origins, strict=True)
-        numbers = _compact(values)
-        low = high = None
+        interval = None
         if chunk.interval is not None:
-            low, high = (_compact(bound) for bound in chunk.interval)
+            interval = (_compact(chunk.interval[0]), _compact(chunk.interval[1]))
+        text = ForecastText(
+            _compact(values), interval, self.step_s, self.forecaster.model_id,
+            format_ts(int(self.clock() * 1000)),
+        )  # fmt: skip
+        rows = zip(chunk.states, chunk.slots, finite, chunk.imputed, chunk.origins, strict=True)
         stuck = self._stuck(made_by)
-        batch: list[dict[str, object]] = []
+        batch: list[bytes] = []
         batch_origin: Incoming | None = None
         for i, (state, slot, is_finite, imputed, origin) in enumerate(rows):
             if batch and origin is not batch_origin:
                 output.forecasts.append(forecast_batch(batch, batch_origin))
                 batch = []
-            ts = self._ts_text.get(slot) or self._remember_ts(slot, slot * step_ms)
+            ts = self._ts_json.get(slot) or self._remember_ts(slot, slot * step_ms)
             if not is_finite:
-                self._model_failed(state, ts, list(chunk.rows[i]), output)
+                self._model_failed(state, format_ts(slot * step_ms), list(chunk.rows[i]), output)
                 continue
-            record: dict[str, object] = {
-                "sensor": state.sensor, "ts": ts, "step_s": step_s, "values": numbers[i],
-                "model": model, "emitted_at": emitted_at, "imputed": imputed,
-            }  # fmt: skip
-            if low is not None and high is not None:
-                record["quantiles"] = {"0.1": low[i], "0.9": high[i]}
-            if stuck is not None and stuck[i]:
-                record["quarantined"] = "stuck"
+            record = text.record(i, state.name_json, ts, imputed, stuck is not None and stuck[i])
             output.consumed_at.append(chunk.consumed_at[i])
             if origin is None:
-                output.forecasts.append((state.key, encode_json(record)))
+                output.forecasts.append((state.key, record))
             else:
                 batch.append(record)
                 batch_origin = origin
@@ -812,10 +807,11 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.rejected.labels(reason=str(Reason.INTERNAL)).inc()
 
-    def _remember_ts(self, slot: int, ts_ms: int) -> str:
-        if len(self._ts_text) > 4096:
-            self._ts_text.clear()
-        text = self._ts_text[slot] = format_ts(ts_ms)
+    def _remember_ts(self, slot: int, ts_ms: int) -> bytes:
+        """A slot's time as a JSON string, kept for the slots that follow."""
+        if len(self._ts_json) > 4096:
+            self._ts_json.clear()
+        text = self._ts_json[slot] = orjson.dumps(format_ts(ts_ms))
         return text
 
     def _watch(self, scores: Scores) -> None:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from enum import Enum
 from typing import cast
 
+import orjson
+
 from .records import Reason, Rejected
 
 NAN = math.nan
@@ -198,12 +200,13 @@ class RollingWindow:
 class SensorState:
     """Everything the worker keeps for one sensor."""
 
-    __slots__ = ("index", "key", "partition", "sensor", "window")
+    __slots__ = ("index", "key", "name_json", "partition", "sensor", "window")
 
     def __init__(self, sensor: str, index: int, window: RollingWindow, partition: int) -> None:
         self.sensor = sensor
         self.index = index
         self.key = sensor.encode()
+        self.name_json = orjson.dumps(sensor)  # as its forecast records write it
         self.window = window
         self.partition = partition
 
