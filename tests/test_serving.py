@@ -22,6 +22,7 @@ from stream_app.core.pipeline import Pipeline
 from stream_app.core.records import Incoming
 from stream_app.kafka.serving import Commits, ConsumerLag, OutputWriter, incoming, tick_consumer
 from stream_app.kafka.topics import ensure_topics_sync
+from stream_app.kafka.unreadable import TolerantReader
 from stream_app.settings import Settings
 from stream_app.tools.broker import EmbeddedBroker
 
@@ -269,15 +270,19 @@ def record(partition: int, offset: int, value: bytes) -> ConsumerRecord[bytes, b
     return ConsumerRecord("t", partition, offset, 0, 0, b"k", value, None, 1, len(value), ())
 
 
-def test_incoming_keeps_each_record_and_the_next_offset_per_partition() -> None:
-    records = {P0: [record(0, 4, b"a"), record(0, 5, b"b")], P1: [record(1, 7, b"c")]}
+def test_incoming_keeps_each_partitions_order_and_takes_the_partitions_in_turn() -> None:
+    records = {
+        P0: [record(0, 4, b"a"), record(0, 5, b"b"), record(0, 6, b"c")],
+        P1: [record(1, 7, b"d")],
+    }
     messages, offsets = incoming(records)
     assert [(m.partition, m.offset, m.value) for m in messages] == [
         (0, 4, b"a"),
+        (1, 7, b"d"),
         (0, 5, b"b"),
-        (1, 7, b"c"),
+        (0, 6, b"c"),
     ]
-    assert offsets == {P0: 6, P1: 8}
+    assert offsets == {P0: 7, P1: 8}
 
 
 def test_start_and_stop_once() -> None:
@@ -392,6 +397,50 @@ def test_consumer_lag_is_high_watermark_minus_position_per_owned_partition() -> 
         {"1": 0.0},
         {},
     ]
+
+
+@pytest.mark.integration
+def test_a_micro_batch_takes_an_equal_share_of_each_partition_waiting(
+    broker: EmbeddedBroker,
+) -> None:
+    """A worker behind on three partitions reads them side by side: each micro-batch takes
+    at most a third of ``max_records`` from a partition, each partition's records come in
+    order, and every record is read once."""
+    topic = f"share.{time.time_ns()}"
+    ensure_topics_sync(broker.bootstrap_servers, {topic: 3})
+    written = {0: 40, 1: 25, 2: 40}
+    settings = Settings(bootstrap_servers=broker.bootstrap_servers, group_id=f"{topic}.group")
+
+    async def scenario() -> list[dict[int, list[int]]]:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+        await producer.start()
+        try:
+            for partition, count in written.items():
+                for i in range(count):
+                    await producer.send(topic, f"{i}".encode(), partition=partition)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        consumer = tick_consumer(settings)
+        consumer.subscribe([topic])
+        await consumer.start()
+        reader = TolerantReader(consumer, settings)
+        batches: list[dict[int, list[int]]] = []
+        try:
+            while sum(len(b) for batch in batches for b in batch.values()) < sum(written.values()):
+                records, unreadable = await reader.getmany_side_by_side(500, max_records=12)
+                assert unreadable == []
+                batches.append({tp.partition: [m.offset for m in b] for tp, b in records.items()})
+        finally:
+            await consumer.stop()
+        return batches
+
+    batches = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert all(len(offsets) <= 4 for batch in batches for offsets in batch.values())
+    for partition, count in written.items():
+        read = [offset for batch in batches for offset in batch.get(partition, [])]
+        assert read == list(range(count))
+    assert sum(len(batch) == 3 for batch in batches) >= 5  # read side by side, not in turn
 
 
 @pytest.mark.integration

@@ -193,6 +193,28 @@ class TolerantReader:
         self._handed_over(records)
         return records, []
 
+    async def getmany_side_by_side(
+        self, timeout_ms: int, max_records: int
+    ) -> tuple[dict[TopicPartition, list[Incoming]], list[UnreadableBatch]]:
+        """``getmany`` taking at most an equal share of ``max_records`` from each partition that
+        has records waiting, where aiokafka would fill the micro-batch from the first: a worker
+        catching up on several partitions then reads them side by side, so a micro-batch holds
+        each sensor fewer times (its settling costs per generation, docs/performance.md,
+        2026-12-07, last). Waits ``timeout_ms`` for records only when none is waiting."""
+        readable = sorted(self.consumer.assignment() - self.consumer.paused())
+        if len(readable) < 2:
+            return await self.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        share = max(1, max_records // len(readable))
+        records: dict[TopicPartition, list[Incoming]] = {}
+        unreadable: list[UnreadableBatch] = []
+        for tp in readable:
+            got, bad = await self.getmany(tp, timeout_ms=0, max_records=share)
+            records.update(got)
+            unreadable += bad
+        if records or unreadable:
+            return records, unreadable
+        return await self.getmany(timeout_ms=timeout_ms, max_records=share)
+
     async def getmany_past_unreadable(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[Incoming]]:
