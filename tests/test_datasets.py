@@ -484,3 +484,50 @@ def test_an_npz_of_one_array_whatever_its_name(tmp_path: Path, shared: Path) -> 
     np.savez(tmp_path / "taxi.npz", flows, flows)  # two arrays, neither named data
     with pytest.raises(DatasetError, match=r"no array named 'data' \(found \['arr_0', 'arr_1'\]\)"):
         load_dataset(tmp_path / "taxi.npz", start=datetime(2019, 1, 1, tzinfo=UTC), step_s=3600)
+
+
+def test_times_jittering_around_a_step_are_placed_as_a_worker_places_ticks(
+    tmp_path: Path, pems08: GridDataset
+) -> None:
+    """A logger's times a few seconds off a 5-minute grid: each reading goes to the nearest
+    slot (whole steps since the epoch, as the pipeline's), the first of two for one slot is
+    kept (a worker dead-letters the second), with a warning; readings all over the place are
+    refused rather than smeared onto a grid."""
+    grid = _leading(pems08, steps=200)
+    jitter = np.random.default_rng(5).integers(-40, 41, size=len(grid))
+    jitter[0] = 0
+    epoch_s = int(pems08.start.timestamp())
+    times = [epoch_s + t * 300 + int(j) for t, j in enumerate(jitter)]
+    times[50] = times[49] + 20  # two readings for slot 49: the first is kept, slot 50 is a hole
+    rows = [[str(s), *map(repr, row.tolist())] for s, row in zip(times, grid, strict=True)]
+    with (tmp_path / "jitter.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["timestamp", *"abcdefghijkl"], *rows])
+    ds = load_dataset(tmp_path / "jitter.csv", name="net")
+    expected = grid.copy()
+    expected[50] = np.nan
+    assert (ds.start, ds.step_s) == (pems08.start, 300)
+    assert np.array_equal(ds.values[:, :, 0], expected, equal_nan=True)
+    wild = [epoch_s + t * 300 + (0 if t % 2 else 160) for t in range(40)]
+    (tmp_path / "wild.csv").write_text("ts,a\n" + "".join(f"{s},{s % 7}\n" for s in wild))
+    with pytest.raises(DatasetError, match=r"not on a regular grid .*resample"):
+        load_dataset(tmp_path / "wild.csv")
+
+
+def test_epoch_seconds_and_gzip_compressed_csv(tmp_path: Path, pems08: GridDataset) -> None:
+    """Unix times in seconds read as such (milliseconds still do), and a ``.csv.gz`` reads as
+    its CSV, named without its suffixes."""
+    import gzip
+
+    grid = _leading(pems08)
+    epoch_s = int(pems08.start.timestamp())
+    for unit, scale in (("seconds", 1), ("ms", 1000)):
+        rows = enumerate(grid.tolist())
+        lines = ["time,a,b"] + [f"{(epoch_s + t * 300) * scale},{r[0]},{r[1]}" for t, r in rows]
+        text = "\n".join(lines) + "\n"
+        (tmp_path / f"{unit}.csv").write_text(text)
+        with gzip.open(tmp_path / f"{unit}.csv.gz", "wt") as f:
+            f.write(text)
+        for name in (f"{unit}.csv", f"{unit}.csv.gz"):
+            ds = load_dataset(tmp_path / name)
+            assert (ds.name, ds.start, ds.step_s) == (unit, pems08.start, 300)
+            assert np.array_equal(ds.values[:, :, 0], grid[:, :2])

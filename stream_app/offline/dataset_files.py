@@ -7,13 +7,14 @@ the file's times say them; ``stream_app.offline.datasets`` fills in the rest and
 from __future__ import annotations
 
 import csv
+import gzip
 import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 TIME_COLUMNS = ("ts", "time", "timestamp", "date", "datetime")
 LONG_HEADER = ("sensor", "ts", "value")
-DATA_SUFFIXES = (".npz", ".npy", ".csv", ".tsv", ".parquet", ".h5", ".hdf5")
+TEXT_SUFFIXES = (".csv", ".tsv")  # also read gzip-compressed: ``.csv.gz``
+DATA_SUFFIXES = (".npz", ".npy", *TEXT_SUFFIXES, ".parquet", ".h5", ".hdf5")
 
 
 class DatasetError(ValueError):
@@ -39,15 +41,30 @@ class FileGrid:
     step_s: int | None = None
 
 
+def data_suffix(path: Path) -> str:
+    """The format's suffix: ``.csv`` for ``x.csv`` and for ``x.csv.gz`` (read through gzip)."""
+    if path.suffix == ".gz" and len(path.suffixes) >= 2 and path.suffixes[-2] in TEXT_SUFFIXES:
+        return path.suffixes[-2]
+    return path.suffix
+
+
+def _open_text(path: Path) -> TextIO:
+    """A CSV file's text, gzip-compressed or not."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", newline="", encoding="utf-8")
+    return path.open(newline="", encoding="utf-8")
+
+
 def is_data_file(path: Path) -> bool:
     """False for sensor graphs, adjacency matrices and sensor location tables (such as
     Melbourne's ``stations.csv``)."""
     if "adj" in path.stem.lower():
         return False
-    if path.suffix == ".npz":
+    suffix = data_suffix(path)
+    if suffix == ".npz":
         with np.load(path) as archive:
             return _npz_key(archive.files) is not None
-    if path.suffix in (".npy", ".parquet", ".h5", ".hdf5"):
+    if suffix in (".npy", ".parquet", ".h5", ".hdf5"):
         return True
     header = {h.strip().lower() for h in _header(path)}
     locations = {"latitude", "longitude"} <= header or {"lat", "lon"} <= header
@@ -55,14 +72,14 @@ def is_data_file(path: Path) -> bool:
 
 
 def _header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as f:
+    with _open_text(path) as f:
         return next(csv.reader(f, delimiter=_delimiter(path)), [])
 
 
 def _delimiter(path: Path) -> str:
     """``,``, or ``;`` or a tab where the header line holds those and no comma (as European
     spreadsheets and many exports write CSV)."""
-    with path.open(encoding="utf-8") as f:
+    with _open_text(path) as f:
         first = f.readline()
     if "," in first:
         return ","
@@ -75,7 +92,7 @@ def read_grid(file: Path) -> FileGrid:
         return _read_npz(file)
     if file.suffix == ".npy":
         return _array_grid(np.asarray(np.load(file, allow_pickle=False), dtype=np.float64), file)
-    if file.suffix in (".csv", ".tsv"):  # the delimiter is found from the header
+    if data_suffix(file) in TEXT_SUFFIXES:  # the delimiter is found from the header
         rows = _csv_rows(file)
         header = [h.strip() for h in rows[0]]
         if tuple(h.lower() for h in header) == LONG_HEADER:
@@ -86,8 +103,8 @@ def read_grid(file: Path) -> FileGrid:
     if file.suffix in (".h5", ".hdf5"):
         return _read_hdf5(file)
     raise DatasetError(
-        f"{file}: unknown format; use .npz (key 'data') or .npy, .csv or .tsv, .parquet or .h5 "
-        "(a pandas frame)"
+        f"{file}: unknown format; use .npz (key 'data') or .npy, .csv or .tsv (or .csv.gz), "
+        ".parquet or .h5 (a pandas frame)"
     )
 
 
@@ -160,9 +177,9 @@ def _pandas_frame(group: Any, file: Path) -> FileGrid:
                                MS_PER_TICK[unit][1])  # fmt: skip
     if "tz" not in index.attrs:  # a naive index: the file's own clock (``NAIVE``)
         log.warning(NAIVE.format(file=file))
-    at, start, step_s = _regular_axis(times_ms, file)
+    at, start, step_s, keep = _regular_axis(times_ms, file)
     out = np.full((int(at.max()) + 1, len(sensors)), np.nan)
-    out[at] = grid
+    out[at[keep]] = grid[keep]
     return FileGrid(out[:, :, np.newaxis], sensors, start, step_s)
 
 
@@ -184,7 +201,7 @@ def _array_grid(values: npt.NDArray[np.float64], file: Path) -> FileGrid:
 
 def _csv_rows(file: Path) -> list[list[str]]:
     delimiter = _delimiter(file)
-    with file.open(newline="", encoding="utf-8") as f:
+    with _open_text(file) as f:
         rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
     if len(rows) < 2:
         raise DatasetError(f"{file}: a header row and at least one data row are needed")
@@ -225,9 +242,9 @@ def _read_wide(header: list[str], rows: list[list[str]], file: Path) -> FileGrid
     values, sensors = _without_calendar(values, sensors, file)
     times_ms = _times_ms([str(c) for c in cells[:, 0]], file, compact)
     _check_distinct(times_ms, cells[:, 0], file)
-    index, start, step_s = _regular_axis(times_ms, file)
-    grid = np.full((int(index[-1]) + 1, len(sensors)), np.nan)
-    grid[index] = values
+    index, start, step_s, keep = _regular_axis(times_ms, file)
+    grid = np.full((int(index.max()) + 1, len(sensors)), np.nan)
+    grid[index[keep]] = values[keep]
     return FileGrid(grid[:, :, np.newaxis], sensors, start, step_s)
 
 
@@ -412,32 +429,94 @@ def _long_to_grid(
     """The (T, N, 1) grid of long rows; sensors in order of first appearance."""
     sensor_pos: dict[str, int] = {}
     columns = np.array([sensor_pos.setdefault(s, len(sensor_pos)) for s in sensors])
-    index, start, step_s = _regular_axis(times_ms, file)
+    index, start, step_s, keep = _regular_axis(times_ms, file, columns)
     grid = np.full((int(index.max()) + 1, len(sensor_pos)), np.nan)
-    grid[index, columns] = values
+    grid[index[keep], columns[keep]] = values[keep]
     return FileGrid(grid[:, :, np.newaxis], list(sensor_pos), start, step_s)
 
 
 def _regular_axis(
-    times_ms: npt.NDArray[np.int64], file: Path
-) -> tuple[npt.NDArray[np.int64], datetime, int]:
-    """Each time's step index on the grid, and the grid's start and step (the commonest gap)."""
+    times_ms: npt.NDArray[np.int64], file: Path, columns: npt.NDArray[np.int64] | None = None
+) -> tuple[npt.NDArray[np.int64], datetime, int, npt.NDArray[np.bool_]]:
+    """Each time's step index on the grid, the grid's start and step (the commonest gap), and
+    which readings to place. Times off that grid by a few seconds (a logger's jitter) are
+    placed on the nearest slot of a usual step, as a worker places ticks (``_snapped``);
+    ``columns`` (a long file's sensor of each reading) tells whose slot it is."""
     distinct = np.unique(times_ms)
     if len(distinct) < 2:
         raise DatasetError(f"{file}: at least two distinct times are needed to find the step")
     step_ms = Counter(np.diff(distinct).tolist()).most_common(1)[0][0]
     offsets = times_ms - distinct[0]
-    if step_ms % 1000 or np.any(offsets % step_ms):
-        days = step_ms / 86_400_000
-        if 28 <= days <= 31 or 89 <= days <= 92 or 365 <= days <= 366:
-            raise DatasetError(
-                f"{file}: the times are a calendar {_calendar_step(days)} apart, whose length "
-                "varies; stcast's grid steps by a fixed number of seconds (from minutes to "
-                "weeks)"
-            )
-        raise DatasetError(f"{file}: times are not on a regular grid of {step_ms} ms")
-    start = datetime.fromtimestamp(int(distinct[0]) / 1000, tz=UTC)
-    return offsets // step_ms, start, int(step_ms // 1000)
+    every = np.ones(len(times_ms), dtype=bool)
+    if step_ms % 1000 == 0 and not np.any(offsets % step_ms):
+        start = datetime.fromtimestamp(int(distinct[0]) / 1000, tz=UTC)
+        return offsets // step_ms, start, int(step_ms // 1000), every
+    days = step_ms / 86_400_000
+    if 28 <= days <= 31 or 89 <= days <= 92 or 365 <= days <= 366:
+        raise DatasetError(
+            f"{file}: the times are a calendar {_calendar_step(days)} apart, whose length "
+            "varies; stcast's grid steps by a fixed number of seconds (from minutes to weeks)"
+        )
+    snapped = _snapped(times_ms, distinct, file, columns)
+    if snapped is None:
+        raise DatasetError(
+            f"{file}: times are not on a regular grid (gaps of {_duration(step_ms)} most often, "
+            f"{_duration(int(np.median(np.diff(distinct))))} in the middle); resample the data "
+            "to a fixed step first"
+        )
+    return snapped
+
+
+# Grid steps readings are logged at, in seconds: a file whose times wander around one of these
+# by a few seconds is put on it (``_snapped``)
+USUAL_STEPS_S = (
+    1, 2, 5, 10, 15, 20, 30, 60, 120, 180, 240, 300, 360, 600, 720, 900, 1200, 1800,
+    3600, 7200, 10800, 14400, 21600, 28800, 43200, 86400, 604800,
+)  # fmt: skip
+SNAP_TOLERANCE = 0.1  # the middle gap within 10 % of the usual step
+SNAP_MAX_LEFT_OUT = 0.01  # at most 1 % of the readings may lose their slot to an earlier one
+
+
+def _snapped(
+    times_ms: npt.NDArray[np.int64],
+    distinct: npt.NDArray[np.int64],
+    file: Path,
+    columns: npt.NDArray[np.int64] | None,
+) -> tuple[npt.NDArray[np.int64], datetime, int, npt.NDArray[np.bool_]] | None:
+    """The axis of times that jitter around a usual step (``USUAL_STEPS_S``): each reading on
+    the slot nearest its time, on the grid a worker uses (whole steps since the epoch), the
+    first of a sensor's readings for a slot kept as a worker keeps it; None where the middle
+    gap is no usual step or too many readings would share a slot."""
+    middle = float(np.median(np.diff(distinct))) / 1000
+    step_s = min(USUAL_STEPS_S, key=lambda usual: abs(np.log(middle / usual)))
+    if abs(middle / step_s - 1) > SNAP_TOLERANCE:
+        return None
+    step_ms = step_s * 1000
+    slots = (times_ms + step_ms // 2) // step_ms  # as the pipeline places a tick
+    index = slots - slots.min()
+    owner = index if columns is None else index * (int(columns.max()) + 1) + columns
+    keep = np.zeros(len(times_ms), dtype=bool)
+    keep[np.unique(owner, return_index=True)[1]] = True  # the first reading of each slot
+    left_out = int(len(keep) - keep.sum())
+    if left_out > SNAP_MAX_LEFT_OUT * len(keep):
+        return None
+    shift = int(np.abs(times_ms - slots * step_ms).max())
+    log.warning(
+        "%s: times are not on a regular grid; each reading is placed on the nearest step of "
+        "%s, as a worker places ticks (moved by up to %s%s)",
+        file, _duration(step_ms), _duration(shift),
+        f"; {left_out} left out, their slot taken by an earlier reading" if left_out else "",
+    )  # fmt: skip
+    start = datetime.fromtimestamp(int(slots.min() * step_ms) / 1000, tz=UTC)
+    return index, start, step_s, keep
+
+
+def _duration(ms: int) -> str:
+    """``ms`` as people write a step: 300000 -> '5 min'."""
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size} {unit}"
+    return f"{ms / 1000:g} s"
 
 
 def _calendar_step(days: float) -> str:
@@ -553,16 +632,17 @@ DATE_SHAPE = re.compile(r"\d{1,4}([/.-])\d{1,2}\1\d{1,4}")
 ACCEPTED = (
     "RFC 3339 (2024-01-31T00:00:00Z), ISO 8601 without an offset (2024-01-31 00:00), "
     "2024/1/31 0:00, 31/1/2024 00:00 or 1/31/2024 (day or month first), 31.1.2024, 20240131, "
-    "or epoch ms"
+    "or epoch seconds or milliseconds"
 )
 
 
 def _times_ms(
     cells: list[str], file: Path, compact: list[datetime] | None = None
 ) -> npt.NDArray[np.int64]:
-    """Epoch milliseconds of a column of times (``ACCEPTED``), each cell an integer epoch-ms
-    string or a time. Times without an offset are read as UTC (``NAIVE``); a column may not mix
-    times with and without one. ``compact``: the column already read as compact dates."""
+    """Epoch milliseconds of a column of times (``ACCEPTED``), each cell an integer (epoch
+    seconds or milliseconds, ``EPOCH_S``) or a time. Times without an offset are read as UTC
+    (``NAIVE``); a column may not mix times with and without one. ``compact``: the column
+    already read as compact dates."""
     texts = [cell.strip() for cell in cells]
     out = np.zeros(len(texts), dtype=np.int64)
     compact = compact if compact is not None else _compact_moments(texts)
@@ -570,6 +650,8 @@ def _times_ms(
     for i in set(range(len(texts))) - set(timed):
         out[i] = int(texts[i])
     if not timed:
+        if len(out) and ((EPOCH_S[0] <= out) & (out < EPOCH_S[1])).all():
+            return out * 1000  # epoch seconds, as Unix tools write times
         return out
     moments = compact or _moments([texts[i] for i in timed], file)
     aware = [moment.utcoffset() is not None for moment in moments]
@@ -587,6 +669,9 @@ def _times_ms(
 
 
 COMPACT_FORMATS = {8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M"}
+# A column of integers all in this range is epoch seconds (1973-03-03 to 5138), else epoch
+# milliseconds (those of 1970-1973 alone would fall in it)
+EPOCH_S = (10**8, 10**11)
 
 
 def _compact_moments(cells: list[str]) -> list[datetime] | None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .dataset_files import DATA_SUFFIXES, DatasetError, is_data_file, read_grid
+from .dataset_files import DATA_SUFFIXES, DatasetError, data_suffix, is_data_file, read_grid
 
 METADATA_FILE = "stcast.json"
 # File names that say nothing of the network (the corpus's ``wide.csv``): its folder names it.
@@ -166,8 +166,11 @@ def shared_data_dir() -> Path | None:
 
 
 def _default_name(file: Path) -> str:
-    """``PEMS08.npz`` -> ``pems08``; ``BEIJING_AIR/wide.csv`` -> ``beijing_air``."""
-    stem = file.stem.lower()
+    """``PEMS08.npz`` -> ``pems08``; ``BEIJING_AIR/wide.csv`` -> ``beijing_air``;
+    ``flows.csv.gz`` -> ``flows``."""
+    stem = file.name[: len(file.name) - len(file.suffix)].lower()
+    if data_suffix(file) != file.suffix:  # compressed: the format's suffix goes too
+        stem = stem[: len(stem) - len(data_suffix(file))]
     return file.parent.name.lower() if stem in GENERIC_STEMS and file.parent.name else stem
 
 
@@ -189,7 +192,7 @@ def _data_file(path: Path) -> Path:
         raise DatasetError(f"{path} does not exist")
     if path.is_file():
         return path
-    found = sorted(p for p in path.iterdir() if p.suffix in DATA_SUFFIXES and is_data_file(p))
+    found = sorted(p for p in path.iterdir() if data_suffix(p) in DATA_SUFFIXES and is_data_file(p))
     if len(found) != 1:
         names = [p.name for p in found] or "none"
         raise DatasetError(f"{path} must hold exactly one data file (found {names}); name one")
