@@ -531,3 +531,24 @@ def test_epoch_seconds_and_gzip_compressed_csv(tmp_path: Path, pems08: GridDatas
             ds = load_dataset(tmp_path / name)
             assert (ds.name, ds.start, ds.step_s) == (unit, pems08.start, 300)
             assert np.array_equal(ds.values[:, :, 0], grid[:, :2])
+
+
+def test_a_long_csv_with_its_own_column_names(
+    tmp_path: Path, pems08: GridDataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``station,datetime,pm25,pm10`` is a long file: the times repeat, one column names the
+    sensor, the first column of numbers is the value (the others named in a warning), as
+    ``sensor,ts,value`` reads."""
+    grid = _leading(pems08, sensors=3)
+    rows = [
+        [_iso(pems08, t), f"st{n}", repr(v), repr(2 * v)]
+        for t, row in enumerate(grid.tolist())
+        for n, v in enumerate(row)
+    ]
+    with (tmp_path / "stations.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["datetime", "station", "pm25", "pm10"], *rows])
+    ds = load_dataset(tmp_path / "stations.csv")
+    assert (ds.name, ds.start, ds.step_s) == ("stations", pems08.start, 300)
+    assert ds.sensors == ("stations/st0", "stations/st1", "stations/st2")
+    assert np.array_equal(ds.values[:, :, 0], grid)
+    assert "its value is 'pm25', the columns ['pm10'] are left out" in caplog.text

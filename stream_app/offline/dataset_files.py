@@ -97,6 +97,8 @@ def read_grid(file: Path) -> FileGrid:
         header = [h.strip() for h in rows[0]]
         if tuple(h.lower() for h in header) == LONG_HEADER:
             return _read_long(rows[1:], file)
+        if (layout := _long_layout(header, rows[1:])) is not None:
+            return _read_long(_as_long(rows[1:], layout, header, file), file)
         return _read_wide(header, rows[1:], file)
     if file.suffix == ".parquet":
         return _read_parquet(file)
@@ -387,6 +389,45 @@ def _without_calendar(
     log.warning("%s: calendar columns %s left out (the times say when)", file, names)
     keep = [j for j in range(len(sensors)) if j not in calendar]
     return values[:, keep], [sensors[j] for j in keep]
+
+
+def _long_layout(header: list[str], rows: list[list[str]]) -> tuple[int, int, list[int]] | None:
+    """A long CSV whose columns are named otherwise (``station,datetime,pm25``): a column of
+    times that repeat, one column of text (the sensor) and columns of numbers. Its time,
+    sensor and number columns; None for any other layout (a wide file's times never repeat)."""
+    if len(header) < 3 or not rows or any(len(row) != len(header) for row in rows):
+        return None
+    if (  # a wide file's time in parts: a date and a time of day, year..hour, or an hour
+        _date_and_clock(rows[0]) is not None
+        or _time_parts(header) is not None
+        or _hour_column(header, rows) is not None
+    ):
+        return None
+    first = rows[0]
+    times = [j for j, name in enumerate(header) if _label(name) in TIME_COLUMNS]
+    times = times or [j for j, cell in enumerate(first) if _is_time(cell)]
+    if len(times) != 1 or len({row[times[0]] for row in rows}) == len(rows):
+        return None
+    rest = [j for j in range(len(header)) if j != times[0]]
+    text = [j for j in rest if not _is_number(_normalised(first[j]))]
+    numbers = [j for j in rest if j not in text]
+    return (times[0], text[0], numbers) if len(text) == 1 and numbers else None
+
+
+def _as_long(
+    rows: list[list[str]], layout: tuple[int, int, list[int]], header: list[str], file: Path
+) -> list[list[str]]:
+    """The rows as ``sensor,ts,value``, the value the first column of numbers (named in a
+    warning when there are others)."""
+    time, sensor, numbers = layout
+    if len(numbers) > 1:
+        log.warning(
+            "%s: read as a long file (sensor %r, time %r); its value is %r, the columns %s are "
+            "left out (put the one to forecast first)",
+            file, header[sensor], header[time], header[numbers[0]],
+            [header[j] for j in numbers[1:]],
+        )  # fmt: skip
+    return [[row[sensor], row[time], row[numbers[0]]] for row in rows]
 
 
 def _read_long(rows: list[list[str]], file: Path) -> FileGrid:
