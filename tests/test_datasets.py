@@ -552,3 +552,23 @@ def test_a_long_csv_with_its_own_column_names(
     assert ds.sensors == ("stations/st0", "stations/st1", "stations/st2")
     assert np.array_equal(ds.values[:, :, 0], grid)
     assert "its value is 'pm25', the columns ['pm10'] are left out" in caplog.text
+
+
+def test_an_hour_a_local_clock_repeats_is_read_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Naive local times repeat an hour when summer time ends: the first of each time is read,
+    with a warning; a file whose times repeat often is still refused."""
+    start = datetime(2016, 10, 29, tzinfo=UTC)
+    times = [start + timedelta(hours=t) for t in range(200)]
+    times.insert(27, times[26])  # 02:00 on the 30th, twice
+    lines = [f"{t:%Y-%m-%d %H:%M},{n}" for n, t in enumerate(times)]
+    (tmp_path / "local.csv").write_text("time,a\n" + "\n".join(lines) + "\n")
+    ds = load_dataset(tmp_path / "local.csv")
+    assert (ds.n_steps, ds.step_s) == (200, 3600)
+    assert ds.values[26, 0, 0] == 26 and ds.values[27, 0, 0] == 28
+    assert "1 rows repeat an earlier row's time (data rows 27 and 28" in caplog.text
+    lines = [f"{t:%Y-%m-%d %H:%M},{n}" for n, t in enumerate(times[:27] * 2)]
+    (tmp_path / "twice.csv").write_text("time,a\n" + "\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"data rows 1 and 28 have the same time"):
+        load_dataset(tmp_path / "twice.csv")

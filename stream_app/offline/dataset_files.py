@@ -243,24 +243,39 @@ def _read_wide(header: list[str], rows: list[list[str]], file: Path) -> FileGrid
         return FileGrid(values[:, :, np.newaxis], sensors)
     values, sensors = _without_calendar(values, sensors, file)
     times_ms = _times_ms([str(c) for c in cells[:, 0]], file, compact)
-    _check_distinct(times_ms, cells[:, 0], file)
+    distinct = _distinct_rows(times_ms, cells[:, 0], file)
+    times_ms, values = times_ms[distinct], values[distinct]
     index, start, step_s, keep = _regular_axis(times_ms, file)
     grid = np.full((int(index.max()) + 1, len(sensors)), np.nan)
     grid[index[keep]] = values[keep]
     return FileGrid(grid[:, :, np.newaxis], sensors, start, step_s)
 
 
-def _check_distinct(times_ms: npt.NDArray[np.int64], cells: npt.NDArray[Any], file: Path) -> None:
-    """A wide file's rows are distinct times: a repeated one (a date without its hour, say)
-    would overwrite a row silently."""
+def _distinct_rows(
+    times_ms: npt.NDArray[np.int64], cells: npt.NDArray[Any], file: Path
+) -> npt.NDArray[np.bool_]:
+    """Which of a wide file's rows to read: each time's first. A few repeated times (local
+    clocks repeat an hour when summer time ends) are left out with a warning; more are refused,
+    as a date without its hour would otherwise lose most of its rows."""
     _, first, counts = np.unique(times_ms, return_index=True, return_counts=True)
-    if (counts > 1).any():
-        row = int(first[np.argmax(counts > 1)])
-        again = int(np.flatnonzero(times_ms == times_ms[row])[1])
+    if not (counts > 1).any():
+        return np.ones(len(times_ms), dtype=bool)
+    row = int(first[np.argmax(counts > 1)])
+    again = int(np.flatnonzero(times_ms == times_ms[row])[1])
+    repeated = len(times_ms) - len(first)
+    if repeated > MAX_LEFT_OUT * len(times_ms):
         raise DatasetError(
             f"{file}: data rows {row + 1} and {again + 1} have the same time ({cells[row]!r}); "
             "a wide file has a row per time"
         )
+    log.warning(
+        "%s: %d rows repeat an earlier row's time (data rows %d and %d: %r, as a local clock "
+        "repeats an hour when summer time ends): the first of each is read",
+        file, repeated, row + 1, again + 1, cells[row],
+    )  # fmt: skip
+    keep = np.zeros(len(times_ms), dtype=bool)
+    keep[first] = True
+    return keep
 
 
 ROW_NUMBERS = ("", "unnamed: 0", "index", "no", "instant", "id", "row")
@@ -515,7 +530,7 @@ USUAL_STEPS_S = (
     3600, 7200, 10800, 14400, 21600, 28800, 43200, 86400, 604800,
 )  # fmt: skip
 SNAP_TOLERANCE = 0.1  # the middle gap within 10 % of the usual step
-SNAP_MAX_LEFT_OUT = 0.01  # at most 1 % of the readings may lose their slot to an earlier one
+MAX_LEFT_OUT = 0.01  # at most 1 % of the readings left out: a repeated time, a slot taken
 
 
 def _snapped(
@@ -539,7 +554,7 @@ def _snapped(
     keep = np.zeros(len(times_ms), dtype=bool)
     keep[np.unique(owner, return_index=True)[1]] = True  # the first reading of each slot
     left_out = int(len(keep) - keep.sum())
-    if left_out > SNAP_MAX_LEFT_OUT * len(keep):
+    if left_out > MAX_LEFT_OUT * len(keep):
         return None
     shift = int(np.abs(times_ms - slots * step_ms).max())
     log.warning(
