@@ -119,6 +119,15 @@ def test_correlation_graph_keeps_the_top_k_positive_correlations() -> None:
     np.testing.assert_allclose(pairwise_correlation(values)[[0, 0], [1, 2]], [r01, -1.0])
 
 
+@pytest.mark.filterwarnings("error")  # numpy's "Mean of empty slice" would fail it
+def test_a_sensor_without_a_reading_has_no_links_and_no_warning() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=300)
+    values = np.column_stack([base, base + 0.1 * rng.normal(size=300), np.full(300, np.nan)])
+    r = pairwise_correlation(values)
+    assert r[0, 1] > 0.9 and not r[2].any() and not r[:, 2].any()
+
+
 def test_correlation_needs_enough_shared_rows() -> None:
     values = np.array([[1.0, np.nan], [2.0, np.nan], [3.0, 1.0], [4.0, 2.0], [5.0, 4.0]])
     assert correlation_graph(values, k=1, min_rows=3).n_edges == 2  # 3 shared rows: linked

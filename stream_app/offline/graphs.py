@@ -182,7 +182,9 @@ def pairwise_correlation(values: FloatArray, min_rows: int = 2) -> FloatArray:
     """(N, N) Pearson r of every pair over the rows where both are present; NaN-free (0 where
     undefined). Sums over pairwise rows come from masked matrix products, so it is O(T N^2)."""
     present = (~np.isnan(values)).astype(np.float64)
-    x = np.nan_to_num(values - np.nanmean(values, axis=0))  # centring keeps the sums well scaled
+    counts = present.sum(axis=0)  # a sensor with no reading at all is centred on 0
+    means = np.where(counts > 0, np.nansum(values, axis=0) / np.maximum(counts, 1), 0.0)
+    x = np.nan_to_num(values - means)  # centring keeps the sums well scaled
     n = present.T @ present
     sx = x.T @ present  # sx[i, j]: sum of series i over the rows where j is present too
     sxx = (x * x).T @ present
