@@ -507,6 +507,14 @@ def test_times_jittering_around_a_step_are_placed_as_a_worker_places_ticks(
     expected[50] = np.nan
     assert (ds.start, ds.step_s) == (pems08.start, 300)
     assert np.array_equal(ds.values[:, :, 0], expected, equal_nan=True)
+    # daily readings taken at 13:00, give or take 20 minutes: they stay at 13:00, on their day
+    days = [epoch_s + 13 * 3600 + t * 86400 + (0, 1200, -1200)[t % 3] for t in range(30)]
+    (tmp_path / "daily.csv").write_text(
+        "ts,a\n" + "".join(f"{s},{n}\n" for n, s in enumerate(days))
+    )
+    ds = load_dataset(tmp_path / "daily.csv")
+    assert (ds.start, ds.step_s) == (pems08.start + timedelta(hours=13), 86400)
+    assert ds.values[:, 0, 0].tolist() == list(range(30))
     wild = [epoch_s + t * 300 + (0 if t % 2 else 160) for t in range(40)]
     (tmp_path / "wild.csv").write_text("ts,a\n" + "".join(f"{s},{s % 7}\n" for s in wild))
     with pytest.raises(DatasetError, match=r"not on a regular grid .*resample"):

@@ -540,15 +540,17 @@ def _snapped(
     columns: npt.NDArray[np.int64] | None,
 ) -> tuple[npt.NDArray[np.int64], datetime, int, npt.NDArray[np.bool_]] | None:
     """The axis of times that jitter around a usual step (``USUAL_STEPS_S``): each reading on
-    the slot nearest its time, on the grid a worker uses (whole steps since the epoch), the
-    first of a sensor's readings for a slot kept as a worker keeps it; None where the middle
-    gap is no usual step or too many readings would share a slot."""
+    the slot nearest its time, on the grid a worker uses (whole steps since the epoch) unless
+    the readings keep to another phase (``_phase``), the first of a sensor's readings for a
+    slot kept as a worker keeps it; None where the middle gap is no usual step or too many
+    readings would share a slot."""
     middle = float(np.median(np.diff(distinct))) / 1000
     step_s = min(USUAL_STEPS_S, key=lambda usual: abs(np.log(middle / usual)))
     if abs(middle / step_s - 1) > SNAP_TOLERANCE:
         return None
     step_ms = step_s * 1000
-    slots = (times_ms + step_ms // 2) // step_ms  # as the pipeline places a tick
+    phase = _phase(times_ms, step_ms)
+    slots = (times_ms - phase + step_ms // 2) // step_ms  # as the pipeline places a tick
     index = slots - slots.min()
     owner = index if columns is None else index * (int(columns.max()) + 1) + columns
     keep = np.zeros(len(times_ms), dtype=bool)
@@ -556,15 +558,26 @@ def _snapped(
     left_out = int(len(keep) - keep.sum())
     if left_out > MAX_LEFT_OUT * len(keep):
         return None
-    shift = int(np.abs(times_ms - slots * step_ms).max())
+    shift = int(np.abs(times_ms - phase - slots * step_ms).max())
     log.warning(
         "%s: times are not on a regular grid; each reading is placed on the nearest step of "
         "%s, as a worker places ticks (moved by up to %s%s)",
         file, _duration(step_ms), _duration(shift),
         f"; {left_out} left out, their slot taken by an earlier reading" if left_out else "",
     )  # fmt: skip
-    start = datetime.fromtimestamp(int(slots.min() * step_ms) / 1000, tz=UTC)
+    start = datetime.fromtimestamp(int(slots.min() * step_ms + phase) / 1000, tz=UTC)
     return index, start, step_s, keep
+
+
+def _phase(times_ms: npt.NDArray[np.int64], step_ms: int) -> int:
+    """Where in a step the readings fall, from the epoch: 0 (the grid a worker uses) when they
+    jitter around whole steps since the epoch, as loggers stamp them; else their middle
+    offset (daily readings taken at 13:00 stay at 13:00, on their own weekday)."""
+    first = int(times_ms[0])
+    around = (times_ms - first + step_ms // 2) % step_ms - step_ms // 2  # off the first's phase
+    phase = (first + int(np.median(around))) % step_ms
+    near_zero = min(phase, step_ms - phase) <= SNAP_TOLERANCE * step_ms
+    return 0 if near_zero else phase
 
 
 def _duration(ms: int) -> str:
