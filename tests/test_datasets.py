@@ -580,3 +580,35 @@ def test_an_hour_a_local_clock_repeats_is_read_once(
     (tmp_path / "twice.csv").write_text("time,a\n" + "\n".join(lines) + "\n")
     with pytest.raises(DatasetError, match=r"data rows 1 and 28 have the same time"):
         load_dataset(tmp_path / "twice.csv")
+
+
+def test_ticks_recorded_from_a_topic_read_as_a_dataset(
+    tmp_path: Path, pems08: GridDataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A JSON-lines file of ticks as `stcast replay` sends them, single or in batches, plain or
+    gzipped, is the grid they came from; a line or tick a worker would dead-letter is left
+    out and counted."""
+    import gzip
+
+    from stream_app.tools.replay import encode_step
+
+    steps = 40
+    for batched in (False, True):
+        lines = [
+            value.decode()
+            for t in range(steps)
+            for _, value in encode_step(pems08, t, batched=batched)
+        ]
+        lines.insert(3, '{"sensor": "x", "ts": "yesterday", "value": 1}')
+        lines.insert(7, "not json")
+        text = "\n".join(lines) + "\n"
+        (tmp_path / "ticks.jsonl").write_text(text)
+        with gzip.open(tmp_path / "ticks.jsonl.gz", "wt") as f:
+            f.write(text)
+        for name in ("ticks.jsonl", "ticks.jsonl.gz"):
+            ds = load_dataset(tmp_path / name)  # named after the network its sensors name
+            assert (ds.name, ds.start, ds.step_s) == ("pems08", pems08.start, 300)
+            assert ds.sensors == pems08.sensors
+            assert np.array_equal(ds.values[:, :, 0], pems08.values[:steps, :, 0], equal_nan=True)
+        assert "2 ticks or lines left out, as a worker would dead-letter them" in caplog.text
+        caplog.clear()

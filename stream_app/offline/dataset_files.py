@@ -11,7 +11,7 @@ import gzip
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -19,11 +19,14 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
+from ..core.records import Rejected, TimestampParser, decode_json, tick_from_json
+
 log = logging.getLogger(__name__)
 
 TIME_COLUMNS = ("ts", "time", "timestamp", "date", "datetime")
 LONG_HEADER = ("sensor", "ts", "value")
-TEXT_SUFFIXES = (".csv", ".tsv")  # also read gzip-compressed: ``.csv.gz``
+TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")  # also read gzip-compressed: ``.csv.gz``
+TICK_SUFFIXES = (".jsonl", ".ndjson")  # recorded ticks: a tick or a tick batch per line
 DATA_SUFFIXES = (".npz", ".npy", *TEXT_SUFFIXES, ".parquet", ".h5", ".hdf5")
 
 
@@ -39,6 +42,7 @@ class FileGrid:
     sensor_ids: list[str]
     start: datetime | None = None
     step_s: int | None = None
+    name: str | None = None  # the network, where the data names it (recorded ticks)
 
 
 def data_suffix(path: Path) -> str:
@@ -61,6 +65,8 @@ def is_data_file(path: Path) -> bool:
     if "adj" in path.stem.lower():
         return False
     suffix = data_suffix(path)
+    if suffix in TICK_SUFFIXES:
+        return True
     if suffix == ".npz":
         with np.load(path) as archive:
             return _npz_key(archive.files) is not None
@@ -92,6 +98,8 @@ def read_grid(file: Path) -> FileGrid:
         return _read_npz(file)
     if file.suffix == ".npy":
         return _array_grid(np.asarray(np.load(file, allow_pickle=False), dtype=np.float64), file)
+    if data_suffix(file) in TICK_SUFFIXES:
+        return _read_ticks(file)
     if data_suffix(file) in TEXT_SUFFIXES:  # the delimiter is found from the header
         rows = _csv_rows(file)
         header = [h.strip() for h in rows[0]]
@@ -106,7 +114,7 @@ def read_grid(file: Path) -> FileGrid:
         return _read_hdf5(file)
     raise DatasetError(
         f"{file}: unknown format; use .npz (key 'data') or .npy, .csv or .tsv (or .csv.gz), "
-        ".parquet or .h5 (a pandas frame)"
+        ".parquet, .h5 (a pandas frame) or .jsonl (ticks as the worker reads them)"
     )
 
 
@@ -452,6 +460,54 @@ def _read_long(rows: list[list[str]], file: Path) -> FileGrid:
     times_ms = _times_ms([row[1] for row in rows], file)
     values = _floats(np.array([row[2] for row in rows], dtype=object), file)
     return _long_to_grid(sensors, times_ms, values, file)
+
+
+def _read_ticks(file: Path) -> FileGrid:
+    """Ticks recorded from a ticks topic (``kcat -C -t stcast.ticks > ticks.jsonl``): a tick or
+    a tick batch per line, read by the worker's own rules (``records.tick_from_json``); a
+    line or tick the worker would dead-letter is left out, counted in a warning."""
+    parse = TimestampParser()
+    sensors: list[str] = []
+    times: list[int] = []
+    values: list[float] = []
+    refused: list[str] = []
+    with _open_text(file) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                decoded = decode_json(line.encode())
+            except Rejected as why:
+                refused.append(f"line {number}: {why.detail}")
+                continue
+            batch = isinstance(decoded, dict) and "ticks" in decoded
+            items = decoded["ticks"] if batch else [decoded]
+            if not isinstance(items, list):
+                refused.append(f"line {number}: ticks must be a list")
+                continue
+            for item in items:
+                try:
+                    tick = tick_from_json(item, parse)
+                except Rejected as why:
+                    refused.append(f"line {number}: {why.detail}")
+                    continue
+                if tick.value is not None:
+                    sensors.append(tick.sensor)
+                    times.append(tick.ts_ms)
+                    values.append(tick.value)
+    if refused:
+        log.warning(
+            "%s: %d ticks or lines left out, as a worker would dead-letter them (first: %s)",
+            file, len(refused), refused[0],
+        )  # fmt: skip
+    if not values:
+        raise DatasetError(f"{file}: no tick with a reading (a line per tick or tick batch)")
+    times_ms = np.asarray(times, dtype=np.int64)
+    grid = _long_to_grid(sensors, times_ms, np.asarray(values, dtype=np.float64), file)
+    networks = {sensor.split("/")[0] for sensor in grid.sensor_ids if "/" in sensor}
+    if len(networks) == 1 and all("/" in sensor for sensor in grid.sensor_ids):
+        return replace(grid, name=networks.pop())  # the worker's names: ``network/sensor``
+    return grid
 
 
 def _read_parquet(file: Path) -> FileGrid:

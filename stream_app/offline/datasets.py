@@ -125,7 +125,8 @@ def load_dataset(
     file = _data_file(Path(path))
     start = None if start is None else _utc(start)
     grid = read_grid(file)
-    values, sensor_ids, found = grid.values, grid.sensor_ids, _Meta(None, grid.start, grid.step_s)
+    values, sensor_ids = grid.values, grid.sensor_ids
+    found = _Meta(grid.name, grid.start, grid.step_s)
     sidecar = _sidecar(file)
     if sidecar.sensors_first:
         if file.suffix not in (".npz", ".npy"):
@@ -146,9 +147,8 @@ def load_dataset(
     n_channels = values.shape[2]
     channels = meta.channels or (("value",) if n_channels == 1 else _numbered(n_channels))
     net = meta.name or _default_name(file)
-    return GridDataset(
-        net, values, meta.start, meta.step_s, tuple(f"{net}/{s}" for s in sensor_ids), channels
-    )
+    sensors = tuple(s if s.startswith(f"{net}/") else f"{net}/{s}" for s in sensor_ids)
+    return GridDataset(net, values, meta.start, meta.step_s, sensors, channels)
 
 
 def bundled_dataset_path() -> Path:
