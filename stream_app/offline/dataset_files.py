@@ -1,4 +1,5 @@
-"""Reading data files into grids: ``.npz`` arrays, wide CSV, long CSV or Parquet.
+"""Reading data files into grids: ``.npz`` arrays, wide CSV, long CSV or Parquet, HDF5 frames,
+and ticks recorded from a topic (JSON lines).
 
 Each reader returns the (T, N, F) values, the file's own sensor ids, and the start and step when
 the file's times say them; ``stream_app.offline.datasets`` fills in the rest and names the sensors.
@@ -53,7 +54,7 @@ def data_suffix(path: Path) -> str:
 
 
 def _open_text(path: Path) -> TextIO:
-    """A CSV file's text, gzip-compressed or not."""
+    """A text file's lines (CSV, JSON lines), gzip-compressed or not."""
     if path.suffix == ".gz":
         return gzip.open(path, "rt", newline="", encoding="utf-8")
     return path.open(newline="", encoding="utf-8")
