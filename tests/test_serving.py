@@ -440,7 +440,7 @@ def test_a_micro_batch_takes_an_equal_share_of_each_partition_waiting(
     for partition, count in written.items():
         read = [offset for batch in batches for offset in batch.get(partition, [])]
         assert read == list(range(count))
-    assert sum(len(batch) == 3 for batch in batches) >= 5  # read side by side, not in turn
+    assert sum(len(batch) == 3 for batch in batches) >= 3  # side by side, not one at a time
 
 
 @pytest.mark.integration
