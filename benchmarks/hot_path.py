@@ -1,12 +1,18 @@
 """The worker's pure core in one process, without Kafka: where a tick's time goes.
 
     python benchmarks/hot_path.py [--model-dir DIR] [--steps N] [--profile single|batched]
+                                  [--partitions N]
 
 Feeds the bundled PEMS08 flows, encoded exactly as ``stcast replay`` sends them, to the
 pipeline the worker builds (drift, readings monitors and all), and prints ticks per second for
 single-tick messages and for tick batches beside the model's inference ceiling on the same
 windows, and the CPU the pipeline's thread spent a tick. With ``--profile`` it prints
-cProfile's top functions for that kind of message.
+cProfile's top functions for that kind of message. Micro-batches are in time order, a step's
+ticks together; with ``--partitions N`` single ticks come as a worker behind on N topic
+partitions reads them, an equal share of each partition interleaved (``serving.incoming``),
+and with ``--partitions -N`` as aiokafka alone would give them, one partition a micro-batch:
+each sensor then comes many times a micro-batch, and settling costs per generation
+(docs/performance.md, 2026-12-07, last).
 """
 
 from __future__ import annotations
@@ -19,28 +25,45 @@ import tempfile
 import time
 from pathlib import Path
 
+from aiokafka import TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry
 
 from stream_app.assembly import build_core
 from stream_app.core.metrics import Metrics
 from stream_app.core.onnx_forecaster import OnnxForecaster
 from stream_app.core.records import Incoming
+from stream_app.kafka.serving import incoming
 from stream_app.kafka.worker import GIL_SWITCH_INTERVAL_S
-from stream_app.offline.datasets import bundled_dataset_path, load_dataset
+from stream_app.offline.datasets import GridDataset, bundled_dataset_path, load_dataset
 from stream_app.settings import Settings
 from stream_app.tools.bench import _seed_model, inference_ceiling
 from stream_app.tools.replay import encode_step
 
 
-def messages(dataset, steps: int, batched: bool, size: int) -> list[list[Incoming]]:  # type: ignore[no-untyped-def]
-    """Micro-batches as the worker consumes them: ``size`` messages each."""
-    flat = [
-        Incoming("ticks", 0, offset, key, value)
-        for offset, (key, value) in enumerate(
-            pair for t in range(steps) for pair in encode_step(dataset, t, batched=batched)
-        )
+def messages(
+    dataset: GridDataset, steps: int, batched: bool, size: int, partitions: int = 0
+) -> list[list[Incoming]]:
+    """Micro-batches as the worker consumes them: ``size`` messages each (see the module's
+    docstring for ``partitions``)."""
+    pairs = [pair for t in range(steps) for pair in encode_step(dataset, t, batched=batched)]
+    if batched or not partitions:
+        flat = [Incoming("ticks", 0, n, key, value) for n, (key, value) in enumerate(pairs)]
+        return [flat[i : i + size] for i in range(0, len(flat), size)]
+    ids = list(range(abs(partitions)))
+    rule = DefaultPartitioner()
+    owned: dict[int, list[Incoming]] = {p: [] for p in ids}
+    for key, value in pairs:
+        p = rule(key, ids, ids)
+        owned[p].append(Incoming("ticks", p, len(owned[p]), key, value))
+    share = size if partitions < 0 else size // partitions
+    rounds = range(0, max(len(m) for m in owned.values()), share)
+    if partitions < 0:  # one partition's share after another
+        return [owned[p][i : i + share] for i in rounds for p in ids if owned[p][i : i + share]]
+    return [
+        incoming({TopicPartition("ticks", p): owned[p][i : i + share] for p in ids})[0]
+        for i in rounds
     ]
-    return [flat[i : i + size] for i in range(0, len(flat), size)]
 
 
 def run(settings: Settings, micro_batches: list[list[Incoming]], kind: str) -> tuple[float, float]:
@@ -61,6 +84,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--profile", choices=("single", "batched"))
     parser.add_argument("--sort", choices=("tottime", "cumulative"), default="tottime")
+    parser.add_argument("--partitions", type=int, default=0)
     args = parser.parse_args()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as a worker does
     dataset = load_dataset(bundled_dataset_path())
@@ -75,8 +99,9 @@ def main() -> None:
         n = args.steps * dataset.n_sensors
         for kind in ("single", "batched"):
             batches = messages(
-                dataset, args.steps, kind == "batched", settings.micro_batch_messages
-            )
+                dataset, args.steps, kind == "batched", settings.micro_batch_messages,
+                args.partitions,
+            )  # fmt: skip
             if args.profile == kind:
                 profiler = cProfile.Profile()
                 profiler.enable()
