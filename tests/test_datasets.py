@@ -612,3 +612,21 @@ def test_ticks_recorded_from_a_topic_read_as_a_dataset(
             assert np.array_equal(ds.values[:, :, 0], pems08.values[:steps, :, 0], equal_nan=True)
         assert "2 ticks or lines left out, as a worker would dead-letter them" in caplog.text
         caplog.clear()
+
+
+def test_csv_as_spreadsheets_save_it_utf16_latin1_and_a_byte_order_mark(
+    tmp_path: Path, pems08: GridDataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Excel's "Unicode text" (UTF-16 with its mark), UTF-8 with a mark, and a European
+    export in Windows-1252 ("°C", "µg/m³") read as the same grid, with the sensors' names
+    right; the last with a warning that it was not UTF-8."""
+    grid = _leading(pems08, sensors=2)
+    lines = ["time,Temperatur (°C),PM2.5 µg/m³"]
+    lines += [f"{_iso(pems08, t)},{a},{b}" for t, (a, b) in enumerate(grid.tolist())]
+    text = "\n".join(lines) + "\n"
+    for name, encoding in (("u16", "utf-16"), ("sig", "utf-8-sig"), ("win", "cp1252")):
+        (tmp_path / f"{name}.csv").write_bytes(text.encode(encoding))
+        ds = load_dataset(tmp_path / f"{name}.csv")
+        assert ds.sensors == (f"{name}/Temperatur (°C)", f"{name}/PM2.5 µg/m³")
+        assert np.array_equal(ds.values[:, :, 0], grid) and ds.step_s == 300
+    assert caplog.text.count("not UTF-8") == 1 and "win.csv: not UTF-8 (byte 0xb0" in caplog.text

@@ -7,8 +7,10 @@ the file's times say them; ``stream_app.offline.datasets`` fills in the rest and
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
+import io
 import logging
 import re
 from collections import Counter
@@ -54,10 +56,36 @@ def data_suffix(path: Path) -> str:
 
 
 def _open_text(path: Path) -> TextIO:
-    """A text file's lines (CSV, JSON lines), gzip-compressed or not."""
+    """A UTF-8 text file's lines (JSON lines), gzip-compressed or not."""
     if path.suffix == ".gz":
         return gzip.open(path, "rt", newline="", encoding="utf-8")
     return path.open(newline="", encoding="utf-8")
+
+
+def _bytes(path: Path, limit: int = -1) -> bytes:
+    """A file's bytes (the first ``limit``), gzip-compressed or not."""
+    with gzip.open(path) if path.suffix == ".gz" else path.open("rb") as f:
+        return f.read(limit)
+
+
+def _decoded(raw: bytes, file: Path, partial: bool = False) -> str:
+    """A CSV's text as spreadsheets save it: UTF-8 (with or without a byte-order mark), UTF-16
+    with its mark (Excel's "Unicode text"), else Windows-1252 (Latin-1 and the euro sign: a
+    European export's "°C" or "µg/m³"), named in a warning. ``partial``: a file's first bytes,
+    whose last character may be cut."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16", errors="replace" if partial else "strict")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        if partial and error.start >= len(raw) - 3:
+            return raw[: error.start].decode("utf-8-sig")
+        if not partial:
+            log.warning(
+                "%s: not UTF-8 (byte 0x%02x at %d): read as Windows-1252 (Latin-1)",
+                file, raw[error.start], error.start,
+            )  # fmt: skip
+        return raw.decode("cp1252", errors="replace")
 
 
 def is_data_file(path: Path) -> bool:
@@ -79,15 +107,13 @@ def is_data_file(path: Path) -> bool:
 
 
 def _header(path: Path) -> list[str]:
-    with _open_text(path) as f:
-        return next(csv.reader(f, delimiter=_delimiter(path)), [])
+    first = _decoded(_bytes(path, 65536), path, partial=True).split("\n", 1)[0]
+    return next(csv.reader([first], delimiter=_delimiter(first)), [])
 
 
-def _delimiter(path: Path) -> str:
-    """``,``, or ``;`` or a tab where the header line holds those and no comma (as European
-    spreadsheets and many exports write CSV)."""
-    with _open_text(path) as f:
-        first = f.readline()
+def _delimiter(first: str) -> str:
+    """``,``, or ``;`` or a tab where the header line ``first`` holds those and no comma (as
+    European spreadsheets and many exports write CSV)."""
     if "," in first:
         return ","
     return max((";", "\t"), key=first.count) if (";" in first or "\t" in first) else ","
@@ -211,9 +237,9 @@ def _array_grid(values: npt.NDArray[np.float64], file: Path) -> FileGrid:
 
 
 def _csv_rows(file: Path) -> list[list[str]]:
-    delimiter = _delimiter(file)
-    with _open_text(file) as f:
-        rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
+    text = _decoded(_bytes(file), file)
+    delimiter = _delimiter(text.split("\n", 1)[0])
+    rows = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if row]
     if len(rows) < 2:
         raise DatasetError(f"{file}: a header row and at least one data row are needed")
     return rows
