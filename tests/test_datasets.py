@@ -79,11 +79,40 @@ def test_bundled_slice_equals_the_shared_one(shared: Path, pems08: GridDataset) 
     assert (pems08.sensors, pems08.start) == (reference.sensors, reference.start)
 
 
-def test_directory_with_several_data_files_is_refused(tmp_path: Path, pems08: GridDataset) -> None:
+def test_a_directory_of_arrays_without_times_is_refused_with_the_reason(
+    tmp_path: Path, pems08: GridDataset
+) -> None:
     for stem in ("a", "b"):
         np.savez(tmp_path / f"{stem}.npz", data=pems08.values[:2])
-    with pytest.raises(DatasetError, match="exactly one data file"):
+    with pytest.raises(DatasetError, match=r"\['a.npz', 'b.npz'\] say no times; files read side"):
         load_dataset(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="holds no data file"):
+        load_dataset(empty)
+
+
+def test_a_file_per_station_reads_side_by_side(tmp_path: Path, shared: Path) -> None:
+    """The Beijing stations' original files, one per station (an hour a row, eleven numeric
+    columns each), in a directory: one grid, each station's columns named after its file,
+    a file that starts later placed at its own time."""
+    folder = shared / "corpus" / "BEIJING_AIR" / "original" / "PRSA_Data_20130301-20170228"
+    originals = sorted(folder.glob("*.csv"))[:3]
+    stations = tmp_path / "stations"
+    stations.mkdir()
+    for n, original in enumerate(originals):
+        lines = original.read_text(encoding="utf-8").splitlines()[:49]
+        if n == 2:  # the third station's file starts five hours later
+            lines = lines[:1] + lines[6:]
+        (stations / original.name).write_text("\n".join(lines) + "\n")
+    ds = load_dataset(stations)
+    assert (ds.name, ds.start, ds.step_s) == ("stations", datetime(2013, 3, 1, tzinfo=UTC), 3600)
+    assert ds.values.shape == (48, 33, 1)
+    first = f"stations/{originals[0].stem}/PM2.5"
+    assert ds.sensors[0] == first and ds.sensors[22] == f"stations/{originals[2].stem}/PM2.5"
+    alone = load_dataset(stations / originals[2].name)
+    assert np.isnan(ds.values[:5, 22:, 0]).all()
+    assert np.array_equal(ds.values[5:, 22:, 0], alone.values[:, :, 0], equal_nan=True)
 
 
 def _leading(pems08: GridDataset, steps: int = 30, sensors: int = 12) -> np.ndarray:

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -143,6 +143,50 @@ def read_grid(file: Path) -> FileGrid:
         f"{file}: unknown format; use .npz (key 'data') or .npy, .csv or .tsv (or .csv.gz), "
         ".parquet, .h5 (a pandas frame) or .jsonl (ticks as the worker reads them)"
     )
+
+
+def side_by_side(files: list[Path]) -> FileGrid:
+    """Several files of one network, as archives ship a file per sensor or station: each
+    file's grid placed on one time axis, its sensors named after the file (the file's name
+    for a file of one column, else ``file/column``). The files must say their times, on one
+    step and phase."""
+    grids = [read_grid(file) for file in files]
+    untimed = [f.name for f, g in zip(files, grids, strict=True) if g.start is None]
+    if untimed:
+        raise DatasetError(
+            f"{files[0].parent}: {untimed} say no times; files read side by side need their own"
+        )
+    steps = sorted({g.step_s for g in grids if g.step_s is not None})
+    channels = sorted({g.values.shape[2] for g in grids})
+    if len(steps) != 1 or len(channels) != 1:
+        raise DatasetError(
+            f"{files[0].parent}: its files differ in step ({steps} s) or channels ({channels}); "
+            "name one file"
+        )
+    step_s, start = steps[0], min(g.start for g in grids if g.start is not None)
+    offsets = []
+    for file, grid in zip(files, grids, strict=True):
+        seconds = (cast(datetime, grid.start) - start).total_seconds()
+        if seconds % step_s:
+            raise DatasetError(
+                f"{file}: its times are {seconds % step_s:g} s off the grid of the other files"
+            )
+        offsets.append(int(seconds // step_s))
+    steps_in_all = max(o + len(g.values) for o, g in zip(offsets, grids, strict=True))
+    width = sum(g.values.shape[1] for g in grids)
+    values = np.full((steps_in_all, width, channels[0]), np.nan)
+    ids: list[str] = []
+    for file, grid, offset in zip(files, grids, offsets, strict=True):
+        n, stem = grid.values.shape[1], _stem(file)
+        values[offset : offset + len(grid.values), len(ids) : len(ids) + n] = grid.values
+        ids += [stem] if n == 1 else [f"{stem}/{sensor}" for sensor in grid.sensor_ids]
+    return FileGrid(values, ids, start, step_s)
+
+
+def _stem(file: Path) -> str:
+    """A data file's name without its format's suffix (nor ``.gz``)."""
+    name = file.name[:-3] if file.suffix == ".gz" else file.name
+    return name[: len(name) - len(Path(name).suffix)]
 
 
 def _read_npz(file: Path) -> FileGrid:

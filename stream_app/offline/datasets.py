@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .dataset_files import DATA_SUFFIXES, DatasetError, data_suffix, is_data_file, read_grid
+from .dataset_files import (
+    DATA_SUFFIXES,
+    DatasetError,
+    data_suffix,
+    is_data_file,
+    read_grid,
+    side_by_side,
+)
 
 METADATA_FILE = "stcast.json"
 # File names that say nothing of the network (the corpus's ``wide.csv``): its folder names it.
@@ -119,12 +126,16 @@ def load_dataset(
     name: str | None = None,
     missing: Sequence[float] = (),
 ) -> GridDataset:
-    """Load a data file, or the one data file in a directory, as a ``GridDataset``. Readings
+    """Load a data file, or the data files in a directory (several: side by side, a file per
+    sensor or station, ``dataset_files.side_by_side``), as a ``GridDataset``. Readings
     equal to a ``missing`` code (the UCI air file's -200, a weather service's -9999), or to one
     the file's ``stcast.json`` names, are missing readings."""
-    file = _data_file(Path(path))
+    files = _data_files(Path(path))
     start = None if start is None else _utc(start)
-    grid = read_grid(file)
+    if len(files) == 1:
+        file, grid = files[0], read_grid(files[0])
+    else:  # a file per sensor or station; named, and its stcast.json found, as a file "data" there
+        file, grid = Path(path) / "data", side_by_side(files)
     values, sensor_ids = grid.values, grid.sensor_ids
     found = _Meta(grid.name, grid.start, grid.step_s)
     sidecar = _sidecar(file)
@@ -187,16 +198,16 @@ def _check_agrees(found: _Meta, start: datetime | None, step_s: int | None) -> N
         )
 
 
-def _data_file(path: Path) -> Path:
+def _data_files(path: Path) -> list[Path]:
+    """The file, or the data files in a directory (graphs and location tables left out)."""
     if not path.exists():
         raise DatasetError(f"{path} does not exist")
     if path.is_file():
-        return path
+        return [path]
     found = sorted(p for p in path.iterdir() if data_suffix(p) in DATA_SUFFIXES and is_data_file(p))
-    if len(found) != 1:
-        names = [p.name for p in found] or "none"
-        raise DatasetError(f"{path} must hold exactly one data file (found {names}); name one")
-    return found[0]
+    if not found:
+        raise DatasetError(f"{path} holds no data file ({', '.join(DATA_SUFFIXES)})")
+    return found
 
 
 def _sidecar(file: Path) -> _Meta:
