@@ -399,6 +399,19 @@ def test_consumer_lag_is_high_watermark_minus_position_per_owned_partition() -> 
     ]
 
 
+async def _write_per_partition(bootstrap: str, topic: str, written: dict[int, int]) -> None:
+    """``written[p]`` records (``b"0"``, ``b"1"``...) into each partition ``p`` of ``topic``."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for partition, count in written.items():
+            for i in range(count):
+                await producer.send(topic, f"{i}".encode(), partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
 @pytest.mark.integration
 def test_a_micro_batch_takes_an_equal_share_of_each_partition_waiting(
     broker: EmbeddedBroker,
@@ -412,15 +425,7 @@ def test_a_micro_batch_takes_an_equal_share_of_each_partition_waiting(
     settings = Settings(bootstrap_servers=broker.bootstrap_servers, group_id=f"{topic}.group")
 
     async def scenario() -> list[dict[int, list[int]]]:
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
-        await producer.start()
-        try:
-            for partition, count in written.items():
-                for i in range(count):
-                    await producer.send(topic, f"{i}".encode(), partition=partition)
-            await producer.flush()
-        finally:
-            await producer.stop()
+        await _write_per_partition(broker.bootstrap_servers, topic, written)
         consumer = tick_consumer(settings)
         consumer.subscribe([topic])
         await consumer.start()
@@ -453,15 +458,7 @@ def test_consumer_lag_against_the_embedded_broker(broker: EmbeddedBroker) -> Non
     registry = CollectorRegistry()
 
     async def scenario() -> dict[int, int]:
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
-        await producer.start()
-        try:
-            for partition, count in written.items():
-                for i in range(count):
-                    await producer.send(topic, f"{i}".encode(), partition=partition)
-            await producer.flush()
-        finally:
-            await producer.stop()
+        await _write_per_partition(broker.bootstrap_servers, topic, written)
         consumer = tick_consumer(settings)
         consumer.subscribe([topic])
         await consumer.start()
