@@ -121,13 +121,14 @@ def _delimiter(first: str) -> str:
 
 def read_grid(file: Path) -> FileGrid:
     """The (T, N, F) values, the source's sensor ids, and the file's own start and step if any."""
-    if file.suffix == ".npz":
+    suffix = data_suffix(file)
+    if suffix == ".npz":
         return _read_npz(file)
-    if file.suffix == ".npy":
+    if suffix == ".npy":
         return _array_grid(np.asarray(np.load(file, allow_pickle=False), dtype=np.float64), file)
-    if data_suffix(file) in TICK_SUFFIXES:
+    if suffix in TICK_SUFFIXES:
         return _read_ticks(file)
-    if data_suffix(file) in TEXT_SUFFIXES:  # the delimiter is found from the header
+    if suffix in TEXT_SUFFIXES:  # the delimiter is found from the header
         rows = _csv_rows(file)
         header = [h.strip() for h in rows[0]]
         if tuple(h.lower() for h in header) == LONG_HEADER:
@@ -135,9 +136,9 @@ def read_grid(file: Path) -> FileGrid:
         if (layout := _long_layout(header, rows[1:])) is not None:
             return _read_long(_as_long(rows[1:], layout, header, file), file)
         return _read_wide(header, rows[1:], file)
-    if file.suffix == ".parquet":
+    if suffix == ".parquet":
         return _read_parquet(file)
-    if file.suffix in (".h5", ".hdf5"):
+    if suffix in (".h5", ".hdf5"):
         return _read_hdf5(file)
     raise DatasetError(
         f"{file}: unknown format; use .npz (key 'data') or .npy, .csv or .tsv (or .csv.gz), "
@@ -177,16 +178,18 @@ def side_by_side(files: list[Path]) -> FileGrid:
     values = np.full((steps_in_all, width, channels[0]), np.nan)
     ids: list[str] = []
     for file, grid, offset in zip(files, grids, offsets, strict=True):
-        n, stem = grid.values.shape[1], _stem(file)
+        n, stem = grid.values.shape[1], file_stem(file)
         values[offset : offset + len(grid.values), len(ids) : len(ids) + n] = grid.values
         ids += [stem] if n == 1 else [f"{stem}/{sensor}" for sensor in grid.sensor_ids]
     return FileGrid(values, ids, start, step_s)
 
 
-def _stem(file: Path) -> str:
-    """A data file's name without its format's suffix (nor ``.gz``)."""
-    name = file.name[:-3] if file.suffix == ".gz" else file.name
-    return name[: len(name) - len(Path(name).suffix)]
+def file_stem(file: Path) -> str:
+    """A data file's name without its format's suffix (``flows.csv.gz`` -> ``flows``)."""
+    stem = file.name[: len(file.name) - len(file.suffix)]
+    if data_suffix(file) != file.suffix:  # compressed: the format's suffix goes too
+        stem = stem[: len(stem) - len(data_suffix(file))]
+    return stem
 
 
 def _read_npz(file: Path) -> FileGrid:

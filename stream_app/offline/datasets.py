@@ -23,6 +23,7 @@ from .dataset_files import (
     DATA_SUFFIXES,
     DatasetError,
     data_suffix,
+    file_stem,
     is_data_file,
     read_grid,
     side_by_side,
@@ -179,9 +180,7 @@ def shared_data_dir() -> Path | None:
 def _default_name(file: Path) -> str:
     """``PEMS08.npz`` -> ``pems08``; ``BEIJING_AIR/wide.csv`` -> ``beijing_air``;
     ``flows.csv.gz`` -> ``flows``."""
-    stem = file.name[: len(file.name) - len(file.suffix)].lower()
-    if data_suffix(file) != file.suffix:  # compressed: the format's suffix goes too
-        stem = stem[: len(stem) - len(data_suffix(file))]
+    stem = file_stem(file).lower()
     return file.parent.name.lower() if stem in GENERIC_STEMS and file.parent.name else stem
 
 
