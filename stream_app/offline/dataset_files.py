@@ -494,16 +494,16 @@ def _long_layout(header: list[str], rows: list[list[str]]) -> tuple[int, int, li
     sensor and number columns; None for any other layout (a wide file's times never repeat)."""
     if len(header) < 3 or not rows or any(len(row) != len(header) for row in rows):
         return None
-    if (  # a wide file's time in parts: a date and a time of day, year..hour, or an hour
-        _date_and_clock(rows[0]) is not None
-        or _time_parts(header) is not None
-        or _hour_column(header, rows) is not None
-    ):
-        return None
     first = rows[0]
     times = [j for j, name in enumerate(header) if _label(name) in TIME_COLUMNS]
     times = times or [j for j, cell in enumerate(first) if _is_time(cell)]
     if len(times) != 1 or len({row[times[0]] for row in rows}) == len(rows):
+        return None  # a wide file's times never repeat: it is read as one, once
+    if (  # a wide file's time in parts: a date and a time of day, year..hour, or an hour
+        _date_and_clock(first) is not None
+        or _time_parts(header) is not None
+        or _hour_column(header, rows) is not None
+    ):
         return None
     rest = [j for j in range(len(header)) if j != times[0]]
     text = [j for j in rest if not _is_number(_normalised(first[j]))]
