@@ -22,7 +22,8 @@ from typing import Any, TextIO, cast
 import numpy as np
 import numpy.typing as npt
 
-from ..core.records import Rejected, TimestampParser, decode_json, tick_from_json
+from ..core.chunks import ticks_of
+from ..core.records import Incoming, Rejected, TimestampParser, tick_from_json
 
 log = logging.getLogger(__name__)
 
@@ -538,7 +539,7 @@ def _read_long(rows: list[list[str]], file: Path) -> FileGrid:
 
 def _read_ticks(file: Path) -> FileGrid:
     """Ticks recorded from a ticks topic (``kcat -C -t stcast.ticks > ticks.jsonl``): a tick or
-    a tick batch per line, read by the worker's own rules (``records.tick_from_json``); a
+    a tick batch per line, read by the worker's own reference decoder (``chunks.ticks_of``); a
     line or tick the worker would dead-letter is left out, counted in a warning."""
     parse = TimestampParser()
     sensors: list[str] = []
@@ -549,18 +550,10 @@ def _read_ticks(file: Path) -> FileGrid:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                decoded = decode_json(line.encode())
-            except Rejected as why:
-                refused.append(f"line {number}: {why.detail}")
-                continue
-            batch = isinstance(decoded, dict) and "ticks" in decoded
-            items = decoded["ticks"] if batch else [decoded]
-            if not isinstance(items, list):
-                refused.append(f"line {number}: ticks must be a list")
-                continue
-            for item in items:
+            for item, _ in ticks_of(Incoming(file.name, 0, number, None, line.encode())):
                 try:
+                    if isinstance(item, Rejected):
+                        raise item
                     tick = tick_from_json(item, parse)
                 except Rejected as why:
                     refused.append(f"line {number}: {why.detail}")
