@@ -330,5 +330,6 @@ def missing_value_arg(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="X",
-        help="a reading the data writes for a missing one, e.g. -200 or -9999 (repeatable)",
+        help="a reading the data writes for a missing one, e.g. -200 or -9999 (repeatable; "
+        "without it, such a code far below a column's other readings is found and named)",
     )

@@ -659,3 +659,65 @@ def test_csv_as_spreadsheets_save_it_utf16_latin1_and_a_byte_order_mark(
         assert ds.sensors == (f"{name}/Temperatur (°C)", f"{name}/PM2.5 µg/m³")
         assert np.array_equal(ds.values[:, :, 0], grid) and ds.step_s == 300
     assert caplog.text.count("not UTF-8") == 1 and "win.csv: not UTF-8 (byte 0xb0" in caplog.text
+
+
+def test_thousands_separators_as_us_and_german_exports_write_them(
+    tmp_path: Path, pems08: GridDataset
+) -> None:
+    """A quoted ``"12,345.6"`` in a comma file groups thousands; in a ``;`` file ``12.345,6``
+    does, and a lone comma is the decimal point (``2,6``); a fraction ``0,125`` is never a
+    group of thousands."""
+    grid = _leading(pems08, sensors=2) * 37.5  # flows into the thousands
+    rows = [[_iso(pems08, t), f"{a:,.1f}", f"{b:,.1f}"] for t, (a, b) in enumerate(grid)]
+    assert any("," in row[1] for row in rows)
+    with (tmp_path / "us.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["ts", "a", "b"], *rows])
+    np.testing.assert_allclose(load_dataset(tmp_path / "us.csv").values[:, :, 0], grid)
+    german = [[t, a.replace(",", "_").replace(".", ",").replace("_", "."), b] for t, a, b in rows]
+    german = [[t, a, b.replace(",", "")] for t, a, b in german]  # b: 12345.6 with a point
+    (tmp_path / "de.csv").write_text("\n".join(";".join(r) for r in [["ts", "a", "b"], *german]))
+    np.testing.assert_allclose(load_dataset(tmp_path / "de.csv").values[:, :, 0], grid)
+    (tmp_path / "fractions.csv").write_text('ts,a\n2016-07-01T00:00:00Z,"0,125"\n'
+                                            '2016-07-01T00:05:00Z,"2,5"\n')  # fmt: skip
+    assert load_dataset(tmp_path / "fractions.csv").values[:, 0, 0].tolist() == [0.125, 2.5]
+
+
+def test_epoch_seconds_with_a_fraction_as_loggers_write_them(
+    tmp_path: Path, pems08: GridDataset
+) -> None:
+    """``time.time()`` stamps (``1467331200.013``), jittering by milliseconds: each reading on
+    its 5-minute slot."""
+    grid = _leading(pems08, sensors=2)
+    epoch_s = pems08.start.timestamp()
+    jitter = [0.013, 0.5, -0.25, 1.75, 0.0]
+    lines = ["time,a,b"] + [
+        f"{epoch_s + t * 300 + jitter[t % 5]:.3f},{a},{b}" for t, (a, b) in enumerate(grid)
+    ]
+    (tmp_path / "logged.csv").write_text("\n".join(lines) + "\n")
+    ds = load_dataset(tmp_path / "logged.csv")
+    assert (ds.start, ds.step_s) == (pems08.start, 300)
+    np.testing.assert_array_equal(ds.values[:, :, 0], grid)
+
+
+def test_missing_codes_are_found_in_the_data(
+    tmp_path: Path, shared: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The UCI air file's -200 is read as missing without being named, exactly where the
+    corpus's cleaned copy has empty cells; -1 among counts is too, but not among temperatures
+    that go below zero; codes the user names replace the guess."""
+    original = load_dataset(shared / "corpus" / "AIR_ITALY" / "original" / "AirQuality.csv")
+    cleaned = load_dataset(shared / "corpus" / "AIR_ITALY" / "wide.csv")
+    assert "16701 readings of -200 read as missing" in caplog.text
+    np.testing.assert_array_equal(original.values, cleaned.values)  # NaN where NaN
+    rows = ["ts,counts,celsius,level"]
+    cells = [(5, 0.4, -200), (-1, -1.0, -200), (0, -0.3, -200), (-1, 2.0, 3.5), (7, -1.0, 2)]
+    for t, (count, celsius, level) in enumerate(cells):
+        rows.append(f"2016-07-01T00:{5 * t:02d}:00Z,{count},{celsius},{level}")
+    (tmp_path / "coded.csv").write_text("\n".join(rows) + "\n")
+    values = load_dataset(tmp_path / "coded.csv").values[:, :, 0]
+    np.testing.assert_array_equal(values[:, 0], [5, np.nan, 0, np.nan, 7])  # -1 among counts
+    np.testing.assert_array_equal(values[:, 1], [0.4, -1.0, -0.3, 2.0, -1.0])  # a temperature
+    np.testing.assert_array_equal(values[:, 2], [np.nan, np.nan, np.nan, 3.5, 2])
+    named = load_dataset(tmp_path / "coded.csv", missing=[-1]).values[:, :, 0]
+    np.testing.assert_array_equal(named[:, 1], [0.4, np.nan, -0.3, 2.0, np.nan])
+    assert named[0, 2] == -200  # named codes replace the guess

@@ -32,6 +32,10 @@ LONG_HEADER = ("sensor", "ts", "value")
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")  # also read gzip-compressed: ``.csv.gz``
 TICK_SUFFIXES = (".jsonl", ".ndjson")  # recorded ticks: a tick or a tick batch per line
 DATA_SUFFIXES = (".npz", ".npy", *TEXT_SUFFIXES, ".parquet", ".h5", ".hdf5")
+# What a comma in a number is: in a file whose cells a comma separates, a quoted "1,234" or
+# "12,345.6" is a thousands separator (a US export); in a ``;`` or tab file it is a decimal
+# comma (``2,6``), and points before it group thousands (``1.234,5``, a German export)
+THOUSANDS, DECIMAL = "thousands", "decimal"
 
 
 class DatasetError(ValueError):
@@ -130,13 +134,14 @@ def read_grid(file: Path) -> FileGrid:
     if suffix in TICK_SUFFIXES:
         return _read_ticks(file)
     if suffix in TEXT_SUFFIXES:  # the delimiter is found from the header
-        rows = _csv_rows(file)
+        rows, delimiter = _csv_rows(file)
         header = [h.strip() for h in rows[0]]
+        commas = THOUSANDS if delimiter == "," else DECIMAL
         if tuple(h.lower() for h in header) == LONG_HEADER:
-            return _read_long(rows[1:], file)
-        if (layout := _long_layout(header, rows[1:])) is not None:
-            return _read_long(_as_long(rows[1:], layout, header, file), file)
-        return _read_wide(header, rows[1:], file)
+            return _read_long(rows[1:], file, commas)
+        if (layout := _long_layout(header, rows[1:], commas)) is not None:
+            return _read_long(_as_long(rows[1:], layout, header, file), file, commas)
+        return _read_wide(header, rows[1:], file, commas)
     if suffix == ".parquet":
         return _read_parquet(file)
     if suffix in (".h5", ".hdf5"):
@@ -284,16 +289,19 @@ def _array_grid(values: npt.NDArray[np.float64], file: Path) -> FileGrid:
     return FileGrid(values, [str(i) for i in range(values.shape[1])])
 
 
-def _csv_rows(file: Path) -> list[list[str]]:
+def _csv_rows(file: Path) -> tuple[list[list[str]], str]:
+    """The rows of a CSV and its delimiter."""
     text = _decoded(_bytes(file), file)
     delimiter = _delimiter(text.split("\n", 1)[0])
     rows = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if row]
     if len(rows) < 2:
         raise DatasetError(f"{file}: a header row and at least one data row are needed")
-    return rows
+    return rows, delimiter
 
 
-def _read_wide(header: list[str], rows: list[list[str]], file: Path) -> FileGrid:
+def _read_wide(
+    header: list[str], rows: list[list[str]], file: Path, commas: str = DECIMAL
+) -> FileGrid:
     if any(len(row) != len(header) for row in rows):
         raise DatasetError(f"{file}: every row must have {len(header)} cells, like the header")
     if len(header) > 2 and _is_row_number(header[0], [row[0] for row in rows], file):
@@ -318,10 +326,10 @@ def _read_wide(header: list[str], rows: list[list[str]], file: Path) -> FileGrid
     cells = np.array(rows, dtype=object)
     sensors = header[1:] if has_time else header
     try:
-        values = _floats(cells[:, int(has_time) :], file)
+        values = _floats(cells[:, int(has_time) :], file, commas)
     except DatasetError:  # columns of text are left out; a number column's bad cell is named
-        cells, sensors = _without_text(cells, sensors, int(has_time), file)
-        values = _floats(cells[:, int(has_time) :], file)
+        cells, sensors = _without_text(cells, sensors, int(has_time), file, commas)
+        values = _floats(cells[:, int(has_time) :], file, commas)
     if not has_time:
         return FileGrid(values[:, :, np.newaxis], sensors)
     values, sensors = _without_calendar(values, sensors, file)
@@ -441,7 +449,7 @@ def _without(row: list[str], parts: list[int]) -> list[str]:
 
 
 def _without_text(
-    cells: npt.NDArray[Any], sensors: list[str], first: int, file: Path
+    cells: npt.NDArray[Any], sensors: list[str], first: int, file: Path, commas: str = DECIMAL
 ) -> tuple[npt.NDArray[Any], list[str]]:
     """The cells without the columns of text (a station's name, a wind direction: no cell a
     number), left out with a warning; a column of numbers with text among them stays, for
@@ -450,7 +458,8 @@ def _without_text(
         j
         for j in range(len(sensors))
         if not any(
-            (cell := _normalised(c)) != "nan" and _is_number(cell) for c in cells[:, first + j]
+            (cell := _normalised(c, commas)) != "nan" and _is_number(cell)
+            for c in cells[:, first + j]
         )
     ]
     if not text:
@@ -489,7 +498,9 @@ def _without_calendar(
     return values[:, keep], [sensors[j] for j in keep]
 
 
-def _long_layout(header: list[str], rows: list[list[str]]) -> tuple[int, int, list[int]] | None:
+def _long_layout(
+    header: list[str], rows: list[list[str]], commas: str = DECIMAL
+) -> tuple[int, int, list[int]] | None:
     """A long CSV whose columns are named otherwise (``station,datetime,pm25``): a column of
     times that repeat, one column of text (the sensor) and columns of numbers. Its time,
     sensor and number columns; None for any other layout (a wide file's times never repeat)."""
@@ -507,7 +518,7 @@ def _long_layout(header: list[str], rows: list[list[str]]) -> tuple[int, int, li
     ):
         return None
     rest = [j for j in range(len(header)) if j != times[0]]
-    text = [j for j in rest if not _is_number(_normalised(first[j]))]
+    text = [j for j in rest if not _is_number(_normalised(first[j], commas))]
     numbers = [j for j in rest if j not in text]
     return (times[0], text[0], numbers) if len(text) == 1 and numbers else None
 
@@ -528,12 +539,12 @@ def _as_long(
     return [[row[sensor], row[time], row[numbers[0]]] for row in rows]
 
 
-def _read_long(rows: list[list[str]], file: Path) -> FileGrid:
+def _read_long(rows: list[list[str]], file: Path, commas: str = DECIMAL) -> FileGrid:
     if any(len(row) != 3 for row in rows):
         raise DatasetError(f"{file}: every row of a long CSV must be sensor,ts,value")
     sensors = [row[0].strip() for row in rows]
     times_ms = _times_ms([row[1] for row in rows], file)
-    values = _floats(np.array([row[2] for row in rows], dtype=object), file)
+    values = _floats(np.array([row[2] for row in rows], dtype=object), file, commas)
     return _long_to_grid(sensors, times_ms, values, file)
 
 
@@ -718,16 +729,21 @@ def _calendar_step(days: float) -> str:
 # How spreadsheets, R and pandas write a missing reading (compared lower-cased and stripped)
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "-", "?"})
 DECIMAL_COMMA = re.compile(r"[-+]?\d+,\d+")
+GROUPED = {
+    THOUSANDS: re.compile(r"[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d+)?"),
+    DECIMAL: re.compile(r"[-+]?[1-9]\d{0,2}(\.\d{3})+,\d+"),
+}
 
 
-def _floats(cells: npt.NDArray[Any], file: Path) -> npt.NDArray[np.float64]:
-    """The cells as numbers; a missing reading (``MISSING``) is NaN, a decimal comma a point."""
+def _floats(cells: npt.NDArray[Any], file: Path, commas: str = DECIMAL) -> npt.NDArray[np.float64]:
+    """The cells as numbers; a missing reading (``MISSING``) is NaN, a comma read as
+    ``commas`` says (``THOUSANDS`` or ``DECIMAL``)."""
     filled = np.where(cells == "", "nan", cells)
     try:
         return filled.astype(np.float64)
     except ValueError:
         pass
-    filled = np.vectorize(_normalised, otypes=[object])(cells)
+    filled = np.vectorize(lambda cell: _normalised(cell, commas), otypes=[object])(cells)
     try:
         numbers: npt.NDArray[np.float64] = filled.astype(np.float64)
         return numbers
@@ -742,12 +758,20 @@ def _floats(cells: npt.NDArray[Any], file: Path) -> npt.NDArray[np.float64]:
         ) from None
 
 
-def _normalised(cell: object) -> str:
+def _normalised(cell: object, commas: str = DECIMAL) -> str:
     """A cell as ``float`` reads it: a missing reading as ``nan``, a decimal comma (``2,6``
-    from a ``;``-separated European export) as a point."""
+    from a ``;``-separated European export) as a point, thousands ungrouped (``GROUPED``).
+
+    >>> _normalised("1,234.5", THOUSANDS), _normalised("1.234,5"), _normalised("2,6")
+    ('1234.5', '1234.5', '2.6')
+    >>> _normalised("12,5", THOUSANDS), _normalised("0,125", THOUSANDS), _normalised("1.234")
+    ('12.5', '0.125', '1.234')
+    """
     text = str(cell).strip()
     if text.lower() in MISSING:
         return "nan"
+    if GROUPED[commas].fullmatch(text):
+        text = text.replace("," if commas == THOUSANDS else ".", "")
     return text.replace(",", ".") if DECIMAL_COMMA.fullmatch(text) else text
 
 
@@ -838,6 +862,8 @@ def _times_ms(
     texts = [cell.strip() for cell in cells]
     out = np.zeros(len(texts), dtype=np.int64)
     compact = compact if compact is not None else _compact_moments(texts)
+    if not compact and (seconds := _epoch_fractions(texts)) is not None:
+        return seconds
     timed = [i for i, text in enumerate(texts) if compact or not text.lstrip("-").isdigit()]
     for i in set(range(len(texts))) - set(timed):
         out[i] = int(texts[i])
@@ -864,6 +890,29 @@ COMPACT_FORMATS = {8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M"}
 # A column of integers all in this range is epoch seconds (1973-03-03 to 5138), else epoch
 # milliseconds (those of 1970-1973 alone would fall in it)
 EPOCH_S = (10**8, 10**11)
+
+
+EPOCH_FRACTION = re.compile(r"\d+\.\d+")
+
+
+def _epoch_fractions(texts: list[str]) -> npt.NDArray[np.int64] | None:
+    """Epoch milliseconds of epoch seconds written with a fraction (``1467331200.25``, as
+    Python's ``time.time()`` and many loggers write them), or None when the column is not
+    one: some cell has a fraction and every cell is a number of seconds in ``EPOCH_S``.
+
+    >>> _epoch_fractions(["1467331200.25", "1467331500"]).tolist()
+    [1467331200250, 1467331500000]
+    >>> _epoch_fractions(["1467331200", "1467331500"]) is None  # integers: read as before
+    True
+    """
+    if not any(EPOCH_FRACTION.fullmatch(text) for text in texts):
+        return None
+    if not all(EPOCH_FRACTION.fullmatch(text) or text.isdigit() for text in texts):
+        return None
+    seconds = np.array(texts, dtype=np.float64)
+    if not ((EPOCH_S[0] <= seconds) & (seconds < EPOCH_S[1])).all():
+        return None
+    return np.round(seconds * 1000).astype(np.int64)
 
 
 def _compact_moments(cells: list[str]) -> list[datetime] | None:

@@ -10,6 +10,7 @@ sensors first), else from a table of the shared reference datasets.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,8 @@ from .dataset_files import (
     read_grid,
     side_by_side,
 )
+
+log = logging.getLogger(__name__)
 
 METADATA_FILE = "stcast.json"
 # File names that say nothing of the network (the corpus's ``wide.csv``): its folder names it.
@@ -149,6 +152,8 @@ def load_dataset(
     codes = [*missing, *(sidecar.missing or ())]
     if codes:
         values = np.where(np.isin(values, codes), np.nan, values)
+    else:
+        values = _without_missing_codes(values, file)
     _check_agrees(found, start, step_s)
     if meta.start is None or meta.step_s is None:
         raise DatasetError(
@@ -161,6 +166,42 @@ def load_dataset(
     net = meta.name or _default_name(file)
     sensors = tuple(s if s.startswith(f"{net}/") else f"{net}/{s}" for s in sensor_ids)
     return GridDataset(net, values, meta.start, meta.step_s, sensors, channels)
+
+
+# Codes archives and loggers write for a missing reading: the UCI air file's -200, weather
+# services' -99, -999 and -9999, and -1 among counts (the UCTB pedestrian counts)
+MISSING_CODES = (-1.0, -99.0, -99.9, -200.0, -999.0, -999.9, -9999.0, -99999.0)
+
+
+def _without_missing_codes(values: npt.NDArray[np.float64], file: Path) -> npt.NDArray[np.float64]:
+    """``values`` with each column's missing code made NaN, where the column shows one: its
+    least reading is one of ``MISSING_CODES``, written at least twice, and far below all its
+    other readings (above half the code: -200 among readings above -100; -1 among counts,
+    whole numbers from 0). Named in a warning; codes the user names replace this guess."""
+    least = np.where(np.isnan(values), np.inf, values).min(axis=0)  # (N, F)
+    found: dict[float, int] = {}
+    cleaned = values
+    for n, f in np.argwhere(np.isin(least, MISSING_CODES)):
+        column, code = values[:, n, f], float(least[n, f])
+        coded = column == code
+        rest = column[~coded & ~np.isnan(column)]
+        if coded.sum() < 2:
+            continue
+        if code == -1.0:
+            apart = bool(np.all(rest >= 0) and np.all(rest == np.round(rest)))
+        else:
+            apart = rest.size == 0 or float(rest.min()) > code / 2
+        if apart:
+            cleaned = cleaned.copy() if cleaned is values else cleaned
+            cleaned[coded, n, f] = np.nan
+            found[code] = found.get(code, 0) + int(coded.sum())
+    for code, count in found.items():
+        log.warning(
+            "%s: %d readings of %g read as missing: a missing code (the least reading of its "
+            "columns, far below their others); name the codes with --missing-value to say "
+            "otherwise", file, count, code,
+        )  # fmt: skip
+    return cleaned
 
 
 def bundled_dataset_path() -> Path:
