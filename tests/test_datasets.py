@@ -721,3 +721,51 @@ def test_missing_codes_are_found_in_the_data(
     named = load_dataset(tmp_path / "coded.csv", missing=[-1]).values[:, :, 0]
     np.testing.assert_array_equal(named[:, 1], [0.4, np.nan, -0.3, 2.0, np.nan])
     assert named[0, 2] == -200  # named codes replace the guess
+
+
+def test_a_zip_as_downloads_ship_data(tmp_path: Path, shared: Path) -> None:
+    """UCTB's pedestrian archive (a zip of one pickled dict: counts, stations, time range, step)
+    reads as the corpus's cleaned copy, its -1 code found; a zip of a folder of station files
+    (with a readme and macOS's leftovers) reads side by side; ``stcast.json`` beside a zip of
+    an untimed array applies; a pickle that would run code is refused."""
+    import pickle
+    import zipfile
+
+    original = shared / "corpus" / "MELBOURNE_PEDESTRIANS" / "original" / "Pedestrian_Melbourne.zip"
+    zipped = load_dataset(original)
+    cleaned = load_dataset(shared / "corpus" / "MELBOURNE_PEDESTRIANS" / "wide.csv")
+    assert (zipped.name, zipped.start, zipped.step_s) == (
+        "pedestrian_melbourne", cleaned.start, 3600,
+    )  # fmt: skip
+    assert zipped.sensors[0] == "pedestrian_melbourne/Bou292_T"
+    np.testing.assert_array_equal(zipped.values, cleaned.values)
+    rows = ["ts,a", "2016-07-01T00:00:00Z,1", "2016-07-01T00:05:00Z,2"]
+    with zipfile.ZipFile(tmp_path / "stations.zip", "w") as z:
+        z.writestr("stations/north.csv", "\n".join(rows))
+        z.writestr("stations/south.csv", "\n".join([*rows, "2016-07-01T00:15:00Z,5"]))
+        z.writestr("stations/README.txt", "two stations")
+        z.writestr("__MACOSX/stations/._north.csv", "resource fork")
+    ds = load_dataset(tmp_path / "stations.zip")
+    assert (ds.name, ds.sensors, ds.step_s) == (
+        "stations",
+        ("stations/north", "stations/south"),
+        300,
+    )
+    np.testing.assert_array_equal(ds.values[:, :, 0], [[1, 1], [2, 2], [np.nan] * 2, [np.nan, 5]])
+    folder = tmp_path / "untimed"
+    folder.mkdir()
+    buffer = __import__("io").BytesIO()
+    np.save(buffer, np.arange(6.0).reshape(3, 2))
+    with zipfile.ZipFile(folder / "flows.zip", "w") as z:
+        z.writestr("flows.npy", buffer.getvalue())
+    (folder / "stcast.json").write_text('{"start": "2016-07-01T00:00:00Z", "step_s": 60}')
+    untimed = load_dataset(folder / "flows.zip")
+    assert (untimed.name, untimed.step_s, untimed.values.shape) == ("flows", 60, (3, 2, 1))
+
+    class Runs:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("ran",))
+
+    (tmp_path / "code.pkl").write_bytes(pickle.dumps({"data": Runs()}))
+    with pytest.raises(DatasetError, match=r"not a pickled dataset .*builtins.print"):
+        load_dataset(tmp_path / "code.pkl")

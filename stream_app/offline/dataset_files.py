@@ -12,6 +12,7 @@ import csv
 import gzip
 import io
 import logging
+import pickle
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -31,7 +32,8 @@ TIME_COLUMNS = ("ts", "time", "timestamp", "date", "datetime")
 LONG_HEADER = ("sensor", "ts", "value")
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")  # also read gzip-compressed: ``.csv.gz``
 TICK_SUFFIXES = (".jsonl", ".ndjson")  # recorded ticks: a tick or a tick batch per line
-DATA_SUFFIXES = (".npz", ".npy", *TEXT_SUFFIXES, ".parquet", ".h5", ".hdf5")
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+DATA_SUFFIXES = (".npz", ".npy", *TEXT_SUFFIXES, ".parquet", ".h5", ".hdf5", *PICKLE_SUFFIXES)
 # What a comma in a number is: in a file whose cells a comma separates, a quoted "1,234" or
 # "12,345.6" is a thousands separator (a US export); in a ``;`` or tab file it is a decimal
 # comma (``2,6``), and points before it group thousands (``1.234,5``, a German export)
@@ -104,7 +106,7 @@ def is_data_file(path: Path) -> bool:
     if suffix == ".npz":
         with np.load(path) as archive:
             return _npz_key(archive.files) is not None
-    if suffix in (".npy", ".parquet", ".h5", ".hdf5"):
+    if suffix in (".npy", ".parquet", ".h5", ".hdf5", *PICKLE_SUFFIXES):
         return True
     header = {h.strip().lower() for h in _header(path)}
     locations = {"latitude", "longitude"} <= header or {"lat", "lon"} <= header
@@ -146,9 +148,12 @@ def read_grid(file: Path) -> FileGrid:
         return _read_parquet(file)
     if suffix in (".h5", ".hdf5"):
         return _read_hdf5(file)
+    if suffix in PICKLE_SUFFIXES:
+        return _read_pickle(file)
     raise DatasetError(
         f"{file}: unknown format; use .npz (key 'data') or .npy, .csv or .tsv (or .csv.gz), "
-        ".parquet, .h5 (a pandas frame) or .jsonl (ticks as the worker reads them)"
+        ".parquet, .h5 (a pandas frame), .pkl (arrays), .jsonl (ticks as the worker reads "
+        "them), or a .zip of them"
     )
 
 
@@ -211,6 +216,93 @@ def _read_npz(file: Path) -> FileGrid:
 
 def _npz_key(names: list[str]) -> str | None:
     return "data" if "data" in names else (names[0] if len(names) == 1 else None)
+
+
+# What pickled datasets and graphs need (DCRNN's ``adj_mx.pkl``, a tuple of sensor ids, their
+# positions and the matrix, pickled by Python 2; UCTB's datasets, a dict of arrays and lists):
+# numpy arrays and nothing that runs code. Module names as Python 2 and numpy 1 wrote them.
+_PICKLED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how Python 3 writes an array's bytes at protocol 2
+}  # fmt: skip
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _PICKLED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not an array")
+        try:  # numpy 2 moved numpy.core to numpy._core (the old name warns there)
+            return super().find_class(module.replace("numpy.core.", "numpy._core."), name)
+        except ImportError:  # numpy 1
+            return super().find_class(module.replace("numpy._core.", "numpy.core."), name)
+
+
+def unpickled(file: Path, what: str) -> object:
+    """A pickle's arrays, lists, tuples, dicts, numbers and text; a pickle that would run
+    code (or hold anything else) is refused, ``what`` it was read as named."""
+    try:
+        with file.open("rb") as f:
+            return _ArraysOnly(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise DatasetError(f"{file}: not a pickled {what} stcast reads ({exc})") from None
+
+
+def _read_pickle(file: Path) -> FileGrid:
+    """A pickled array (T, N[, F]), or a dict holding one: a UCTB dataset (``Node`` /
+    ``TrafficNode``, its times from ``TimeRange`` and ``TimeFitness`` in minutes, its sensors
+    named by ``StationInfo``), else the dict's only array of two or more axes."""
+    loaded = unpickled(file, "dataset")
+    if isinstance(loaded, np.ndarray):
+        return _array_grid(np.asarray(loaded, dtype=np.float64), file)
+    node = loaded.get("Node") if isinstance(loaded, dict) else None
+    if isinstance(loaded, dict) and isinstance(node, dict) and "TrafficNode" in node:
+        return _uctb_grid(loaded, node, file)
+    arrays = _arrays_in(loaded)
+    if len(arrays) != 1:
+        raise DatasetError(
+            f"{file}: {len(arrays)} arrays of two or more axes in the pickle; stcast reads a "
+            "pickle of one, or a UCTB dataset"
+        )
+    return _array_grid(np.asarray(arrays[0], dtype=np.float64), file)
+
+
+def _arrays_in(loaded: object) -> list[npt.NDArray[Any]]:
+    """The arrays of two or more axes in a pickle's containers, in order."""
+    if isinstance(loaded, np.ndarray):
+        return [loaded] if loaded.ndim >= 2 and loaded.dtype.kind in "iuf" else []
+    if isinstance(loaded, dict):
+        return [a for item in loaded.values() for a in _arrays_in(item)]
+    if isinstance(loaded, list | tuple):
+        return [a for item in loaded for a in _arrays_in(item)]
+    return []
+
+
+def _uctb_grid(loaded: dict[Any, Any], node: dict[Any, Any], file: Path) -> FileGrid:
+    """A UCTB dataset (the Urban-Dataset pickles: bikes, metro, taxis, pedestrians...): its
+    (T, N) ``TrafficNode`` from the first day of ``TimeRange`` (the city's clock, read as
+    UTC) at ``TimeFitness`` minutes, each sensor named by its ``StationInfo`` entry (``[id,
+    built, lat, lng, name]``): its name, else its id, where those are distinct."""
+    values = np.asarray(node["TrafficNode"], dtype=np.float64)
+    try:
+        start = datetime.fromisoformat(str(loaded["TimeRange"][0])).replace(tzinfo=UTC)
+        step_s = int(float(loaded["TimeFitness"]) * 60)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise DatasetError(
+            f"{file}: a UCTB dataset without TimeRange or TimeFitness ({exc})"
+        ) from None
+    stations = node.get("StationInfo")
+    ids = [str(i) for i in range(values.shape[1])]
+    if isinstance(stations, list) and len(stations) == values.shape[1]:
+        for field in (-1, 0):  # the name, else the id
+            named = [str(s[field]) if isinstance(s, list | tuple) and s else "" for s in stations]
+            if all(named) and len(set(named)) == len(named):
+                ids = named
+                break
+    log.warning(NAIVE.format(file=file))
+    grid = values if values.ndim == 3 else values[:, :, np.newaxis]
+    return FileGrid(grid, ids, start, step_s)
 
 
 def _read_hdf5(file: Path) -> FileGrid:

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -133,7 +137,11 @@ def load_dataset(
     """Load a data file, or the data files in a directory (several: side by side, a file per
     sensor or station, ``dataset_files.side_by_side``), as a ``GridDataset``. Readings
     equal to a ``missing`` code (the UCI air file's -200, a weather service's -9999), or to one
-    the file's ``stcast.json`` names, are missing readings."""
+    the file's ``stcast.json`` names, are missing readings. A ``.zip`` is read as the folder
+    it holds (``_unpacked``)."""
+    if Path(path).suffix.lower() == ".zip":
+        with _unpacked(Path(path)) as folder:
+            return load_dataset(folder, start=start, step_s=step_s, name=name, missing=missing)
     files = _data_files(Path(path))
     start = None if start is None else _utc(start)
     if len(files) == 1:
@@ -174,28 +182,31 @@ MISSING_CODES = (-1.0, -99.0, -99.9, -200.0, -999.0, -999.9, -9999.0, -99999.0)
 
 
 def _without_missing_codes(values: npt.NDArray[np.float64], file: Path) -> npt.NDArray[np.float64]:
-    """``values`` with each column's missing code made NaN, where the column shows one: its
-    least reading is one of ``MISSING_CODES``, written at least twice, and far below all its
-    other readings (above half the code: -200 among readings above -100; -1 among counts,
-    whole numbers from 0). Named in a warning; codes the user names replace this guess."""
+    """``values`` with a missing code made NaN where the data shows one: a column's least
+    reading is one of ``MISSING_CODES`` and far below all its other readings (above half the
+    code: -200 among readings above -100; -1 among counts, whole numbers from 0), and the
+    code is written at least twice in such columns (once in a column is enough then: UCTB's
+    lone -1 among a pedestrian counter's hours). Named in a warning; codes the user names
+    replace this guess."""
     least = np.where(np.isnan(values), np.inf, values).min(axis=0)  # (N, F)
-    found: dict[float, int] = {}
-    cleaned = values
+    coded: dict[float, list[tuple[int, int]]] = {}
     for n, f in np.argwhere(np.isin(least, MISSING_CODES)):
         column, code = values[:, n, f], float(least[n, f])
-        coded = column == code
-        rest = column[~coded & ~np.isnan(column)]
-        if coded.sum() < 2:
-            continue
+        rest = column[(column != code) & ~np.isnan(column)]
         if code == -1.0:
             apart = bool(np.all(rest >= 0) and np.all(rest == np.round(rest)))
         else:
             apart = rest.size == 0 or float(rest.min()) > code / 2
         if apart:
-            cleaned = cleaned.copy() if cleaned is values else cleaned
-            cleaned[coded, n, f] = np.nan
-            found[code] = found.get(code, 0) + int(coded.sum())
-    for code, count in found.items():
+            coded.setdefault(code, []).append((int(n), int(f)))
+    cleaned = values
+    for code, columns in coded.items():
+        n, f = np.array(columns).T
+        count = int((values[:, n, f] == code).sum())
+        if count < 2:
+            continue
+        cleaned = cleaned.copy() if cleaned is values else cleaned
+        cleaned[:, n, f] = np.where(values[:, n, f] == code, np.nan, values[:, n, f])
         log.warning(
             "%s: %d readings of %g read as missing: a missing code (the least reading of its "
             "columns, far below their others); name the codes with --missing-value to say "
@@ -236,6 +247,47 @@ def _check_agrees(found: _Meta, start: datetime | None, step_s: int | None) -> N
         raise DatasetError(
             f"--dataset-step-s {step_s} contradicts the data's step of {found.step_s} s"
         )
+
+
+MAX_UNZIPPED = 4 << 30  # bytes a zip may unpack to: a larger one is refused (a zip bomb)
+
+
+@contextmanager
+def _unpacked(archive: Path) -> Iterator[Path]:
+    """The files of a zip (as downloads ship data: the UCI and UCTB archives), unpacked into
+    a temporary folder named like it, its inner folders flattened, with the ``stcast.json``
+    beside the zip unless it holds its own; removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="stcast-zip-") as scratch:
+        folder = Path(scratch) / archive.name[: -len(archive.suffix)]
+        folder.mkdir()
+        try:
+            _unzip(archive, folder)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DatasetError(f"{archive}: not a zip stcast can read ({exc})") from None
+        beside = archive.parent / METADATA_FILE
+        if beside.exists() and not (folder / METADATA_FILE).exists():
+            shutil.copyfile(beside, folder / METADATA_FILE)
+        yield folder
+
+
+def _unzip(archive: Path, folder: Path) -> None:
+    """Each file of ``archive`` into ``folder`` under its own name (hidden files and macOS's
+    ``__MACOSX`` left out)."""
+    with zipfile.ZipFile(archive) as zipped:
+        members = [
+            m for m in zipped.infolist()
+            if not m.is_dir() and not any(
+                part.startswith((".", "__MACOSX")) for part in Path(m.filename).parts
+            )
+        ]  # fmt: skip
+        names = [Path(m.filename).name for m in members]
+        if len(set(names)) < len(names):
+            raise DatasetError(f"{archive}: files of one name in several folders; unzip it")
+        if sum(m.file_size for m in members) > MAX_UNZIPPED:
+            raise DatasetError(f"{archive}: unpacks to more than {MAX_UNZIPPED >> 30} GiB")
+        for member, name in zip(members, names, strict=True):
+            with zipped.open(member) as source, (folder / name).open("wb") as out:
+                shutil.copyfileobj(source, out)
 
 
 def _data_files(path: Path) -> list[Path]:

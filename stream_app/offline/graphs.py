@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import math
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..core.forecasters import FloatArray, IntArray
-from .dataset_files import DatasetError
+from .dataset_files import PICKLE_SUFFIXES, DatasetError, unpickled
 
 DISTANCE_COLUMNS = ("cost", "distance", "dist", "length")
 
@@ -278,37 +277,11 @@ def _npz_matrix(file: Path) -> FloatArray:
     return np.asarray(arrays[0], dtype=np.float64)
 
 
-PICKLE_SUFFIXES = (".pkl", ".pickle")
-# What DCRNN's ``adj_mx.pkl`` (a tuple of sensor ids, their positions and the matrix, pickled by
-# Python 2) needs to be read: numpy arrays and nothing that runs code. Module names as Python 2
-# and numpy 1 wrote them.
-_PICKLED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("_codecs", "encode"),  # how Python 3 writes an array's bytes at protocol 2
-}  # fmt: skip
-
-
-class _ArraysOnly(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in _PICKLED:
-            raise pickle.UnpicklingError(f"{module}.{name} is not an array")
-        try:  # numpy 2 moved numpy.core to numpy._core (the old name warns there)
-            return super().find_class(module.replace("numpy.core.", "numpy._core."), name)
-        except ImportError:  # numpy 1
-            return super().find_class(module.replace("numpy._core.", "numpy.core."), name)
-
-
 def _pickled_matrix(file: Path) -> tuple[list[str] | None, FloatArray]:
     """The sensor ids and the (N, N) matrix of a pickled graph: DCRNN's ``(sensor_ids,
     sensor_id_to_ind, adj_mx)``, or a bare matrix. Only arrays, lists, tuples, dicts and
     text are unpickled: a pickle that would run code is refused."""
-    try:
-        with file.open("rb") as f:
-            loaded = _ArraysOnly(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-        raise DatasetError(f"{file}: not a pickled graph stcast reads ({exc})") from None
+    loaded = unpickled(file, "graph")
     parts = list(loaded) if isinstance(loaded, tuple | list) else [loaded]
     matrices = [p for p in parts if isinstance(p, np.ndarray) and p.ndim == 2]
     if not matrices:
