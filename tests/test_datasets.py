@@ -574,8 +574,8 @@ def test_a_long_csv_with_its_own_column_names(
     tmp_path: Path, pems08: GridDataset, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``station,datetime,pm25,pm10`` is a long file: the times repeat, one column names the
-    sensor, the first column of numbers is the value (the others named in a warning), as
-    ``sensor,ts,value`` reads."""
+    sensor, each column of numbers is a channel, the first the one forecast (named in a
+    warning), as ``sensor,ts,value`` reads."""
     grid = _leading(pems08, sensors=3)
     rows = [
         [_iso(pems08, t), f"st{n}", repr(v), repr(2 * v)]
@@ -587,8 +587,9 @@ def test_a_long_csv_with_its_own_column_names(
     ds = load_dataset(tmp_path / "stations.csv")
     assert (ds.name, ds.start, ds.step_s) == ("stations", pems08.start, 300)
     assert ds.sensors == ("stations/st0", "stations/st1", "stations/st2")
-    assert np.array_equal(ds.values[:, :, 0], grid)
-    assert "its value is 'pm25', the columns ['pm10'] are left out" in caplog.text
+    assert ds.channels == ("pm25", "pm10")
+    assert np.array_equal(ds.values, np.stack([grid, 2 * grid], axis=2))
+    assert "of 2 channels ['pm25', 'pm10']; the first, 'pm25', is the one forecast" in caplog.text
 
 
 def test_an_hour_a_local_clock_repeats_is_read_once(
@@ -769,3 +770,40 @@ def test_a_zip_as_downloads_ship_data(tmp_path: Path, shared: Path) -> None:
     (tmp_path / "code.pkl").write_bytes(pickle.dumps({"data": Runs()}))
     with pytest.raises(DatasetError, match=r"not a pickled dataset .*builtins.print"):
         load_dataset(tmp_path / "code.pkl")
+
+
+def test_a_long_file_of_stations_as_exports_concatenate_them(
+    tmp_path: Path, shared: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Beijing stations' files concatenated (``No``, year..hour, eleven numbers, a wind
+    direction, the station): one grid of the stations with the eleven as channels, equal to
+    the files read side by side; a long file whose sensors are numbered (``station_id``)
+    reads too."""
+    folder = shared / "corpus" / "BEIJING_AIR" / "original" / "PRSA_Data_20130301-20170228"
+    originals = sorted(folder.glob("*.csv"))[:3]
+    lines = originals[0].read_text(encoding="utf-8").splitlines()[:1]
+    for original in originals:
+        lines += original.read_text(encoding="utf-8").splitlines()[1:49]
+    (tmp_path / "beijing.csv").write_text("\n".join(lines) + "\n")
+    ds = load_dataset(tmp_path / "beijing.csv")
+    assert ds.sensors == ("beijing/Aotizhongxin", "beijing/Changping", "beijing/Dingling")
+    assert ds.channels[:2] == ("PM2.5", "PM10") and len(ds.channels) == 11
+    assert (ds.start, ds.step_s, ds.values.shape) == (datetime(2013, 3, 1, tzinfo=UTC), 3600,
+                                                      (48, 3, 11))  # fmt: skip
+    assert "columns ['wd'] hold no number: left out" in caplog.text
+    stations = tmp_path / "stations"
+    stations.mkdir()
+    for original in originals:
+        text = original.read_text(encoding="utf-8").splitlines()[:49]
+        (stations / original.name).write_text("\n".join(text) + "\n")
+    side = load_dataset(stations)  # each station's columns as sensors
+    for n in range(3):
+        np.testing.assert_array_equal(ds.values[:, n, :], side.values[:, 11 * n : 11 * n + 11, 0])
+    rows = ["station_id,time,flow"] + [
+        f"{400 + n},2016-07-01T00:{5 * t:02d}:00Z,{10 * t + n}" for t in range(4) for n in range(3)
+    ]
+    (tmp_path / "numbered.csv").write_text("\n".join(rows) + "\n")
+    numbered = load_dataset(tmp_path / "numbered.csv")
+    assert numbered.sensors == ("numbered/400", "numbered/401", "numbered/402")
+    np.testing.assert_array_equal(numbered.values[:, :, 0], [[10 * t + n for n in range(3)]
+                                                             for t in range(4)])  # fmt: skip

@@ -257,7 +257,8 @@ def test_a_missing_value_code_given_on_the_command_line(
     tmp_path: Path, pems08: GridDataset, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--missing-value -200`` (the UCI air file's code): the same report as the file with
-    those readings left empty; without it, -200 is scored as a reading."""
+    those readings left empty, and so without it (the code is found in the data); with
+    another code named instead, -200 is scored as a reading."""
     from stream_app.cli import main
 
     flows = pems08.values[:300, :4, 0]
@@ -276,12 +277,13 @@ def test_a_missing_value_code_given_on_the_command_line(
     for path, extra in (
         (write("coded.csv", "-200"), ["--missing-value", "-200"]),
         (write("empty.csv", ""), []),
-        (write("raw.csv", "-200"), []),
+        (write("found.csv", "-200"), []),
+        (write("raw.csv", "-200"), ["--missing-value", "-999"]),
     ):
         assert main(["evaluate", "--dataset", path, "--json", *extra]) == 0
         reports.append(json.loads(capsys.readouterr().out))
-    cleaned, empty, raw = (r["metrics"] for r in reports)
-    assert cleaned == empty
+    cleaned, empty, found, raw = (r["metrics"] for r in reports)
+    assert cleaned == empty == found
     assert raw != empty
 
 

@@ -53,6 +53,7 @@ class FileGrid:
     start: datetime | None = None
     step_s: int | None = None
     name: str | None = None  # the network, where the data names it (recorded ticks)
+    channels: list[str] | None = None  # the F channels' names, where the data names them
 
 
 def data_suffix(path: Path) -> str:
@@ -141,9 +142,11 @@ def read_grid(file: Path) -> FileGrid:
         commas = THOUSANDS if delimiter == "," else DECIMAL
         if tuple(h.lower() for h in header) == LONG_HEADER:
             return _read_long(rows[1:], file, commas)
-        if (layout := _long_layout(header, rows[1:], commas)) is not None:
-            return _read_long(_as_long(rows[1:], layout, header, file), file, commas)
-        return _read_wide(header, rows[1:], file, commas)
+        header, body = _time_first(header, rows[1:], file)
+        if (layout := _long_layout(header, body, commas)) is not None:
+            long_rows, channels = _as_long(body, layout, header, file)
+            return _read_long(long_rows, file, commas, channels)
+        return _read_wide(header, body, file, commas)
     if suffix == ".parquet":
         return _read_parquet(file)
     if suffix in (".h5", ".hdf5"):
@@ -192,7 +195,8 @@ def side_by_side(files: list[Path]) -> FileGrid:
         n, stem = grid.values.shape[1], file_stem(file)
         values[offset : offset + len(grid.values), len(ids) : len(ids) + n] = grid.values
         ids += [stem] if n == 1 else [f"{stem}/{sensor}" for sensor in grid.sensor_ids]
-    return FileGrid(values, ids, start, step_s)
+    named = grids[0].channels if all(g.channels == grids[0].channels for g in grids) else None
+    return FileGrid(values, ids, start, step_s, channels=named)
 
 
 def file_stem(file: Path) -> str:
@@ -391,9 +395,12 @@ def _csv_rows(file: Path) -> tuple[list[list[str]], str]:
     return rows, delimiter
 
 
-def _read_wide(
-    header: list[str], rows: list[list[str]], file: Path, commas: str = DECIMAL
-) -> FileGrid:
+def _time_first(
+    header: list[str], rows: list[list[str]], file: Path
+) -> tuple[list[str], list[list[str]]]:
+    """The header and rows without a first column of row numbers, a time written over
+    several columns joined into the first: a date and a time of day (as spreadsheets write
+    them), ``year``, ``month``, ``day``[, ``hour``[, ``minute``]], or a date and an hour."""
     if any(len(row) != len(header) for row in rows):
         raise DatasetError(f"{file}: every row must have {len(header)} cells, like the header")
     if len(header) > 2 and _is_row_number(header[0], [row[0] for row in rows], file):
@@ -408,6 +415,13 @@ def _read_wide(
         rows = [[f"{row[0].strip()} {int(row[hour]):02d}:00", *_without(row, [0, hour])]
                 for row in rows]  # fmt: skip
         header = [header[0], *_without(header, [0, hour])]
+    return header, rows
+
+
+def _read_wide(
+    header: list[str], rows: list[list[str]], file: Path, commas: str = DECIMAL
+) -> FileGrid:
+    """A row per time (its times first, as ``_time_first`` leaves them), a column per sensor."""
     firsts = [row[0] for row in rows]
     compact = _compact_moments(firsts)  # read once: the times below are these
     has_time = (
@@ -590,54 +604,100 @@ def _without_calendar(
     return values[:, keep], [sensors[j] for j in keep]
 
 
+# Names a long file's numeric sensor column goes by (``station_id``, ``node``, ``zone``...)
+SENSOR_WORDS = ("sensor", "station", "site", "node", "id", "detector", "zone", "device", "meter")
+
+
 def _long_layout(
     header: list[str], rows: list[list[str]], commas: str = DECIMAL
-) -> tuple[int, int, list[int]] | None:
-    """A long CSV whose columns are named otherwise (``station,datetime,pm25``): a column of
-    times that repeat, one column of text (the sensor) and columns of numbers. Its time,
-    sensor and number columns; None for any other layout (a wide file's times never repeat)."""
-    if len(header) < 3 or not rows or any(len(row) != len(header) for row in rows):
+) -> tuple[int, int, list[int], list[int]] | None:
+    """A long file whose columns are named otherwise (``station,datetime,pm25,pm10``; the
+    Beijing stations' files concatenated): a column of times that repeat (``_time_first``
+    joined them), a column that names the sensor (``_sensor_column``) and columns of numbers.
+    Its time, sensor, number and text columns; None for any other layout (a wide file's
+    times never repeat)."""
+    if len(header) < 3 or not rows:
         return None
-    first = rows[0]
     times = [j for j, name in enumerate(header) if _label(name) in TIME_COLUMNS]
-    times = times or [j for j, cell in enumerate(first) if _is_time(cell)]
-    if len(times) != 1 or len({row[times[0]] for row in rows}) == len(rows):
-        return None  # a wide file's times never repeat: it is read as one, once
-    if (  # a wide file's time in parts: a date and a time of day, year..hour, or an hour
-        _date_and_clock(first) is not None
-        or _time_parts(header) is not None
-        or _hour_column(header, rows) is not None
-    ):
+    times = times or [j for j, cell in enumerate(rows[0]) if _is_time(cell)]
+    if len(times) != 1:
         return None
-    rest = [j for j in range(len(header)) if j != times[0]]
-    text = [j for j in rest if not _is_number(_normalised(first[j], commas))]
-    numbers = [j for j in rest if j not in text]
-    return (times[0], text[0], numbers) if len(text) == 1 and numbers else None
+    time = times[0]
+    n_times = len({row[time] for row in rows})
+    if n_times == len(rows):
+        return None  # a wide file's times never repeat: it is read as one, once
+    rest = [j for j in range(len(header)) if j != time]
+    sample = rows[:: max(1, len(rows) // 2000)]  # a column of text: no number in 2,000 rows
+    text = [
+        j for j in rest
+        if not any((c := _normalised(row[j], commas)) != "nan" and _is_number(c) for row in sample)
+    ]  # fmt: skip
+    sensor = _sensor_column(header, rows, time, rest, text, n_times)
+    if sensor is None:
+        return None
+    numbers = [
+        j for j in rest if j != sensor and j not in text and _label(header[j]) not in ROW_NUMBERS
+    ]
+    return (time, sensor, numbers, [j for j in text if j != sensor]) if numbers else None
+
+
+def _sensor_column(
+    header: list[str],
+    rows: list[list[str]],
+    time: int,
+    rest: list[int],
+    text: list[int],
+    n_times: int,
+) -> int | None:
+    """The column that names each row's sensor: it reads once per time (but for 1 %) and
+    takes about as many values as a time has rows (at most twice: sensors may miss times);
+    a column of text, else of numbers named like a sensor (``SENSOR_WORDS``)."""  # fmt: skip
+    found = []
+    for j in rest:
+        names = [row[j].strip() for row in rows]
+        if len(set(names)) * n_times > 2 * len(rows):
+            continue
+        pairs = len({(row[time], name) for row, name in zip(rows, names, strict=True)})
+        if pairs >= (1 - MAX_LEFT_OUT) * len(rows):
+            found.append(j)
+    named = [j for j in found if j in text] or [
+        j for j in found if any(word in _label(header[j]) for word in SENSOR_WORDS)
+    ]
+    return named[0] if len(named) == 1 else None
 
 
 def _as_long(
-    rows: list[list[str]], layout: tuple[int, int, list[int]], header: list[str], file: Path
-) -> list[list[str]]:
-    """The rows as ``sensor,ts,value``, the value the first column of numbers (named in a
-    warning when there are others)."""
-    time, sensor, numbers = layout
+    rows: list[list[str]],
+    layout: tuple[int, int, list[int], list[int]],
+    header: list[str],
+    file: Path,
+) -> tuple[list[list[str]], list[str]]:
+    """The rows as ``sensor,ts,value[,value...]`` and the names of the values: each column
+    of numbers a channel, the first the one forecast (named in a warning when there are
+    others); columns of text left out, named in a warning."""
+    time, sensor, numbers, text = layout
+    channels = [header[j].strip() for j in numbers]
+    if text:
+        log.warning("%s: columns %s hold no number: left out", file, [header[j] for j in text])
     if len(numbers) > 1:
         log.warning(
-            "%s: read as a long file (sensor %r, time %r); its value is %r, the columns %s are "
-            "left out (put the one to forecast first)",
-            file, header[sensor], header[time], header[numbers[0]],
-            [header[j] for j in numbers[1:]],
+            "%s: read as a long file (sensor %r, time %r) of %d channels %s; the first, %r, "
+            "is the one forecast (put that one first)",
+            file, header[sensor], header[time], len(channels), channels, channels[0],
         )  # fmt: skip
-    return [[row[sensor], row[time], row[numbers[0]]] for row in rows]
+    return [[row[sensor], row[time], *(row[j] for j in numbers)] for row in rows], channels
 
 
-def _read_long(rows: list[list[str]], file: Path, commas: str = DECIMAL) -> FileGrid:
-    if any(len(row) != 3 for row in rows):
+def _read_long(
+    rows: list[list[str]], file: Path, commas: str = DECIMAL, channels: list[str] | None = None
+) -> FileGrid:
+    width = 2 + (len(channels) if channels else 1)
+    if any(len(row) != width for row in rows):
         raise DatasetError(f"{file}: every row of a long CSV must be sensor,ts,value")
     sensors = [row[0].strip() for row in rows]
     times_ms = _times_ms([row[1] for row in rows], file)
-    values = _floats(np.array([row[2] for row in rows], dtype=object), file, commas)
-    return _long_to_grid(sensors, times_ms, values, file)
+    values = _floats(np.array([row[2:] for row in rows], dtype=object), file, commas)
+    return replace(_long_to_grid(sensors, times_ms, values, file), channels=channels)
 
 
 def _read_ticks(file: Path) -> FileGrid:
@@ -708,13 +768,15 @@ def _read_parquet(file: Path) -> FileGrid:
 def _long_to_grid(
     sensors: list[str], times_ms: npt.NDArray[np.int64], values: npt.NDArray[np.float64], file: Path
 ) -> FileGrid:
-    """The (T, N, 1) grid of long rows; sensors in order of first appearance."""
+    """The (T, N, F) grid of long rows (``values`` (R,) or (R, F)); sensors in order of first
+    appearance."""
     sensor_pos: dict[str, int] = {}
     columns = np.array([sensor_pos.setdefault(s, len(sensor_pos)) for s in sensors])
     index, start, step_s, keep = _regular_axis(times_ms, file, columns)
-    grid = np.full((int(index.max()) + 1, len(sensor_pos)), np.nan)
-    grid[index[keep], columns[keep]] = values[keep]
-    return FileGrid(grid[:, :, np.newaxis], list(sensor_pos), start, step_s)
+    rows = values.reshape(len(values), -1)
+    grid = np.full((int(index.max()) + 1, len(sensor_pos), rows.shape[1]), np.nan)
+    grid[index[keep], columns[keep]] = rows[keep]
+    return FileGrid(grid, list(sensor_pos), start, step_s)
 
 
 def _regular_axis(

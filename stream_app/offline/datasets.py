@@ -149,7 +149,8 @@ def load_dataset(
     else:  # a file per sensor or station; named, and its stcast.json found, as a file "data" there
         file, grid = Path(path) / "data", side_by_side(files)
     values, sensor_ids = grid.values, grid.sensor_ids
-    found = _Meta(grid.name, grid.start, grid.step_s)
+    named = tuple(grid.channels) if grid.channels else None
+    found = _Meta(grid.name, grid.start, grid.step_s, named)
     sidecar = _sidecar(file)
     if sidecar.sensors_first:
         if file.suffix not in (".npz", ".npy"):
