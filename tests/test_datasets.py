@@ -807,3 +807,35 @@ def test_a_long_file_of_stations_as_exports_concatenate_them(
     assert numbered.sensors == ("numbered/400", "numbered/401", "numbered/402")
     np.testing.assert_array_equal(numbered.values[:, :, 0], [[10 * t + n for n in range(3)]
                                                              for t in range(4)])  # fmt: skip
+
+
+def test_an_excel_workbook_as_domain_experts_keep_readings(
+    tmp_path: Path, shared: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The UCI air file's first 100 hours in a workbook as Excel types them (a date, a time of
+    day, numbers, -200 for a missing reading), after a sheet of notes' worth of empty rows: the
+    same grid as the CSV; a second sheet is named in a warning."""
+    from openpyxl import Workbook
+
+    original = shared / "corpus" / "AIR_ITALY" / "original" / "AirQuality.csv"
+    lines = original.read_text(encoding="utf-8").splitlines()[:101]
+    (tmp_path / "air.csv").write_text("\n".join(lines) + "\n")
+    book = Workbook()
+    sheet = book.active
+    rows = list(csv.reader(lines))
+    sheet.append(rows[0])
+    for row in rows[1:]:
+        when = datetime.fromisoformat(f"{row[0]}T{row[1]}")
+        sheet.append([when.date(), when.time(), *(float(cell) for cell in row[2:])])
+    book.create_sheet("notes").append(["sensor", "unit"])
+    book["notes"].append(["CO(GT)", "mg/m3"])
+    book.save(tmp_path / "air.xlsx")
+    from_csv, from_sheet = load_dataset(tmp_path / "air.csv"), load_dataset(tmp_path / "air.xlsx")
+    assert (from_sheet.start, from_sheet.step_s) == (datetime(2004, 3, 10, 18, tzinfo=UTC), 3600)
+    assert from_sheet.sensors == from_csv.sensors
+    np.testing.assert_allclose(from_sheet.values, from_csv.values, rtol=1e-14)  # Excel's digits
+    assert np.isnan(from_sheet.values).any()  # the -200 codes
+    assert "sheet 'Sheet' read; the sheets ['notes'] are not" in caplog.text
+    (tmp_path / "broken.xlsx").write_text("not a workbook")
+    with pytest.raises(DatasetError, match="not an Excel workbook stcast reads"):
+        load_dataset(tmp_path / "broken.xlsx")

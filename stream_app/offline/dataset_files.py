@@ -15,8 +15,10 @@ import logging
 import pickle
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
+from datetime import time as time_of_day
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -33,7 +35,17 @@ LONG_HEADER = ("sensor", "ts", "value")
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")  # also read gzip-compressed: ``.csv.gz``
 TICK_SUFFIXES = (".jsonl", ".ndjson")  # recorded ticks: a tick or a tick batch per line
 PICKLE_SUFFIXES = (".pkl", ".pickle")
-DATA_SUFFIXES = (".npz", ".npy", *TEXT_SUFFIXES, ".parquet", ".h5", ".hdf5", *PICKLE_SUFFIXES)
+SHEET_SUFFIXES = (".xlsx", ".xlsm")  # Excel workbooks (openpyxl); .xls, before 2007, is not read
+DATA_SUFFIXES = (
+    ".npz",
+    ".npy",
+    *TEXT_SUFFIXES,
+    *SHEET_SUFFIXES,
+    ".parquet",
+    ".h5",
+    ".hdf5",
+    *PICKLE_SUFFIXES,
+)
 # What a comma in a number is: in a file whose cells a comma separates, a quoted "1,234" or
 # "12,345.6" is a thousands separator (a US export); in a ``;`` or tab file it is a decimal
 # comma (``2,6``), and points before it group thousands (``1.234,5``, a German export)
@@ -107,7 +119,7 @@ def is_data_file(path: Path) -> bool:
     if suffix == ".npz":
         with np.load(path) as archive:
             return _npz_key(archive.files) is not None
-    if suffix in (".npy", ".parquet", ".h5", ".hdf5", *PICKLE_SUFFIXES):
+    if suffix in (".npy", ".parquet", ".h5", ".hdf5", *PICKLE_SUFFIXES, *SHEET_SUFFIXES):
         return True
     header = {h.strip().lower() for h in _header(path)}
     locations = {"latitude", "longitude"} <= header or {"lat", "lon"} <= header
@@ -138,15 +150,9 @@ def read_grid(file: Path) -> FileGrid:
         return _read_ticks(file)
     if suffix in TEXT_SUFFIXES:  # the delimiter is found from the header
         rows, delimiter = _csv_rows(file)
-        header = [h.strip() for h in rows[0]]
-        commas = THOUSANDS if delimiter == "," else DECIMAL
-        if tuple(h.lower() for h in header) == LONG_HEADER:
-            return _read_long(rows[1:], file, commas)
-        header, body = _time_first(header, rows[1:], file)
-        if (layout := _long_layout(header, body, commas)) is not None:
-            long_rows, channels = _as_long(body, layout, header, file)
-            return _read_long(long_rows, file, commas, channels)
-        return _read_wide(header, body, file, commas)
+        return _read_table(rows, file, THOUSANDS if delimiter == "," else DECIMAL)
+    if suffix in SHEET_SUFFIXES:
+        return _read_table(_sheet_rows(file), file, DECIMAL)
     if suffix == ".parquet":
         return _read_parquet(file)
     if suffix in (".h5", ".hdf5"):
@@ -155,9 +161,84 @@ def read_grid(file: Path) -> FileGrid:
         return _read_pickle(file)
     raise DatasetError(
         f"{file}: unknown format; use .npz (key 'data') or .npy, .csv or .tsv (or .csv.gz), "
-        ".parquet, .h5 (a pandas frame), .pkl (arrays), .jsonl (ticks as the worker reads "
-        "them), or a .zip of them"
+        ".xlsx, .parquet, .h5 (a pandas frame), .pkl (arrays), .jsonl (ticks as the worker "
+        "reads them), or a .zip of them"
     )
+
+
+def _read_table(rows: list[list[str]], file: Path, commas: str) -> FileGrid:
+    """A table's rows (a CSV's, a spreadsheet's; the header first) as a wide or long grid."""
+    header = [h.strip() for h in rows[0]]
+    if tuple(h.lower() for h in header) == LONG_HEADER:
+        return _read_long(rows[1:], file, commas)
+    header, body = _time_first(header, rows[1:], file)
+    if (layout := _long_layout(header, body, commas)) is not None:
+        long_rows, channels = _as_long(body, layout, header, file)
+        return _read_long(long_rows, file, commas, channels)
+    return _read_wide(header, body, file, commas)
+
+
+def _sheet_rows(file: Path) -> list[list[str]]:
+    """An Excel workbook's first sheet with data as a CSV's rows: dates and times written
+    ISO 8601, whole numbers without a fraction, empty cells empty; other sheets named in a
+    warning (save the one to read first)."""
+    try:
+        from openpyxl import load_workbook
+    except ImportError:  # pragma: no cover - a dependency of stcast
+        raise DatasetError(f"{file}: reading .xlsx needs openpyxl (pip install openpyxl)") from None
+    try:
+        book = load_workbook(file, read_only=True, data_only=True)
+    except Exception as exc:  # openpyxl raises many kinds for a file that is not a workbook
+        raise DatasetError(f"{file}: not an Excel workbook stcast reads ({exc})") from None
+    try:
+        sheets = [(sheet.title, _sheet_cells(sheet.iter_rows(values_only=True)))
+                  for sheet in book.worksheets]  # fmt: skip
+    finally:
+        book.close()
+    full = [(title, rows) for title, rows in sheets if len(rows) >= 2]
+    if not full:
+        raise DatasetError(f"{file}: no sheet holds a header row and a data row")
+    if len(full) > 1:
+        log.warning(
+            "%s: sheet %r read; the sheets %s are not (move the one to read first)",
+            file, full[0][0], [title for title, _ in full[1:]],
+        )  # fmt: skip
+    return full[0][1]
+
+
+def _sheet_cells(rows: Iterable[tuple[object, ...]]) -> list[list[str]]:
+    """Non-empty rows as text, cut to the header's width (a sheet's formatted empty cells); a
+    column of dates (Excel keeps a date as a time at midnight) written as dates, so that a
+    time of day beside them is joined to them as in a CSV."""
+    cells = [list(row) for row in rows if any(cell not in (None, "") for cell in row)]
+    if not cells:
+        return []
+    width = max((j + 1 for j, cell in enumerate(cells[0]) if cell not in (None, "")), default=0)
+    cells = [(row + [None] * width)[:width] for row in cells]
+    for j in range(width):
+        column = [row[j] for row in cells[1:] if row[j] is not None]
+        if column and all(isinstance(c, datetime) and c.time() == time_of_day() for c in column):
+            for row in cells[1:]:
+                if isinstance(moment := row[j], datetime):
+                    row[j] = moment.date()
+    return [[_cell_text(cell) for cell in row] for row in cells]
+
+
+def _cell_text(cell: object) -> str:
+    """A spreadsheet cell as a CSV writes it.
+
+    >>> [_cell_text(c) for c in (None, 18.0, 2.5, datetime(2004, 3, 10, 18), time_of_day(6, 30))]
+    ['', '18', '2.5', '2004-03-10 18:00:00', '06:30:00']
+    """
+    if cell is None:
+        return ""
+    if isinstance(cell, bool):
+        return str(int(cell))
+    if isinstance(cell, float) and cell.is_integer():
+        return str(int(cell))
+    if isinstance(cell, datetime | date | time_of_day):
+        return cell.isoformat(sep=" ") if isinstance(cell, datetime) else cell.isoformat()
+    return str(cell).strip()
 
 
 def side_by_side(files: list[Path]) -> FileGrid:
