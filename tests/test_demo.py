@@ -160,6 +160,25 @@ def test_the_replay_waits_while_the_retrain_worker_answers_the_events_seen(
     assert 0.6 <= held < 2.0
 
 
+def test_a_hold_ends_with_the_reason_when_the_retrain_worker_has_exited(tmp_path: Path) -> None:
+    """A retrain worker that died answers nothing: the demo stops with its last log line
+    rather than waiting out every paced step (it crept on for minutes)."""
+    import asyncio
+
+    from stream_app.tools.demo import _Hold, _Say
+    from stream_app.tools.demo_report import Observed
+
+    log = tmp_path / "retrain.log"
+    log.write_text("12:00 INFO started\nstcast retrain-worker: CommitFailedError: rebalanced\n")
+    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    exited.wait()
+    observed = Observed()
+    observed.events.append({"detected_at": "1970-01-01T00:16:40Z"})
+    hold = _Hold(observed, log, _Say(quiet=True), end=100, paced_from_s=1000, retrainer=exited)
+    with pytest.raises(RuntimeError, match=r"exited with status 3: .*CommitFailedError"):
+        asyncio.run(hold(10))
+
+
 def test_the_report_names_a_version_still_in_its_trial(tmp_path: Path) -> None:
     from stream_app.loop.registry import Registry
     from stream_app.offline.datasets import bundled_dataset_path, load_dataset

@@ -4,7 +4,9 @@ For each event on ``stcast.retrain`` (one consumer group; the offset is committe
 the event was handled, so a crash handles it again):
 
 1. The event must name the registry's serving version of its model; an event about an older
-   version is stale (a retrain already answered that drift) and is skipped.
+   version is stale (a retrain already answered that drift) and is skipped, and so is one a
+   newer event for the same network and model follows in the same read (``superseded``: a
+   backlog is answered once, on the newest readings).
 2. The recent readings of the model's sensors come from the worker's own :class:`History`,
    filled by reading ``stcast.ticks`` from the start of its retention (no offset-for-time
    lookups), without the sensors the event names as quarantined (a stuck sensor's readings
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import CommitFailedError
 
 from ..assembly import DEFAULT_STEP_S
 from ..core.card import UNIVERSAL
@@ -134,10 +137,17 @@ class RetrainWorker:
             while not stop.is_set() and not tail.done():
                 batches = await events.getmany(timeout_ms=500)
                 for records in batches.values():
-                    for record in records:
-                        outcome = await self.handle(record.value, producer)
+                    newer = superseded([record.value for record in records])
+                    for record, newest in zip(records, newer, strict=True):
+                        if newest is None:
+                            outcome = await self.handle(record.value, producer)
+                        else:
+                            outcome = Outcome(
+                                _event_id(record.value), "skipped",
+                                f"superseded by {newest}, a newer event for the network",
+                            )  # fmt: skip
                         self.outcomes.append(outcome)
-                        await events.commit()
+                        await _commit(events)
                         log.info("retrain event %s: %s (%s)", *_summary(outcome))
         finally:
             stop.set()
@@ -314,6 +324,55 @@ class RetrainWorker:
             "samples": tuned.samples,
             "epochs": tuned.epochs,
         }
+
+
+def superseded(raws: list[bytes]) -> list[str | None]:
+    """For each retrain event of a batch read in order (one partition: a network's events are
+    keyed to one), the id of a later drift event in the batch for the same network and model,
+    or None. A backlog (a stream replayed fast raises an event per cool-down of event time,
+    faster than fine-tunings end) is answered by fine-tuning once on the newest readings, not
+    once per event on readings a newer event will cover anyway; rollbacks are never skipped.
+
+    >>> from stream_app.core.retrain_events import RetrainEvent
+    >>> def event(i, net, reason="drift"):
+    ...     return RetrainEvent(i, net, reason, (), "2016-07-01T00:00:00Z", "m@1", {}).encode()
+    >>> superseded([event("a", "n1"), event("b", "n2"), event("c", "n1"), b"{"])
+    ['c', None, None, None]
+    >>> superseded([event("a", "n1"), event("r", "n1", ROLLBACK), event("c", "n1")])
+    ['c', None, None]
+    """
+    keys: list[tuple[str, str] | None] = []
+    ids: list[str] = []
+    for raw in raws:
+        try:
+            event = RetrainEvent.decode(raw)
+        except ValueError:
+            keys.append(None)
+            ids.append("")
+            continue
+        keys.append(None if event.reason == ROLLBACK else (event.network, event.model))
+        ids.append(event.id)
+    last = {key: i for i, key in enumerate(keys) if key is not None}
+    return [
+        ids[last[key]] if key is not None and last[key] > i else None for i, key in enumerate(keys)
+    ]
+
+
+def _event_id(raw: bytes) -> str:
+    try:
+        return RetrainEvent.decode(raw).id
+    except ValueError:
+        return "?"
+
+
+async def _commit(events: AIOKafkaConsumer) -> None:
+    """Commit the events handled; where the group rebalanced meanwhile (a long fine-tuning
+    outlasted the poll interval), say so and go on: the group is rejoined at the next read,
+    and events read again are answered again (a published retrain makes them stale)."""
+    try:
+        await events.commit()
+    except CommitFailedError as exc:
+        log.warning("could not commit the retrain events handled (%s); rejoining", exc)
 
 
 def history_span_s(settings: Settings, step_s: int) -> int:

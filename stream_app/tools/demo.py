@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import ceil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -171,7 +171,7 @@ def run_demo(
                 )  # fmt: skip
                 try:
                     observed = asyncio.run(
-                        _stream(settings, plan, worker, tmp / "retrain.log", say)
+                        _stream(settings, plan, (worker, retrainer), tmp / "retrain.log", say)
                     )
                 except asyncio.CancelledError:
                     say("interrupted: stopping the workers and the broker")
@@ -229,6 +229,10 @@ class _Plan:
     horizon: int
 
 
+class _Exits(Protocol):
+    def poll(self) -> int | None: ...  # the exit status, or None while it runs
+
+
 class _Hold:
     """Keeps the paced replay waiting while the retrain worker handles the retrain events seen
     so far (until its log has an outcome line for each, ``HOLD_MAX_S`` at most): in real time a
@@ -247,11 +251,13 @@ class _Hold:
         end: int = 0,
         trial_steps: int = 0,
         paced_from_s: int = 0,
+        retrainer: _Exits | None = None,
     ) -> None:
         self.observed = observed
         self.retrain_log = retrain_log
         self.say = say
         self.end, self.trial_steps, self.paced_from_s = end, trial_steps, paced_from_s
+        self.retrainer = retrainer  # a hold ends, with an error, when it has exited
         self.answered = 0  # outcome lines in the retrain worker's log, when last read
         self.holding = False  # the live view stays quiet meanwhile: nothing flows
 
@@ -274,6 +280,9 @@ class _Hold:
         try:
             while self._pending() > 0 and time.monotonic() - began < HOLD_MAX_S:
                 await asyncio.sleep(0.25)
+                if self.retrainer is not None and (status := self.retrainer.poll()) is not None:
+                    why = _last_line(self.retrain_log)
+                    raise RuntimeError(f"the retrain worker exited with status {status}: {why}")
         finally:
             self.holding = False
         held = time.monotonic() - began
@@ -281,16 +290,30 @@ class _Hold:
         return held
 
 
+def _last_line(log_file: Path) -> str:
+    """A log's last non-empty line (why a process exited), or that there is none."""
+    try:
+        lines = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    return lines[-1] if lines else f"{log_file} is empty"
+
+
 async def _stream(
-    settings: Settings, plan: _Plan, worker: WorkerProcess, retrain_log: Path, say: _Say
+    settings: Settings,
+    plan: _Plan,
+    workers: tuple[WorkerProcess, WorkerProcess],
+    retrain_log: Path,
+    say: _Say,
 ) -> Observed:
+    worker, retrainer = workers
     _cancel_on_signals(asyncio.current_task())
     observed = Observed()
     shadow_s = settings.canary_s if settings.canary_mode == "before" else 0.0  # the trial's
     trial_steps = ceil(shadow_s / plan.dataset.step_s) + plan.horizon
     paced_from_s = int(plan.dataset.start.timestamp()) + plan.fast_steps * plan.dataset.step_s
     hold = _Hold(observed, retrain_log, say, end=plan.steps, trial_steps=trial_steps,
-                 paced_from_s=paced_from_s)  # fmt: skip
+                 paced_from_s=paced_from_s, retrainer=retrainer)  # fmt: skip
     readers = [
         asyncio.create_task(_read_forecasts(settings, plan.dataset, observed)),
         asyncio.create_task(_read_loop_topics(settings, plan.dataset, observed, say)),
