@@ -310,7 +310,8 @@ def dataset_grid_args(parser: argparse.ArgumentParser) -> None:
         "--dataset-step-s",
         type=int,
         default=None,
-        help="seconds between the dataset's steps (when the data does not say)",
+        help="seconds between the dataset's steps (when the data does not say); a whole "
+        "number of the data's own steps averages its readings into that coarser step",
     )
     missing_value_arg(parser)
 

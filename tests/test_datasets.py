@@ -839,3 +839,32 @@ def test_an_excel_workbook_as_domain_experts_keep_readings(
     (tmp_path / "broken.xlsx").write_text("not a workbook")
     with pytest.raises(DatasetError, match="not an Excel workbook stcast reads"):
         load_dataset(tmp_path / "broken.xlsx")
+
+
+def test_a_coarser_step_asked_for_averages_the_readings(
+    tmp_path: Path, pems08: GridDataset
+) -> None:
+    """``--dataset-step-s 3600`` on five-minute flows: hourly means on the hour (the first
+    hour of a file that starts at 00:05 has eleven readings), missing where an hour has none,
+    codes left out before averaging; a step that is not a whole number of the data's is
+    refused with the reason."""
+    hourly = load_dataset(bundled_dataset_path(), step_s=3600)
+    assert (hourly.start, hourly.step_s, hourly.values.shape) == (pems08.start, 3600, (107, 170, 3))
+    np.testing.assert_allclose(hourly.values[0], pems08.values[:12].mean(axis=0))
+    np.testing.assert_allclose(hourly.values[-1], pems08.values[1272:].mean(axis=0))  # 10 left
+    grid = _leading(pems08, steps=30, sensors=2).copy()
+    grid[12:24, 1] = np.nan  # the second hour of the second sensor: nothing read
+    grid[[2, 20], 0] = -200  # a missing code: left out of the means, not averaged in
+    rows = [f"{_iso(pems08, t)},{a:g},{b:g}" for t, (a, b) in enumerate(grid) if t > 0]
+    (tmp_path / "late.csv").write_text("\n".join(["ts,a,b", *rows]).replace("nan", "") + "\n")
+    late = load_dataset(tmp_path / "late.csv", step_s=3600)
+    assert (late.start, late.values.shape) == (pems08.start, (3, 2, 1))
+    first = np.delete(grid[1:12, 0], 1)  # 00:05 to 00:55, without the code at 00:10
+    np.testing.assert_allclose(
+        late.values[:2, 0, 0], [first.mean(), np.delete(grid[12:24, 0], 8).mean()]
+    )
+    np.testing.assert_allclose(
+        late.values[:, 1, 0], [grid[1:12, 1].mean(), np.nan, grid[24:, 1].mean()]
+    )
+    with pytest.raises(DatasetError, match="not a whole number of the data's steps of 300 s"):
+        load_dataset(tmp_path / "late.csv", step_s=420)

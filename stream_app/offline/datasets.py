@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -157,13 +157,18 @@ def load_dataset(
             raise DatasetError(f"{file}: sensors_first applies to arrays (.npz, .npy) only")
         values = values.transpose(1, 0, 2)
         sensor_ids = [str(i) for i in range(values.shape[1])]
-    meta = _Meta(name, start, step_s).over(found).over(sidecar).over(_builtin(file.name))
+    _check_agrees(found, start)
+    # the grid the data is on: its own times, else stcast.json, else the shared table; the
+    # start a flag gives is its first reading's (times the data does not say)
+    native = _Meta(None, start).over(found).over(sidecar).over(_builtin(file.name))
     codes = [*missing, *(sidecar.missing or ())]
     if codes:
         values = np.where(np.isin(values, codes), np.nan, values)
     else:
         values = _without_missing_codes(values, file)
-    _check_agrees(found, start, step_s)
+    if step_s is not None and native.step_s is not None and step_s != native.step_s:
+        values, native = _averaged(values, native, step_s, file)  # a coarser step asked for
+    meta = _Meta(name, None, step_s).over(native)
     if meta.start is None or meta.step_s is None:
         raise DatasetError(
             f"{file}: no start time or step known; pass --start (RFC 3339, e.g. "
@@ -241,13 +246,38 @@ def _numbered(n: int) -> tuple[str, ...]:
     return tuple(f"channel{i}" for i in range(n))
 
 
-def _check_agrees(found: _Meta, start: datetime | None, step_s: int | None) -> None:
+def _averaged(
+    values: npt.NDArray[np.float64], native: _Meta, step_s: int, file: Path
+) -> tuple[npt.NDArray[np.float64], _Meta]:
+    """``values`` averaged into the coarser ``step_s`` (a whole number of the data's steps),
+    each slot the mean of the readings in it (missing where it has none), the slots on whole
+    steps since the epoch (hours on the hour); and the grid's start and step."""
+    fine = cast(int, native.step_s)
+    if step_s % fine or native.start is None:
+        raise DatasetError(
+            f"--dataset-step-s {step_s} is not a whole number of the data's steps of {fine} s: "
+            "stcast averages readings into a coarser step, never a finer one"
+        )
+    k, epoch = step_s // fine, int(native.start.timestamp())
+    lead = (epoch % step_s) // fine  # the data's steps before its first, in its first slot
+    slots = -(-(lead + len(values)) // k)
+    padded = np.full((slots * k, *values.shape[1:]), np.nan)
+    padded[lead : lead + len(values)] = values
+    blocks = padded.reshape(slots, k, *values.shape[1:])
+    counts = (~np.isnan(blocks)).sum(axis=1)
+    sums = np.nansum(blocks, axis=1)
+    averaged = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    start = native.start - timedelta(seconds=lead * fine)
+    log.warning(
+        "%s: readings every %d s averaged into steps of %d s (%d readings a step)",
+        file, fine, step_s, k,
+    )  # fmt: skip
+    return averaged, replace(native, start=start, step_s=step_s)
+
+
+def _check_agrees(found: _Meta, start: datetime | None) -> None:
     if start is not None and found.start is not None and start != found.start:
         raise DatasetError(f"--start {start.isoformat()} contradicts the data's own times")
-    if step_s is not None and found.step_s is not None and step_s != found.step_s:
-        raise DatasetError(
-            f"--dataset-step-s {step_s} contradicts the data's step of {found.step_s} s"
-        )
 
 
 MAX_UNZIPPED = 4 << 30  # bytes a zip may unpack to: a larger one is refused (a zip bomb)
