@@ -868,3 +868,39 @@ def test_a_coarser_step_asked_for_averages_the_readings(
     )
     with pytest.raises(DatasetError, match="not a whole number of the data's steps of 300 s"):
         load_dataset(tmp_path / "late.csv", step_s=420)
+
+
+def test_files_as_loggers_and_services_write_them(
+    tmp_path: Path, pems08: GridDataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PEMS08 excerpt written as loggers and exports write files reads as written plainly:
+    ``#`` comments and a title line before the header, a Campbell-style table (a title row of
+    another width, units and a processing row under the header, a RECORD column), US times
+    with AM and PM (month first), epoch seconds under ``epoch``, the times in the last
+    column, a delimiter after each row's last cell."""
+    grid = _leading(pems08, steps=30, sensors=2)
+    start = pems08.start.timestamp()
+    stamps = [datetime.fromtimestamp(start + 300 * t, tz=UTC) for t in range(len(grid))]
+    cells = [(f"{a:g}", f"{b:g}") for a, b in grid]
+    forms = {
+        "commented": ["# station: North bridge", "# units: vehicles per 5 minutes", "ts,a,b"]
+        + [f"{s:%Y-%m-%dT%H:%M:%SZ},{a},{b}" for s, (a, b) in zip(stamps, cells, strict=True)],
+        "campbell": ['"TOA5","CR1000","CR1000","1234","Std.22","CPU:prog.CR1","1234","Table1"',
+                     '"TIMESTAMP","RECORD","a","b"', '"TS","RN","veh","veh"', '"","","Tot","Tot"']
+        + [f'"{s:%Y-%m-%d %H:%M:%S}",{t},{a},{b}'
+           for t, (s, (a, b)) in enumerate(zip(stamps, cells, strict=True))],
+        "us": ["Date,a,b"]
+        + [f"{s:%m/%d/%Y %I:%M %p},{a},{b}" for s, (a, b) in zip(stamps, cells, strict=True)],
+        "epoch": ["epoch,a,b"]
+        + [f"{int(s.timestamp())},{a},{b}" for s, (a, b) in zip(stamps, cells, strict=True)],
+        "last": ["a,b,time"]
+        + [f"{a},{b},{s:%Y-%m-%d %H:%M}" for s, (a, b) in zip(stamps, cells, strict=True)],
+        "trailing": ["ts,a,b"]
+        + [f"{s:%Y-%m-%dT%H:%M:%SZ},{a},{b}," for s, (a, b) in zip(stamps, cells, strict=True)],
+    }  # fmt: skip
+    for name, lines in forms.items():
+        (tmp_path / f"{name}.csv").write_text("\n".join(lines) + "\n")
+        ds = load_dataset(tmp_path / f"{name}.csv")
+        assert (ds.sensors, ds.start, ds.step_s) == ((f"{name}/a", f"{name}/b"), pems08.start, 300)
+        np.testing.assert_array_equal(ds.values[:, :, 0], grid, err_msg=name)
+    assert "3 lines before the table's rows left out (the first: 'TOA5,CR1000" in caplog.text

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
-from datetime import time as time_of_day
+from datetime import time as daytime
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -30,7 +30,10 @@ from ..core.records import Incoming, Rejected, TimestampParser, tick_from_json
 
 log = logging.getLogger(__name__)
 
-TIME_COLUMNS = ("ts", "time", "timestamp", "date", "datetime")
+TIME_COLUMNS = (
+    "ts", "time", "timestamp", "date", "datetime", "date_time", "epoch", "unix", "unix_time",
+    "unixtime", "time_utc", "datetime_utc", "timestamp_utc", "utc",
+)  # fmt: skip
 LONG_HEADER = ("sensor", "ts", "value")
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")  # also read gzip-compressed: ``.csv.gz``
 TICK_SUFFIXES = (".jsonl", ".ndjson")  # recorded ticks: a tick or a tick batch per line
@@ -217,7 +220,7 @@ def _sheet_cells(rows: Iterable[tuple[object, ...]]) -> list[list[str]]:
     cells = [(row + [None] * width)[:width] for row in cells]
     for j in range(width):
         column = [row[j] for row in cells[1:] if row[j] is not None]
-        if column and all(isinstance(c, datetime) and c.time() == time_of_day() for c in column):
+        if column and all(isinstance(c, datetime) and c.time() == daytime() for c in column):
             for row in cells[1:]:
                 if isinstance(moment := row[j], datetime):
                     row[j] = moment.date()
@@ -227,7 +230,7 @@ def _sheet_cells(rows: Iterable[tuple[object, ...]]) -> list[list[str]]:
 def _cell_text(cell: object) -> str:
     """A spreadsheet cell as a CSV writes it.
 
-    >>> [_cell_text(c) for c in (None, 18.0, 2.5, datetime(2004, 3, 10, 18), time_of_day(6, 30))]
+    >>> [_cell_text(c) for c in (None, 18.0, 2.5, datetime(2004, 3, 10, 18), daytime(6, 30))]
     ['', '18', '2.5', '2004-03-10 18:00:00', '06:30:00']
     """
     if cell is None:
@@ -236,7 +239,7 @@ def _cell_text(cell: object) -> str:
         return str(int(cell))
     if isinstance(cell, float) and cell.is_integer():
         return str(int(cell))
-    if isinstance(cell, datetime | date | time_of_day):
+    if isinstance(cell, datetime | date | daytime):
         return cell.isoformat(sep=" ") if isinstance(cell, datetime) else cell.isoformat()
     return str(cell).strip()
 
@@ -467,13 +470,60 @@ def _array_grid(values: npt.NDArray[np.float64], file: Path) -> FileGrid:
 
 
 def _csv_rows(file: Path) -> tuple[list[list[str]], str]:
-    """The rows of a CSV and its delimiter."""
+    """The rows of a CSV, from its header on (``_table_start``), and its delimiter."""
     text = _decoded(_bytes(file), file)
-    delimiter = _delimiter(text.split("\n", 1)[0])
+    lines = text.split("\n", 200)[:200]
+    first = next((line for line in lines if line.strip() and not line.startswith("#")), "")
+    delimiter = _delimiter(first)
     rows = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if row]
+    rows = _table_start(rows, file)
     if len(rows) < 2:
         raise DatasetError(f"{file}: a header row and at least one data row are needed")
     return rows, delimiter
+
+
+def _table_start(rows: list[list[str]], file: Path) -> list[list[str]]:
+    """The rows from the table's header on: lines before it that loggers and services write
+    (``# comments``, a title or a station's name, fewer or more cells than the table's rows)
+    left out, and a row of units under the header (no number where the rows below have
+    them), each named in a warning."""
+    body = rows[:200]
+    widths = Counter(len(row) for row in body if not _is_comment(row))
+    if not widths:
+        return rows
+    width = widths.most_common(1)[0][0]
+    start = next((i for i, row in enumerate(body) if len(row) == width and not _is_comment(row)))
+    header = [_normalised(cell) for cell in rows[start]]
+    numbers = sum(c != "nan" and _is_number(c) for c in header)
+    if start and (numbers >= len(header) / 2 or _is_time(rows[start][0])):
+        return rows  # no header there: rows of data (the reader says what is wrong)
+    skipped = rows[:start]
+    rows = rows[start:]
+    units = 0
+    while units < 3 and len(rows) > units + 2 and _is_units(rows[1 + units]):
+        units += 1
+    if units:
+        skipped += rows[1 : 1 + units]
+        rows = rows[:1] + rows[1 + units :]
+    if skipped:
+        log.warning(
+            "%s: %d lines before the table's rows left out (the first: %r)",
+            file, len(skipped), ",".join(skipped[0])[:80],
+        )  # fmt: skip
+    return rows
+
+
+def _is_comment(row: list[str]) -> bool:
+    return row[0].lstrip().startswith("#")
+
+
+def _is_units(row: list[str]) -> bool:
+    """A row of units or labels under a header (``Deg C``, ``Avg``): no time in its first
+    cell, no number in the others, and text (not a missing reading's mark) in one of them."""
+    if len(row) < 2 or _is_time(row[0]):
+        return False
+    cells = [_normalised(cell) for cell in row[1:]]
+    return not any(c != "nan" and _is_number(c) for c in cells) and any(c != "nan" for c in cells)
 
 
 def _time_first(
@@ -482,10 +532,22 @@ def _time_first(
     """The header and rows without a first column of row numbers, a time written over
     several columns joined into the first: a date and a time of day (as spreadsheets write
     them), ``year``, ``month``, ``day``[, ``hour``[, ``minute``]], or a date and an hour."""
+    if rows and all(len(row) == len(header) + 1 and not row[-1].strip() for row in rows):
+        rows = [row[:-1] for row in rows]  # a delimiter after each row's last cell
     if any(len(row) != len(header) for row in rows):
         raise DatasetError(f"{file}: every row must have {len(header)} cells, like the header")
     if len(header) > 2 and _is_row_number(header[0], [row[0] for row in rows], file):
         header, rows = header[1:], [row[1:] for row in rows]  # pandas' index, R's row names
+    if (at := _time_column_elsewhere(header, rows)) is not None:  # a logger's last column
+        header = [header[at], *_without(header, [at])]
+        rows = [[row[at], *_without(row, [at])] for row in rows]
+    numbers = [  # a logger's RECORD column after its times
+        j for j in range(1, len(header))
+        if _label(header[j]) in ROW_NUMBERS[2:]
+        and _is_row_number(header[j], [row[j] for row in rows], file)
+    ]  # fmt: skip
+    if numbers and len(header) - len(numbers) >= 2:
+        header, rows = _without(header, numbers), [_without(row, numbers) for row in rows]
     if len(header) > 2 and _date_and_clock(rows[0]) is not None:  # split, as spreadsheets write
         rows = [[_date_and_clock(row) or f"{row[0]} {row[1]}", *row[2:]] for row in rows]
         header = [f"{header[0]} {header[1]}", *header[2:]]
@@ -497,6 +559,23 @@ def _time_first(
                 for row in rows]  # fmt: skip
         header = [header[0], *_without(header, [0, hour])]
     return header, rows
+
+
+def _time_column_elsewhere(header: list[str], rows: list[list[str]]) -> int | None:
+    """The column of times when it is not the first (``a,b,time``): the only one named so
+    (``TIME_COLUMNS``) or holding times, where the first column is a number; else None."""
+    if len(header) < 2 or not rows or _time_parts(header) is not None:
+        return None
+    first = rows[0][0].strip()
+    if _label(header[0]) in TIME_COLUMNS or _is_time(first) or not _is_number(first):
+        return None
+    if _compact_moments([row[0] for row in rows[:100]]) is not None:
+        return None
+    at = [
+        j for j in range(1, len(header))
+        if _label(header[j]) in TIME_COLUMNS or _is_time(rows[0][j])
+    ]  # fmt: skip
+    return at[0] if len(at) == 1 else None
 
 
 def _read_wide(
@@ -556,7 +635,7 @@ def _distinct_rows(
     return keep
 
 
-ROW_NUMBERS = ("", "unnamed: 0", "index", "no", "instant", "id", "row")
+ROW_NUMBERS = ("", "unnamed: 0", "index", "no", "instant", "id", "row", "record", "recnum")
 
 
 def _label(name: str) -> str:
@@ -1075,14 +1154,18 @@ NAIVE = (
 # offset may follow. A column is read with one format: where the day may come first or second
 # (no day above 12), the reading whose times fall on the most regular grid.
 DATE_FORMATS = ("%Y/%m/%d", "%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y")
-CLOCK_FORMATS = ("", " %H:%M", " %H:%M:%S", " %H:%M:%S.%f", "T%H:%M", "T%H:%M:%S")
+CLOCK_FORMATS = (
+    "", " %H:%M", " %H:%M:%S", " %H:%M:%S.%f", "T%H:%M", "T%H:%M:%S",
+    " %I:%M %p", " %I:%M:%S %p",  # 12:05 AM, as US spreadsheets write it
+)  # fmt: skip
 TIME_FORMATS = tuple(
     d + c + z for d in DATE_FORMATS for c in CLOCK_FORMATS for z in ("", "%z", " %z")
 )
 DATE_SHAPE = re.compile(r"\d{1,4}([/.-])\d{1,2}\1\d{1,4}")
 ACCEPTED = (
     "RFC 3339 (2024-01-31T00:00:00Z), ISO 8601 without an offset (2024-01-31 00:00), "
-    "2024/1/31 0:00, 31/1/2024 00:00 or 1/31/2024 (day or month first), 31.1.2024, 20240131, "
+    "2024/1/31 0:00, 31/1/2024 00:00 or 1/31/2024 12:00 AM (day or month first), 31.1.2024, "
+    "20240131, "
     "or epoch seconds or milliseconds"
 )
 
@@ -1181,7 +1264,10 @@ def _moments(texts: list[str], file: Path) -> list[datetime]:
         return [datetime.fromisoformat(text) for text in texts]
     except ValueError:
         pass
-    formats = _formats_reading(texts[0])
+    # month first where the clock says AM or PM (a US export), where both would read
+    formats = sorted(
+        _formats_reading(texts[0]), key=lambda f: not (f.startswith("%m/%d") and "%p" in f)
+    )
     readings = []
     for fmt in formats:
         try:
