@@ -966,7 +966,7 @@ def _regular_axis(
         raise DatasetError(
             f"{file}: times are not on a regular grid (gaps of {_duration(step_ms)} most often, "
             f"{_duration(int(np.median(np.diff(distinct))))} in the middle); resample the data "
-            "to a fixed step first"
+            "to a fixed step first (with pandas: frame.resample('5min').mean())"
         )
     return snapped
 
