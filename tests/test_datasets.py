@@ -710,13 +710,15 @@ def test_missing_codes_are_found_in_the_data(
     cleaned = load_dataset(shared / "corpus" / "AIR_ITALY" / "wide.csv")
     assert "16701 readings of -200 read as missing" in caplog.text
     np.testing.assert_array_equal(original.values, cleaned.values)  # NaN where NaN
-    rows = ["ts,counts,celsius,level"]
-    cells = [(5, 0.4, -200), (-1, -1.0, -200), (0, -0.3, -200), (-1, 2.0, 3.5), (7, -1.0, 2)]
-    for t, (count, celsius, level) in enumerate(cells):
-        rows.append(f"2016-07-01T00:{5 * t:02d}:00Z,{count},{celsius},{level}")
+    rows = ["ts,counts,celsius,level,state"]
+    cells = [(5, 0.4, -200, 1), (-1, -1.0, -200, -1), (0, -0.3, -200, 0), (-1, 2.0, 3.5, -1),
+             (17, -1.0, 2, 1)]  # fmt: skip
+    for t, (count, celsius, level, state) in enumerate(cells):
+        rows.append(f"2016-07-01T00:{5 * t:02d}:00Z,{count},{celsius},{level},{state}")
     (tmp_path / "coded.csv").write_text("\n".join(rows) + "\n")
     values = load_dataset(tmp_path / "coded.csv").values[:, :, 0]
-    np.testing.assert_array_equal(values[:, 0], [5, np.nan, 0, np.nan, 7])  # -1 among counts
+    np.testing.assert_array_equal(values[:, 0], [5, np.nan, 0, np.nan, 17])  # -1 among counts
+    np.testing.assert_array_equal(values[:, 3], [1, -1, 0, -1, 1])  # a -1/0/1 state
     np.testing.assert_array_equal(values[:, 1], [0.4, -1.0, -0.3, 2.0, -1.0])  # a temperature
     np.testing.assert_array_equal(values[:, 2], [np.nan, np.nan, np.nan, 3.5, 2])
     named = load_dataset(tmp_path / "coded.csv", missing=[-1]).values[:, :, 0]

@@ -484,9 +484,9 @@ def _csv_rows(file: Path) -> tuple[list[list[str]], str]:
 
 def _table_start(rows: list[list[str]], file: Path) -> list[list[str]]:
     """The rows from the table's header on: lines before it that loggers and services write
-    (``# comments``, a title or a station's name, fewer or more cells than the table's rows)
-    left out, and a row of units under the header (no number where the rows below have
-    them), each named in a warning."""
+    (``# comments``, a title or a station's name: fewer or more cells than the table's rows)
+    left out, and up to three rows of units or labels under the header (``_is_units``),
+    named in a warning. Where the row found is no header (numbers, a time), nothing is."""
     body = rows[:200]
     widths = Counter(len(row) for row in body if not _is_comment(row))
     if not widths:
@@ -529,9 +529,11 @@ def _is_units(row: list[str]) -> bool:
 def _time_first(
     header: list[str], rows: list[list[str]], file: Path
 ) -> tuple[list[str], list[list[str]]]:
-    """The header and rows without a first column of row numbers, a time written over
-    several columns joined into the first: a date and a time of day (as spreadsheets write
-    them), ``year``, ``month``, ``day``[, ``hour``[, ``minute``]], or a date and an hour."""
+    """The header and rows with the times first: a delimiter after every row's last cell
+    dropped, row numbers left out (a first column of them, as pandas and R write, or a
+    logger's ``RECORD``), a column of times elsewhere moved first, and a time written over
+    several columns joined into one: a date and a time of day (as spreadsheets write them),
+    ``year``, ``month``, ``day``[, ``hour``[, ``minute``]], or a date and an hour."""
     if rows and all(len(row) == len(header) + 1 and not row[-1].strip() for row in rows):
         rows = [row[:-1] for row in rows]  # a delimiter after each row's last cell
     if any(len(row) != len(header) for row in rows):
@@ -811,7 +813,7 @@ def _sensor_column(
 ) -> int | None:
     """The column that names each row's sensor: it reads once per time (but for 1 %) and
     takes about as many values as a time has rows (at most twice: sensors may miss times);
-    a column of text, else of numbers named like a sensor (``SENSOR_WORDS``)."""  # fmt: skip
+    a column of text, else of numbers named like a sensor (``SENSOR_WORDS``)."""
     found = []
     for j in rest:
         names = [row[j].strip() for row in rows]
@@ -1165,8 +1167,7 @@ DATE_SHAPE = re.compile(r"\d{1,4}([/.-])\d{1,2}\1\d{1,4}")
 ACCEPTED = (
     "RFC 3339 (2024-01-31T00:00:00Z), ISO 8601 without an offset (2024-01-31 00:00), "
     "2024/1/31 0:00, 31/1/2024 00:00 or 1/31/2024 12:00 AM (day or month first), 31.1.2024, "
-    "20240131, "
-    "or epoch seconds or milliseconds"
+    "20240131, or epoch seconds or milliseconds"
 )
 
 

@@ -166,8 +166,8 @@ def load_dataset(
         values = np.where(np.isin(values, codes), np.nan, values)
     else:
         values = _without_missing_codes(values, file)
-    if step_s is not None and native.step_s is not None and step_s != native.step_s:
-        values, native = _averaged(values, native, step_s, file)  # a coarser step asked for
+    if step_s not in (None, native.step_s) and native.step_s and native.start is not None:
+        values, native = _averaged(values, native, step_s, file)  # a coarser step
     meta = _Meta(name, None, step_s).over(native)
     if meta.start is None or meta.step_s is None:
         raise DatasetError(
@@ -190,7 +190,8 @@ MISSING_CODES = (-1.0, -99.0, -99.9, -200.0, -999.0, -999.9, -9999.0, -99999.0)
 def _without_missing_codes(values: npt.NDArray[np.float64], file: Path) -> npt.NDArray[np.float64]:
     """``values`` with a missing code made NaN where the data shows one: a column's least
     reading is one of ``MISSING_CODES`` and far below all its other readings (above half the
-    code: -200 among readings above -100; -1 among counts, whole numbers from 0), and the
+    code: -200 among readings above -100; -1 among counts, whole numbers from 0 up to 10 or
+    more), and the
     code is written at least twice in such columns (once in a column is enough then: UCTB's
     lone -1 among a pedestrian counter's hours). Named in a warning; codes the user names
     replace this guess."""
@@ -199,8 +200,9 @@ def _without_missing_codes(values: npt.NDArray[np.float64], file: Path) -> npt.N
     for n, f in np.argwhere(np.isin(least, MISSING_CODES)):
         column, code = values[:, n, f], float(least[n, f])
         rest = column[(column != code) & ~np.isnan(column)]
-        if code == -1.0:
-            apart = bool(np.all(rest >= 0) and np.all(rest == np.round(rest)))
+        if code == -1.0:  # counts that reach 10 (not a -1/0/1 state)
+            whole = bool(np.all(rest >= 0) and np.all(rest == np.round(rest)))
+            apart = whole and rest.size > 0 and float(rest.max()) >= 10
         else:
             apart = rest.size == 0 or float(rest.min()) > code / 2
         if apart:
@@ -252,13 +254,13 @@ def _averaged(
     """``values`` averaged into the coarser ``step_s`` (a whole number of the data's steps),
     each slot the mean of the readings in it (missing where it has none), the slots on whole
     steps since the epoch (hours on the hour); and the grid's start and step."""
-    fine = cast(int, native.step_s)
-    if step_s % fine or native.start is None:
+    fine, first = cast(int, native.step_s), cast(datetime, native.start)
+    if step_s % fine:
         raise DatasetError(
             f"--dataset-step-s {step_s} is not a whole number of the data's steps of {fine} s: "
             "stcast averages readings into a coarser step, never a finer one"
         )
-    k, epoch = step_s // fine, int(native.start.timestamp())
+    k, epoch = step_s // fine, int(first.timestamp())
     lead = (epoch % step_s) // fine  # the data's steps before its first, in its first slot
     slots = -(-(lead + len(values)) // k)
     padded = np.full((slots * k, *values.shape[1:]), np.nan)
@@ -267,7 +269,7 @@ def _averaged(
     counts = (~np.isnan(blocks)).sum(axis=1)
     sums = np.nansum(blocks, axis=1)
     averaged = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-    start = native.start - timedelta(seconds=lead * fine)
+    start = first - timedelta(seconds=lead * fine)
     log.warning(
         "%s: readings every %d s averaged into steps of %d s (%d readings a step)",
         file, fine, step_s, k,
