@@ -546,8 +546,41 @@ def test_times_jittering_around_a_step_are_placed_as_a_worker_places_ticks(
     assert ds.values[:, 0, 0].tolist() == list(range(30))
     wild = [epoch_s + t * 300 + (0 if t % 2 else 160) for t in range(40)]
     (tmp_path / "wild.csv").write_text("ts,a\n" + "".join(f"{s},{s % 7}\n" for s in wild))
-    with pytest.raises(DatasetError, match=r"not on a regular grid .*resample"):
+    with pytest.raises(DatasetError, match=r"not on a regular grid .*--dataset-step-s 300"):
         load_dataset(tmp_path / "wild.csv")
+
+
+def test_times_on_no_grid_are_averaged_into_the_step_given(
+    tmp_path: Path, pems08: GridDataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Readings at irregular times (an event logger's), wide or long: with a step given, each
+    slot of it on the hour is the mean of its readings, empty where it has none."""
+    epoch_s = int(pems08.start.timestamp())
+    offsets = [0, 130, 610, 1500, 1790, 2411, 3599, 3700, 11000]  # seconds from the start
+    values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    lines = ["ts,a"] + [f"{epoch_s + o},{v:g}" for o, v in zip(offsets, values, strict=True)]
+    (tmp_path / "events.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match="not on a regular grid"):
+        load_dataset(tmp_path / "events.csv")
+    hourly = load_dataset(tmp_path / "events.csv", step_s=3600)
+    assert (hourly.start, hourly.step_s) == (pems08.start, 3600)
+    np.testing.assert_array_equal(hourly.values[:, 0, 0], [4.0, 8.0, np.nan, 9.0])
+    assert "readings averaged into slots of 1 h" in caplog.text
+    rows = ["sensor,ts,value"] + [
+        f"{name},{epoch_s + o + shift},{v:g}"
+        for name, shift in (("x", 0), ("y", 45))
+        for o, v in zip(offsets, values, strict=True)
+    ]
+    (tmp_path / "tags.csv").write_text("\n".join(rows) + "\n")
+    long = load_dataset(tmp_path / "tags.csv", step_s=1800)
+    assert (long.start, long.step_s, long.sensors) == (pems08.start, 1800, ("tags/x", "tags/y"))
+    np.testing.assert_array_equal(
+        long.values[:, :, 0].T,
+        [
+            [3.0, 6.5, 8.0, np.nan, np.nan, np.nan, 9.0],
+            [2.5, 5.5, 7.5, np.nan, np.nan, np.nan, 9.0],
+        ],
+    )
 
 
 def test_epoch_seconds_and_gzip_compressed_csv(tmp_path: Path, pems08: GridDataset) -> None:

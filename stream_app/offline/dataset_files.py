@@ -142,24 +142,26 @@ def _delimiter(first: str) -> str:
     return max((";", "\t"), key=first.count) if (";" in first or "\t" in first) else ","
 
 
-def read_grid(file: Path) -> FileGrid:
-    """The (T, N, F) values, the source's sensor ids, and the file's own start and step if any."""
+def read_grid(file: Path, *, bin_s: int | None = None) -> FileGrid:
+    """The (T, N, F) values, the source's sensor ids, and the file's own start and step if any;
+    times on no regular grid are averaged into slots of ``bin_s`` seconds where it is given
+    (``_binned``), else refused with the reason."""
     suffix = data_suffix(file)
     if suffix == ".npz":
         return _read_npz(file)
     if suffix == ".npy":
         return _array_grid(np.asarray(np.load(file, allow_pickle=False), dtype=np.float64), file)
     if suffix in TICK_SUFFIXES:
-        return _read_ticks(file)
+        return _read_ticks(file, bin_s)
     if suffix in TEXT_SUFFIXES:  # the delimiter is found from the header
         rows, delimiter = _csv_rows(file)
-        return _read_table(rows, file, THOUSANDS if delimiter == "," else DECIMAL)
+        return _read_table(rows, file, THOUSANDS if delimiter == "," else DECIMAL, bin_s)
     if suffix in SHEET_SUFFIXES:
-        return _read_table(_sheet_rows(file), file, DECIMAL)
+        return _read_table(_sheet_rows(file), file, DECIMAL, bin_s)
     if suffix == ".parquet":
-        return _read_parquet(file)
+        return _read_parquet(file, bin_s)
     if suffix in (".h5", ".hdf5"):
-        return _read_hdf5(file)
+        return _read_hdf5(file, bin_s)
     if suffix in PICKLE_SUFFIXES:
         return _read_pickle(file)
     raise DatasetError(
@@ -169,16 +171,18 @@ def read_grid(file: Path) -> FileGrid:
     )
 
 
-def _read_table(rows: list[list[str]], file: Path, commas: str) -> FileGrid:
+def _read_table(
+    rows: list[list[str]], file: Path, commas: str, bin_s: int | None = None
+) -> FileGrid:
     """A table's rows (a CSV's, a spreadsheet's; the header first) as a wide or long grid."""
     header = [h.strip() for h in rows[0]]
     if tuple(h.lower() for h in header) == LONG_HEADER:
-        return _read_long(rows[1:], file, commas)
+        return _read_long(rows[1:], file, commas, bin_s=bin_s)
     header, body = _time_first(header, rows[1:], file)
     if (layout := _long_layout(header, body, commas)) is not None:
         long_rows, channels = _as_long(body, layout, header, file)
-        return _read_long(long_rows, file, commas, channels)
-    return _read_wide(header, body, file, commas)
+        return _read_long(long_rows, file, commas, channels, bin_s)
+    return _read_wide(header, body, file, commas, bin_s)
 
 
 def _sheet_rows(file: Path) -> list[list[str]]:
@@ -244,12 +248,12 @@ def _cell_text(cell: object) -> str:
     return str(cell).strip()
 
 
-def side_by_side(files: list[Path]) -> FileGrid:
+def side_by_side(files: list[Path], *, bin_s: int | None = None) -> FileGrid:
     """Several files of one network, as archives ship a file per sensor or station: each
     file's grid placed on one time axis, its sensors named after the file (the file's name
     for a file of one column, else ``file/column``). The files must say their times, on one
     step and phase."""
-    grids = [read_grid(file) for file in files]
+    grids = [read_grid(file, bin_s=bin_s) for file in files]
     untimed = [f.name for f, g in zip(files, grids, strict=True) if g.start is None]
     if untimed:
         raise DatasetError(
@@ -393,7 +397,7 @@ def _uctb_grid(loaded: dict[Any, Any], node: dict[Any, Any], file: Path) -> File
     return FileGrid(grid, ids, start, step_s)
 
 
-def _read_hdf5(file: Path) -> FileGrid:
+def _read_hdf5(file: Path, bin_s: int | None = None) -> FileGrid:
     """An HDF5 file as ``pandas.DataFrame.to_hdf`` writes a frame (METR-LA's ``df``, PEMS-BAY's
     ``speed``: a row per time, a column per sensor; columns that are not numbers are left out
     with a warning), or with an array ``data`` like the ``.npz`` files. Needs h5py, not pandas."""
@@ -416,10 +420,10 @@ def _read_hdf5(file: Path) -> FileGrid:
                 f"{file}: holds neither one pandas frame (a group with axis0, axis1 and "
                 f"block0_values) nor an array 'data'; found {sorted(h5.keys())}"
             )
-        return _pandas_frame(h5[frames[0]], file)
+        return _pandas_frame(h5[frames[0]], file, bin_s)
 
 
-def _pandas_frame(group: Any, file: Path) -> FileGrid:
+def _pandas_frame(group: Any, file: Path, bin_s: int | None = None) -> FileGrid:
     """The grid of a frame ``to_hdf`` wrote in its fixed format: ``axis0`` the column labels,
     ``axis1`` the index (times: ``kind`` names the unit), ``blockK_items`` and
     ``blockK_values`` (rows by items) the columns, by dtype."""
@@ -447,10 +451,8 @@ def _pandas_frame(group: Any, file: Path) -> FileGrid:
                                MS_PER_TICK[unit][1])  # fmt: skip
     if "tz" not in index.attrs:  # a naive index: the file's own clock (``NAIVE``)
         log.warning(NAIVE.format(file=file))
-    at, start, step_s, keep = _regular_axis(times_ms, file)
-    out = np.full((int(at.max()) + 1, len(sensors)), np.nan)
-    out[at[keep]] = grid[keep]
-    return FileGrid(out[:, :, np.newaxis], sensors, start, step_s)
+    axis = _regular_axis(times_ms, file, bin_s=bin_s)
+    return FileGrid(axis.placed(grid[:, :, np.newaxis]), sensors, axis.start, axis.step_s)
 
 
 MS_PER_TICK = {"ns": (1, 1_000_000), "us": (1, 1_000), "ms": (1, 1), "s": (1_000, 1)}
@@ -581,7 +583,11 @@ def _time_column_elsewhere(header: list[str], rows: list[list[str]]) -> int | No
 
 
 def _read_wide(
-    header: list[str], rows: list[list[str]], file: Path, commas: str = DECIMAL
+    header: list[str],
+    rows: list[list[str]],
+    file: Path,
+    commas: str = DECIMAL,
+    bin_s: int | None = None,
 ) -> FileGrid:
     """A row per time (its times first, as ``_time_first`` leaves them), a column per sensor."""
     firsts = [row[0] for row in rows]
@@ -604,10 +610,8 @@ def _read_wide(
     times_ms = _times_ms([str(c) for c in cells[:, 0]], file, compact)
     distinct = _distinct_rows(times_ms, cells[:, 0], file)
     times_ms, values = times_ms[distinct], values[distinct]
-    index, start, step_s, keep = _regular_axis(times_ms, file)
-    grid = np.full((int(index.max()) + 1, len(sensors)), np.nan)
-    grid[index[keep]] = values[keep]
-    return FileGrid(grid[:, :, np.newaxis], sensors, start, step_s)
+    axis = _regular_axis(times_ms, file, bin_s=bin_s)
+    return FileGrid(axis.placed(values[:, :, np.newaxis]), sensors, axis.start, axis.step_s)
 
 
 def _distinct_rows(
@@ -851,7 +855,11 @@ def _as_long(
 
 
 def _read_long(
-    rows: list[list[str]], file: Path, commas: str = DECIMAL, channels: list[str] | None = None
+    rows: list[list[str]],
+    file: Path,
+    commas: str = DECIMAL,
+    channels: list[str] | None = None,
+    bin_s: int | None = None,
 ) -> FileGrid:
     width = 2 + (len(channels) if channels else 1)
     if any(len(row) != width for row in rows):
@@ -859,10 +867,10 @@ def _read_long(
     sensors = [row[0].strip() for row in rows]
     times_ms = _times_ms([row[1] for row in rows], file)
     values = _floats(np.array([row[2:] for row in rows], dtype=object), file, commas)
-    return replace(_long_to_grid(sensors, times_ms, values, file), channels=channels)
+    return replace(_long_to_grid(sensors, times_ms, values, file, bin_s), channels=channels)
 
 
-def _read_ticks(file: Path) -> FileGrid:
+def _read_ticks(file: Path, bin_s: int | None = None) -> FileGrid:
     """Ticks recorded from a ticks topic (``kcat -C -t stcast.ticks > ticks.jsonl``): a tick or
     a tick batch per line, read by the worker's own reference decoder (``chunks.ticks_of``); a
     line or tick the worker would dead-letter is left out, counted in a warning."""
@@ -895,14 +903,14 @@ def _read_ticks(file: Path) -> FileGrid:
     if not values:
         raise DatasetError(f"{file}: no tick with a reading (a line per tick or tick batch)")
     times_ms = np.asarray(times, dtype=np.int64)
-    grid = _long_to_grid(sensors, times_ms, np.asarray(values, dtype=np.float64), file)
+    grid = _long_to_grid(sensors, times_ms, np.asarray(values, dtype=np.float64), file, bin_s)
     networks = {sensor.split("/")[0] for sensor in grid.sensor_ids if "/" in sensor}
     if len(networks) == 1 and all("/" in sensor for sensor in grid.sensor_ids):
         return replace(grid, name=networks.pop())  # the worker's names: ``network/sensor``
     return grid
 
 
-def _read_parquet(file: Path) -> FileGrid:
+def _read_parquet(file: Path, bin_s: int | None = None) -> FileGrid:
     """A long table (sensor, ts, value) in Parquet; needs pyarrow."""
     try:
         import pyarrow as pa
@@ -924,30 +932,75 @@ def _read_parquet(file: Path) -> FileGrid:
         times_ms = _times_ms([str(t) for t in ts.to_pylist()], file)
     sensors = [str(s) for s in table[names["sensor"]].to_pylist()]
     values = table[names["value"]].to_numpy(zero_copy_only=False).astype(np.float64)
-    return _long_to_grid(sensors, times_ms, values, file)
+    return _long_to_grid(sensors, times_ms, values, file, bin_s)
 
 
 def _long_to_grid(
-    sensors: list[str], times_ms: npt.NDArray[np.int64], values: npt.NDArray[np.float64], file: Path
+    sensors: list[str],
+    times_ms: npt.NDArray[np.int64],
+    values: npt.NDArray[np.float64],
+    file: Path,
+    bin_s: int | None = None,
 ) -> FileGrid:
     """The (T, N, F) grid of long rows (``values`` (R,) or (R, F)); sensors in order of first
     appearance."""
     sensor_pos: dict[str, int] = {}
     columns = np.array([sensor_pos.setdefault(s, len(sensor_pos)) for s in sensors])
-    index, start, step_s, keep = _regular_axis(times_ms, file, columns)
-    rows = values.reshape(len(values), -1)
-    grid = np.full((int(index.max()) + 1, len(sensor_pos), rows.shape[1]), np.nan)
-    grid[index[keep], columns[keep]] = rows[keep]
-    return FileGrid(grid, list(sensor_pos), start, step_s)
+    axis = _regular_axis(times_ms, file, columns, bin_s)
+    grid = axis.placed(values.reshape(len(values), -1), columns, len(sensor_pos))
+    return FileGrid(grid, list(sensor_pos), axis.start, axis.step_s)
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """Where each reading goes: its step's index on the grid (``index``), the grid's start and
+    step, which readings to place (``keep``), and whether several share a slot to be averaged
+    (``binned``)."""
+
+    index: npt.NDArray[np.int64]
+    start: datetime
+    step_s: int
+    keep: npt.NDArray[np.bool_]
+    binned: bool = False
+
+    def placed(
+        self,
+        rows: npt.NDArray[np.float64],
+        columns: npt.NDArray[np.int64] | None = None,
+        width: int = 0,
+    ) -> npt.NDArray[np.float64]:
+        """The (T, N, F) grid of ``rows``: (R, N, F) a time's readings (wide), or (R, F) a
+        sensor's (long; its sensor in ``columns``, ``width`` sensors); a slot's readings
+        averaged where binned."""
+        steps = int(self.index.max()) + 1
+        at: tuple[npt.NDArray[np.int64], ...]
+        if columns is None:
+            shape, at = (steps, *rows.shape[1:]), (self.index[self.keep],)
+        else:
+            shape, at = (steps, width, rows.shape[1]), (self.index[self.keep], columns[self.keep])
+        kept = rows[self.keep]
+        grid = np.full(shape, np.nan)
+        if not self.binned:
+            grid[at] = kept
+            return grid
+        sums, counts = np.zeros(shape), np.zeros(shape)
+        seen = ~np.isnan(kept)
+        np.add.at(sums, at, np.where(seen, kept, 0.0))
+        np.add.at(counts, at, seen)
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 def _regular_axis(
-    times_ms: npt.NDArray[np.int64], file: Path, columns: npt.NDArray[np.int64] | None = None
-) -> tuple[npt.NDArray[np.int64], datetime, int, npt.NDArray[np.bool_]]:
+    times_ms: npt.NDArray[np.int64],
+    file: Path,
+    columns: npt.NDArray[np.int64] | None = None,
+    bin_s: int | None = None,
+) -> _Axis:
     """Each time's step index on the grid, the grid's start and step (the commonest gap), and
     which readings to place. Times off that grid by a few seconds (a logger's jitter) are
     placed on the nearest slot of a usual step, as a worker places ticks (``_snapped``);
-    ``columns`` (a long file's sensor of each reading) tells whose slot it is."""
+    ``columns`` (a long file's sensor of each reading) tells whose slot it is. Times on no
+    such grid are averaged into slots of ``bin_s`` where given (``_binned``)."""
     distinct = np.unique(times_ms)
     if len(distinct) < 2:
         raise DatasetError(f"{file}: at least two distinct times are needed to find the step")
@@ -956,7 +1009,7 @@ def _regular_axis(
     every = np.ones(len(times_ms), dtype=bool)
     if step_ms % 1000 == 0 and not np.any(offsets % step_ms):
         start = datetime.fromtimestamp(int(distinct[0]) / 1000, tz=UTC)
-        return offsets // step_ms, start, int(step_ms // 1000), every
+        return _Axis(offsets // step_ms, start, int(step_ms // 1000), every)
     days = step_ms / 86_400_000
     if 28 <= days <= 31 or 89 <= days <= 92 or 365 <= days <= 366:
         raise DatasetError(
@@ -964,13 +1017,28 @@ def _regular_axis(
             "varies; stcast's grid steps by a fixed number of seconds (from minutes to weeks)"
         )
     snapped = _snapped(times_ms, distinct, file, columns)
-    if snapped is None:
-        raise DatasetError(
-            f"{file}: times are not on a regular grid (gaps of {_duration(step_ms)} most often, "
-            f"{_duration(int(np.median(np.diff(distinct))))} in the middle); resample the data "
-            "to a fixed step first (with pandas: frame.resample('5min').mean())"
-        )
-    return snapped
+    if snapped is not None:
+        return _Axis(*snapped)
+    middle = _duration(int(np.median(np.diff(distinct))))
+    if bin_s:
+        return _binned(times_ms, bin_s, file, f"gaps of {middle} in the middle")
+    raise DatasetError(
+        f"{file}: times are not on a regular grid (gaps of {_duration(step_ms)} most often, "
+        f"{middle} in the middle); give the step to average them into (--dataset-step-s 300, "
+        "or step_s in stcast.json)"
+    )
+
+
+def _binned(times_ms: npt.NDArray[np.int64], bin_s: int, file: Path, why: str) -> _Axis:
+    """Irregular times (events, a logger that samples when it can) in slots of ``bin_s`` on
+    whole steps since the epoch, each slot the mean of its readings (``_Axis.placed``)."""
+    slots = times_ms // (bin_s * 1000)
+    start = datetime.fromtimestamp(int(slots.min()) * bin_s, tz=UTC)
+    log.warning(
+        "%s: times are not on a regular grid (%s): readings averaged into slots of %s",
+        file, why, _duration(bin_s * 1000),
+    )  # fmt: skip
+    return _Axis(slots - slots.min(), start, bin_s, np.ones(len(times_ms), dtype=bool), True)
 
 
 # Grid steps readings are logged at, in seconds: a file whose times wander around one of these

@@ -144,10 +144,11 @@ def load_dataset(
             return load_dataset(folder, start=start, step_s=step_s, name=name, missing=missing)
     files = _data_files(Path(path))
     start = None if start is None else _utc(start)
+    bin_s = step_s or _sidecar(files[0].parent / "data").step_s  # for times on no grid
     if len(files) == 1:
-        file, grid = files[0], read_grid(files[0])
+        file, grid = files[0], read_grid(files[0], bin_s=bin_s)
     else:  # a file per sensor or station; named, and its stcast.json found, as a file "data" there
-        file, grid = Path(path) / "data", side_by_side(files)
+        file, grid = Path(path) / "data", side_by_side(files, bin_s=bin_s)
     values, sensor_ids = grid.values, grid.sensor_ids
     named = tuple(grid.channels) if grid.channels else None
     found = _Meta(grid.name, grid.start, grid.step_s, named)
