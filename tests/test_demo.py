@@ -160,6 +160,33 @@ def test_the_replay_waits_while_the_retrain_worker_answers_the_events_seen(
     assert 0.6 <= held < 2.0
 
 
+def test_holds_stop_once_their_budget_is_spent_and_the_cooldown_is_in_steps(
+    tmp_path: Path,
+) -> None:
+    """An hourly dataset's monitors may fire every few paced steps: past ``HOLD_BUDGET_S`` of
+    holds the replay no longer waits, and the demo's cool-down is at least 72 grid steps (6
+    hours at 5 minutes as a worker's default, 3 days at an hour) unless the variable says."""
+    import asyncio
+
+    from stream_app.settings import Settings
+    from stream_app.tools import demo
+    from stream_app.tools.demo import _Hold, _Say, cooldown_s
+    from stream_app.tools.demo_report import Observed
+
+    observed, log = Observed(), tmp_path / "retrain.log"
+    log.write_text("")
+    observed.events.append({"detected_at": "1970-01-01T00:16:40Z"})
+    hold = _Hold(observed, log, _Say(quiet=True), end=100, paced_from_s=1000)
+    hold.held_s = demo.HOLD_BUDGET_S - 0.5
+    assert 0.4 < asyncio.run(hold(10)) < 2.0  # the last of the budget is still held
+    assert hold.held_s >= demo.HOLD_BUDGET_S
+    assert asyncio.run(hold(11)) == 0.0  # spent: the event is still unanswered, no hold
+    settings = Settings()
+    assert cooldown_s(settings, 300, {}) == settings.retrain_cooldown_s == 21_600
+    assert cooldown_s(settings, 3600, {}) == 72 * 3600
+    assert cooldown_s(settings, 3600, {"STCAST_RETRAIN_COOLDOWN_S": "60"}) == 21_600
+
+
 def test_a_hold_ends_with_the_reason_when_the_retrain_worker_has_exited(tmp_path: Path) -> None:
     """A retrain worker that died answers nothing: the demo stops with its last log line
     rather than waiting out every paced step (it crept on for minutes)."""

@@ -78,6 +78,13 @@ RETRAIN_MAX_S = 20.0
 TRIAL_STEPS = 24
 # a retrain also waits for the history to catch up, exports and validates: the longest hold
 HOLD_MAX_S = RETRAIN_MAX_S + 40.0
+# All holds together: past this the replay goes on without waiting (retrains go on behind it),
+# so that a dataset whose monitors fire often still ends in minutes (PEMS08 holds ~45 s)
+HOLD_BUDGET_S = 150.0
+# At most one retrain event per network in this many grid steps (the worker's default of 6
+# hours is 72 steps at 5 minutes, but 6 at an hour: an hourly dataset's 432 paced steps could
+# raise 72 events, each a hold), unless STCAST_RETRAIN_COOLDOWN_S is set
+COOLDOWN_STEPS = 72
 DRAIN_S = 30.0  # after the replay, give up on the last forecasts after this long without one
 
 
@@ -91,6 +98,14 @@ def plan_steps(n_steps: int, n_sensors: int, step_s: int, steps: int | None) -> 
     steps = min(steps, n_steps)
     fast = min(FAST_DAYS * 86_400 // step_s, int(FAST_SHARE * steps))
     return steps, max(fast, steps - PACED_STEPS)
+
+
+def cooldown_s(settings: Settings, step_s: int, environ: Mapping[str, str]) -> float:
+    """The demo's retrain cool-down: ``STCAST_RETRAIN_COOLDOWN_S`` when set, else at least
+    ``COOLDOWN_STEPS`` steps."""
+    if env_name("retrain_cooldown_s") in environ:
+        return settings.retrain_cooldown_s
+    return max(settings.retrain_cooldown_s, float(COOLDOWN_STEPS * step_s))
 
 
 def trial_s(settings: Settings, step_s: int, environ: Mapping[str, str]) -> float:
@@ -138,6 +153,7 @@ def run_demo(
             settings = settings.replace(
                 bootstrap_servers=broker.bootstrap_servers,
                 canary_s=trial_s(settings, dataset.step_s, os.environ),
+                retrain_cooldown_s=cooldown_s(settings, dataset.step_s, os.environ),
             )
             _create_topics(settings)
             common = {
@@ -240,7 +256,8 @@ class _Hold:
     let hours of data pass, and a challenger's trial start too late to end in the stream. Only
     for events detected from ``paced_from_s`` on (those of the first days, streamed fast to warm
     the monitors up, do not hold it), and not once the steps left are fewer than a trial takes
-    (``trial_steps``): a challenger published then could not serve before the end."""
+    (``trial_steps``): a challenger published then could not serve before the end, nor once
+    ``HOLD_BUDGET_S`` have been held in all."""
 
     def __init__(
         self,
@@ -260,6 +277,7 @@ class _Hold:
         self.retrainer = retrainer  # a hold ends, with an error, when it has exited
         self.answered = 0  # outcome lines in the retrain worker's log, when last read
         self.holding = False  # the live view stays quiet meanwhile: nothing flows
+        self.held_s = 0.0  # all holds so far (``HOLD_BUDGET_S``)
 
     def _pending(self) -> int:
         """Events of the paced part not answered yet (the retrain worker answers in order)."""
@@ -272,13 +290,14 @@ class _Hold:
     async def __call__(self, step: int = 0) -> float:
         if self.end and self.end - step <= self.trial_steps:
             return 0.0
-        if self._pending() <= 0:
+        if self._pending() <= 0 or self.held_s >= HOLD_BUDGET_S:
             return 0.0
         began = time.monotonic()
         self.say("  HOLD    the replay waits while the retrain worker fine-tunes and validates")
         self.holding = True
         try:
-            while self._pending() > 0 and time.monotonic() - began < HOLD_MAX_S:
+            longest = min(HOLD_MAX_S, HOLD_BUDGET_S - self.held_s)
+            while self._pending() > 0 and time.monotonic() - began < longest:
                 await asyncio.sleep(0.25)
                 if self.retrainer is not None and (status := self.retrainer.poll()) is not None:
                     why = _last_line(self.retrain_log)
@@ -286,7 +305,12 @@ class _Hold:
         finally:
             self.holding = False
         held = time.monotonic() - began
-        self.say(f"  HOLD    over after {held:.0f} s: the replay goes on")
+        self.held_s += held
+        spent = self.held_s >= HOLD_BUDGET_S
+        self.say(
+            f"  HOLD    over after {held:.0f} s: the replay goes on"
+            + (f" (holds from now on skipped: {self.held_s:.0f} s held in all)" if spent else "")
+        )
         return held
 
 
