@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .cli_offline import (
+    channel_of,
     dataset_from_args,
     dataset_grid_args,
     evaluate_args,
     evaluate_command,
+    forecast_channel_arg,
     missing_value_arg,
     pretrain_args,
     pretrain_command,
@@ -243,6 +245,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         steps_per_s=args.steps_per_s,
         as_json=args.json,
         missing=args.missing_value,
+        channel=channel_of(args.forecast_channel),
     )
 
 
@@ -256,6 +259,7 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batched", action="store_true", help="publish one message per step")
     missing_value_arg(parser)
+    forecast_channel_arg(parser)
     parser.add_argument("--steps", type=int, default=None, help="steps to stream (default: all)")
     parser.add_argument(
         "--steps-per-s",

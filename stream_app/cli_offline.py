@@ -172,6 +172,7 @@ def _protocol_and_dataset_args(parser: argparse.ArgumentParser) -> None:
         "tgcn: 80/20, averages over 15/30/45/60 minutes",
     )
     dataset_grid_args(parser)
+    forecast_channel_arg(parser)
 
 
 def evaluate_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -317,10 +318,28 @@ def dataset_grid_args(parser: argparse.ArgumentParser) -> None:
 
 
 def dataset_from_args(args: argparse.Namespace) -> GridDataset:
-    """The dataset named by ``dataset_grid_args``' flags (and ``--dataset``)."""
-    return load_dataset(
+    """The dataset named by ``dataset_grid_args``' flags (and ``--dataset``), the channel
+    ``--forecast-channel`` names first where the command has that flag."""
+    dataset = load_dataset(
         args.dataset, start=args.start, step_s=args.dataset_step_s, missing=args.missing_value
     )
+    return dataset.forecasting(channel_of(getattr(args, "forecast_channel", "0")))
+
+
+def forecast_channel_arg(parser: argparse.ArgumentParser) -> None:
+    """``--forecast-channel``: which of a dataset's channels is forecast (the first unless
+    named)."""
+    parser.add_argument(
+        "--forecast-channel",
+        default="0",
+        metavar="NAME",
+        help="the channel to forecast, by name (pm10, speed...) or index (default: the first)",
+    )
+
+
+def channel_of(text: str) -> str | int:
+    """A channel flag's value: an index where it is digits, else a name."""
+    return int(text) if text.isdigit() else text
 
 
 def missing_value_arg(parser: argparse.ArgumentParser) -> None:

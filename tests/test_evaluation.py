@@ -379,3 +379,33 @@ def test_offline_neighbour_context_reads_a_shared_neighbour_once_with_the_same_n
         want = neighbour_context(windows, own, weight[sensor : sensor + 1])[0]
         np.testing.assert_array_equal(got[i], want)
     assert np.isnan(got[3]).all() and np.isfinite(got[0]).any()
+
+
+def test_the_channel_to_forecast_is_named_on_the_command_line(
+    tmp_path: Path, pems08: GridDataset, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--forecast-channel speed`` on a long file of flows and speeds scores the speeds: the
+    same report as a file of the speeds alone; the first channel is the default."""
+    from stream_app.cli import main
+
+    flows, speeds = pems08.values[:300, :4, 0], pems08.values[:300, :4, 2]
+    times = [format_ts(int(pems08.start.timestamp() + 300 * t) * 1000) for t in range(300)]
+    both = ["station,ts,flow,speed"] + [
+        f"s{n},{times[t]},{flows[t, n]:g},{speeds[t, n]:g}" for t in range(300) for n in range(4)
+    ]
+    alone = ["station,ts,speed"] + [
+        f"s{n},{times[t]},{speeds[t, n]:g}" for t in range(300) for n in range(4)
+    ]
+    (tmp_path / "both.csv").write_text("\n".join(both) + "\n")
+    (tmp_path / "alone.csv").write_text("\n".join(alone) + "\n")
+    reports = []
+    for path, extra in (
+        ("both.csv", ["--forecast-channel", "speed"]),
+        ("alone.csv", []),
+        ("both.csv", []),
+    ):
+        assert main(["evaluate", "--dataset", str(tmp_path / path), "--json", *extra]) == 0
+        reports.append(json.loads(capsys.readouterr().out)["metrics"])
+    speed, speed_alone, flow = reports
+    assert speed == speed_alone
+    assert flow != speed

@@ -84,6 +84,17 @@ class GridDataset:
             channels=self.channels[:1],
         )
 
+    def forecasting(self, channel: str | int) -> GridDataset:
+        """The same grid with ``channel`` (a name or an index) first: the one every model and
+        baseline forecasts; the others follow in their order."""
+        first = self.channel_index(channel)
+        if first == 0:
+            return self
+        order = [first, *(i for i in range(len(self.channels)) if i != first)]
+        return replace(
+            self, values=self.values[:, :, order], channels=tuple(self.channels[i] for i in order)
+        )
+
     def channel_index(self, channel: str | int) -> int:
         """The index of a channel given by name or index."""
         if isinstance(channel, int) and 0 <= channel < len(self.channels):

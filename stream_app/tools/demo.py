@@ -133,10 +133,11 @@ def run_demo(
     steps_per_s: float,
     as_json: bool,
     missing: Sequence[float] = (),
+    channel: str | int = 0,
 ) -> int:
     say = _Say(quiet=as_json)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)  # its INFO lines drown the view
-    dataset = load_dataset(dataset_path, missing=missing)
+    dataset = load_dataset(dataset_path, missing=missing).forecasting(channel)
     steps, fast_steps = plan_steps(dataset.n_steps, dataset.n_sensors, dataset.step_s, steps)
     cut = f" (the first {steps} of {dataset.n_steps}: --steps N)" if steps < dataset.n_steps else ""
     say(
