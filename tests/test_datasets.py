@@ -939,3 +939,30 @@ def test_files_as_loggers_and_services_write_them(
         assert (ds.sensors, ds.start, ds.step_s) == ((f"{name}/a", f"{name}/b"), pems08.start, 300)
         np.testing.assert_array_equal(ds.values[:, :, 0], grid, err_msg=name)
     assert "3 lines before the table's rows left out (the first: 'TOA5,CR1000" in caplog.text
+
+
+def test_the_pems_siblings_as_the_literature_ships_them(tmp_path: Path, shared: Path) -> None:
+    """A ``PEMS03`` folder as ASTGCN ships it (its flows in ``PEMS03.npz`` without times, its
+    detectors' ids in ``PEMS03.txt``, a graph of ``from,to,distance`` between those ids): the
+    published start and step, the sensors named by the listed ids, and the graph beside it
+    found and read by them. PEMS08's real flows and road graph stand in for PEMS03's."""
+    from stream_app.offline.network_context import network_context
+
+    pems08 = load_dataset(shared / "PEMS08")
+    folder = tmp_path / "PEMS03"
+    folder.mkdir()
+    np.savez(folder / "PEMS03.npz", data=pems08.values[:400, :, :1])
+    ids = [str(310000 + 7 * i) for i in range(pems08.n_sensors)]
+    (folder / "PEMS03.txt").write_text("\n".join(ids) + "\n")
+    edges = list(csv.reader((shared / "PEMS08" / "PEMS08.csv").read_text().splitlines()))
+    lines = ["from,to,distance"] + [f"{ids[int(a)]},{ids[int(b)]},{d}" for a, b, d in edges[1:]]
+    (folder / "PEMS03.csv").write_text("\n".join(lines) + "\n")
+    ds = load_dataset(folder)
+    assert (ds.name, ds.start, ds.step_s, ds.channels) == (
+        "pems03", datetime(2018, 9, 1, tzinfo=UTC), 300, ("flow",),
+    )  # fmt: skip
+    assert ds.sensors[:2] == ("pems03/310000", "pems03/310007")
+    table, _, source = network_context(ds, folder)
+    assert source == "edges:inverse-distance:PEMS03.csv"
+    first = int(edges[1][0]), int(edges[1][1])
+    assert table is not None and first[1] in table[0][first[0]].tolist()

@@ -109,7 +109,7 @@ def test_leads_and_steps_read_as_a_person_says_them() -> None:
 def test_the_graph_beside_a_dataset_is_found_as_each_set_ships_it(tmp_path: Path) -> None:
     """``--batched`` reads the graph shipped beside the data: PEMS' ``<folder>.csv``, NYC's
     ``adjacency.csv``, METR-LA's and PEMS-BAY's ``adj_mx.pkl``; none where there is none."""
-    from stream_app.tools.demo import graph_file
+    from stream_app.offline.graphs import graph_beside as graph_file
 
     folder = tmp_path / "metr-la"
     folder.mkdir()

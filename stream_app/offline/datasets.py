@@ -126,13 +126,17 @@ def _fields(meta: _Meta) -> tuple[Any, ...]:
 
 
 def _builtin(file_name: str) -> _Meta:
-    """What the shared reference datasets' SOURCE.md files say about their grids."""
+    """What the shared reference datasets' SOURCE.md files say about their grids, and the
+    published start of their PEMS siblings."""
     pems = ("flow", "occupancy", "speed")
     table = {
         "PEMS08.npz": _Meta("pems08", datetime(2016, 7, 1, tzinfo=UTC), 300, pems),
         "PEMS04.npz": _Meta("pems04", datetime(2018, 1, 1, tzinfo=UTC), 300, pems),
         "los_speed.csv": _Meta("los_loop", datetime(2012, 3, 1, tzinfo=UTC), 300, ("speed",)),
         "SZ_taxi.npz": _Meta("sz_taxi", datetime(2015, 1, 1, tzinfo=UTC), 900, ("speed",)),
+        # their siblings, as the literature ships them (ASTGCN, STSGCN): flows from these days
+        "PEMS03.npz": _Meta("pems03", datetime(2018, 9, 1, tzinfo=UTC), 300, ("flow",)),
+        "PEMS07.npz": _Meta("pems07", datetime(2017, 5, 1, tzinfo=UTC), 300, ("flow",)),
     }
     return table.get(file_name, _Meta())
 
@@ -188,7 +192,10 @@ def load_dataset(
             f"{file.parent / METADATA_FILE}"
         )
     n_channels = values.shape[2]
-    channels = meta.channels or (("value",) if n_channels == 1 else _numbered(n_channels))
+    channels = meta.channels if meta.channels and len(meta.channels) == n_channels else None
+    channels = channels or (("value",) if n_channels == 1 else _numbered(n_channels))
+    if file.suffix in (".npz", ".npy") and sensor_ids == [str(i) for i in range(len(sensor_ids))]:
+        sensor_ids = _listed_ids(file, len(sensor_ids)) or sensor_ids
     net = meta.name or _default_name(file)
     sensors = tuple(s if s.startswith(f"{net}/") else f"{net}/{s}" for s in sensor_ids)
     return GridDataset(net, values, meta.start, meta.step_s, sensors, channels)
@@ -233,6 +240,20 @@ def _without_missing_codes(values: npt.NDArray[np.float64], file: Path) -> npt.N
             "otherwise", file, count, code,
         )  # fmt: skip
     return cleaned
+
+
+def _listed_ids(file: Path, n: int) -> list[str] | None:
+    """An array's sensor ids from ``<name>.txt`` beside it, one per line (PEMS03 ships its
+    detectors' ids so, and its graph names them), where it lists exactly ``n``."""
+    listing = file.with_suffix(".txt")
+    if not listing.is_file():
+        return None
+    ids = [
+        line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
+    if len(ids) != n or len(set(ids)) != n or any(len(i.split()) != 1 for i in ids):
+        return None
+    return ids
 
 
 def bundled_dataset_path() -> Path:

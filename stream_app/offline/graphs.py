@@ -64,6 +64,18 @@ def from_weights(weights: npt.ArrayLike, source: str, *, symmetric: bool = True)
     return SensorGraph(np.maximum(w, w.T) if symmetric else w, source)
 
 
+def graph_beside(dataset_path: Path) -> Path | None:
+    """The graph shipped beside a dataset, if any: a CSV named like its folder (PEMS08's
+    ``PEMS08.csv``), ``adjacency.csv``, or DCRNN's ``adj_mx.pkl`` as METR-LA and PEMS-BAY come
+    with it; never the data file itself."""
+    folder = dataset_path if dataset_path.is_dir() else dataset_path.parent
+    candidates = (folder / f"{folder.name}.csv", folder / "adjacency.csv", folder / "adj_mx.pkl")
+    for candidate in candidates:
+        if candidate.is_file() and candidate != dataset_path:
+            return candidate
+    return None
+
+
 def load_graph(path: str | Path, sensors: Sequence[str], *, symmetric: bool = True) -> SensorGraph:
     """A user's graph file aligned with ``sensors``: an edge list or an N x N matrix.
 

@@ -1,20 +1,24 @@
 """What a long-context model needs to know about a dataset besides its readings.
 
-Its neighbours (from a graph file, or for a shared dataset the graph it ships with, else one
-learned from the first 80 % of its history), and whether its timestamps are real. A dataset of
-``shared/data`` is recognised by its path.
+Its neighbours (from a graph file, or for a shared dataset the graph it ships with, or a graph
+shipped beside the data, else one learned from the first 80 % of its history), and whether its
+timestamps are real. A dataset of ``shared/data`` is recognised by its path.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from .corpus import PRETRAINING_SETS, data_file, load_pretraining_set, pretraining_graph
+from .dataset_files import DatasetError
 from .datasets import GridDataset, shared_data_dir
-from .graphs import SensorGraph, correlation_graph, load_graph, neighbours
+from .graphs import SensorGraph, correlation_graph, graph_beside, load_graph, neighbours
 from .model_inputs import Neighbours
+
+log = logging.getLogger(__name__)
 
 NEIGHBOURS = 8
 
@@ -42,8 +46,9 @@ def network_context(
 ) -> tuple[Neighbours | None, bool, str]:
     """The dataset's neighbours, whether its calendar is real, and where the graph came from.
 
-    ``graph_file`` wins; then the graph of a recognised shared dataset; then, if ``learn``,
-    top-k correlations of the first 80 % of the series (the history a worker would have).
+    ``graph_file`` wins; then the graph of a recognised shared dataset; then the graph shipped
+    beside the data (``graphs.graph_beside``); then, if ``learn``, top-k correlations of the
+    first 80 % of the series (the history a worker would have).
     """
     name = recognise(path)
     calendar = True if name is None else load_pretraining_set(name).calendar
@@ -66,6 +71,11 @@ def _graph(
     if name is not None:
         pset = load_pretraining_set(name)
         return _aligned(pretraining_graph(pset, k), pset.dataset.sensors, dataset.sensors)
+    if (beside := graph_beside(Path(path))) is not None:
+        try:
+            return load_graph(beside, dataset.sensors)
+        except DatasetError as exc:  # another network's graph, ids it does not know...
+            log.warning("%s is not this dataset's graph (%s): one is learned instead", beside, exc)
     if learn:
         history = dataset.values[: int(0.8 * dataset.n_steps), :, 0]
         return correlation_graph(history, k)

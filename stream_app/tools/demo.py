@@ -47,6 +47,7 @@ from ..kafka.clients import topic_reader
 from ..kafka.topics import ensure_topics_sync
 from ..loop.registry import Registry
 from ..offline.datasets import GridDataset, load_dataset
+from ..offline.graphs import graph_beside
 from ..offline.network_context import network_context
 from ..settings import Settings, env_name
 from .broker import EmbeddedBroker
@@ -149,7 +150,7 @@ def run_demo(
         tmp = Path(tmp_name)
         registry = Registry(tmp / "registry")
         first = registry.publish(settings.model_path or model_path(UNIVERSAL))
-        graph = graph_file(dataset_path) if batched else None
+        graph = graph_beside(dataset_path) if batched else None
         with EmbeddedBroker() as broker:
             settings = settings.replace(
                 bootstrap_servers=broker.bootstrap_servers,
@@ -216,18 +217,6 @@ class _Say:
     def __call__(self, line: str) -> None:
         if not self.quiet:
             print(line, flush=True)
-
-
-def graph_file(dataset_path: Path) -> Path | None:
-    """The graph shipped beside a dataset: the bundled PEMS08 slice's road graph, the graph of
-    a shared dataset (by its corpus entry), or DCRNN's ``adj_mx.pkl`` as METR-LA and PEMS-BAY
-    come with it; None when there is none."""
-    folder = dataset_path if dataset_path.is_dir() else dataset_path.parent
-    candidates = (folder / f"{folder.name}.csv", folder / "adjacency.csv", folder / "adj_mx.pkl")
-    for candidate in candidates:
-        if candidate.is_file() and candidate != dataset_path:
-            return candidate
-    return None
 
 
 def _create_topics(settings: Settings) -> None:
