@@ -966,3 +966,23 @@ def test_the_pems_siblings_as_the_literature_ships_them(tmp_path: Path, shared: 
     assert source == "edges:inverse-distance:PEMS03.csv"
     first = int(edges[1][0]), int(edges[1][1])
     assert table is not None and first[1] in table[0][first[0]].tolist()
+
+
+def test_a_csv_without_a_header_row_as_pemsd7_ships_it(
+    tmp_path: Path, pems08: GridDataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PeMSD7(M)'s ``V_228.csv`` holds readings from its first line: no row is taken for
+    names (the columns are numbered, as its matrix graph counts them); a header of sensor
+    ids, whole numbers each once (Los-loop's), is still a header."""
+    speeds = pems08.values[:40, :6, 2]
+    lines = [",".join(f"{v:g}" for v in row) for row in speeds]
+    (tmp_path / "V_6.csv").write_text("\n".join(lines) + "\n")
+    ds = load_dataset(tmp_path / "V_6.csv", start=pems08.start, step_s=300)
+    assert ds.sensors == tuple(f"v_6/{i}" for i in range(6))
+    np.testing.assert_array_equal(ds.values[:, :, 0], speeds)
+    assert "no header row (the first holds readings)" in caplog.text
+    ids = ",".join(str(773869 + i) for i in range(6))
+    (tmp_path / "ids.csv").write_text(ids + "\n" + "\n".join(lines) + "\n")
+    named = load_dataset(tmp_path / "ids.csv", start=pems08.start, step_s=300)
+    assert named.sensors[0] == "ids/773869"
+    np.testing.assert_array_equal(named.values[:, :, 0], speeds)

@@ -174,7 +174,11 @@ def read_grid(file: Path, *, bin_s: int | None = None) -> FileGrid:
 def _read_table(
     rows: list[list[str]], file: Path, commas: str, bin_s: int | None = None
 ) -> FileGrid:
-    """A table's rows (a CSV's, a spreadsheet's; the header first) as a wide or long grid."""
+    """A table's rows (a CSV's, a spreadsheet's; the header first, if any) as a wide or long
+    grid."""
+    if _is_data_row(rows[0], commas):  # PeMSD7's V_228.csv: readings from the first line
+        log.warning("%s: no header row (the first holds readings): the columns are numbered", file)
+        rows = [[str(j) for j in range(len(rows[0]))], *rows]
     header = [h.strip() for h in rows[0]]
     if tuple(h.lower() for h in header) == LONG_HEADER:
         return _read_long(rows[1:], file, commas, bin_s=bin_s)
@@ -183,6 +187,15 @@ def _read_table(
         long_rows, channels = _as_long(body, layout, header, file)
         return _read_long(long_rows, file, commas, channels, bin_s)
     return _read_wide(header, body, file, commas, bin_s)
+
+
+def _is_data_row(row: list[str], commas: str) -> bool:
+    """A first row of readings rather than names: every cell a number, and one of them with a
+    fraction or two of them alike (sensor ids are whole numbers, each once)."""
+    cells = [_normalised(cell, commas) for cell in row]
+    if not cells or not all(c != "nan" and _is_number(c) for c in cells):
+        return False
+    return any(not c.lstrip("-").isdigit() for c in cells) or len(set(cells)) < len(cells)
 
 
 def _sheet_rows(file: Path) -> list[list[str]]:
