@@ -912,7 +912,8 @@ def test_files_as_loggers_and_services_write_them(
     ``#`` comments and a title line before the header, a Campbell-style table (a title row of
     another width, units and a processing row under the header, a RECORD column), US times
     with AM and PM (month first), epoch seconds under ``epoch``, the times in the last
-    column, a delimiter after each row's last cell."""
+    column, a delimiter after each row's last cell, times that name their zone UTC
+    (BigQuery's), month names (``01-Jul-2016``, SQL Server's ``Jul  1 2016 12:05AM``)."""
     grid = _leading(pems08, steps=30, sensors=2)
     start = pems08.start.timestamp()
     stamps = [datetime.fromtimestamp(start + 300 * t, tz=UTC) for t in range(len(grid))]
@@ -932,6 +933,13 @@ def test_files_as_loggers_and_services_write_them(
         + [f"{a},{b},{s:%Y-%m-%d %H:%M}" for s, (a, b) in zip(stamps, cells, strict=True)],
         "trailing": ["ts,a,b"]
         + [f"{s:%Y-%m-%dT%H:%M:%SZ},{a},{b}," for s, (a, b) in zip(stamps, cells, strict=True)],
+        "bigquery": ["timestamp,a,b"]
+        + [f"{s:%Y-%m-%d %H:%M:%S} UTC,{a},{b}" for s, (a, b) in zip(stamps, cells, strict=True)],
+        "months": ["Date,a,b"]
+        + [f"{s:%d-%b-%Y %H:%M},{a},{b}" for s, (a, b) in zip(stamps, cells, strict=True)],
+        "sqlserver": ["Date,a,b"]  # SQL Server's default: the day padded with a space
+        + [f"{s:%b} {s.day:2d} {s:%Y %I:%M%p},{a},{b}"
+           for s, (a, b) in zip(stamps, cells, strict=True)],
     }  # fmt: skip
     for name, lines in forms.items():
         (tmp_path / f"{name}.csv").write_text("\n".join(lines) + "\n")

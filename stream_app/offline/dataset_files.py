@@ -1176,12 +1176,25 @@ def _is_time(cell: str) -> bool:
     """A date and time (``2024-01-01T00:00:00Z``, ``2024-01-01 00:00``, ``1/7/2016 0:00``): a
     first column of them is the time column whatever its header says (``Zeit``,
     ``DateTime``...). A number has no ``/``, ``:`` or second dot, so it is never one."""
-    text = cell.strip()
+    text = _zone_as_offset(cell.strip())
     if "-" in text[1:] and (":" in text or ISO_DATE.fullmatch(text)) and _is_iso(text):
         return True
     if "/" not in text and ":" not in text and text.count(".") != 2:
         return False
     return bool(_formats_reading(text))
+
+
+ZONE_NAME = re.compile(r"(?<=\d)\s*(UTC|GMT|Z)$", re.IGNORECASE)
+
+
+def _zone_as_offset(text: str) -> str:
+    """A time that names its zone UTC or GMT (``2016-07-01 00:00:00 UTC``, as BigQuery and many
+    databases export it) with the offset those are, ``+00:00``.
+
+    >>> _zone_as_offset("2016-07-01 00:00:00 UTC"), _zone_as_offset("2016-07-01")
+    ('2016-07-01 00:00:00+00:00', '2016-07-01')
+    """
+    return ZONE_NAME.sub("+00:00", text)
 
 
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -1236,10 +1249,13 @@ NAIVE = (
 # slashes or unpadded dashes, day or month first with slashes or dots; a time of day and an
 # offset may follow. A column is read with one format: where the day may come first or second
 # (no day above 12), the reading whose times fall on the most regular grid.
-DATE_FORMATS = ("%Y/%m/%d", "%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y")
+DATE_FORMATS = (
+    "%Y/%m/%d", "%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y",
+    "%d-%b-%Y", "%d %b %Y", "%b %d %Y",  # 01-Jul-2016, 1 Jul 2016, Jul 1 2016 (SQL Server's)
+)  # fmt: skip
 CLOCK_FORMATS = (
     "", " %H:%M", " %H:%M:%S", " %H:%M:%S.%f", "T%H:%M", "T%H:%M:%S",
-    " %I:%M %p", " %I:%M:%S %p",  # 12:05 AM, as US spreadsheets write it
+    " %I:%M %p", " %I:%M:%S %p", " %I:%M%p",  # 12:05 AM, as US spreadsheets write it
 )  # fmt: skip
 TIME_FORMATS = tuple(
     d + c + z for d in DATE_FORMATS for c in CLOCK_FORMATS for z in ("", "%z", " %z")
@@ -1248,7 +1264,7 @@ DATE_SHAPE = re.compile(r"\d{1,4}([/.-])\d{1,2}\1\d{1,4}")
 ACCEPTED = (
     "RFC 3339 (2024-01-31T00:00:00Z), ISO 8601 without an offset (2024-01-31 00:00), "
     "2024/1/31 0:00, 31/1/2024 00:00 or 1/31/2024 12:00 AM (day or month first), 31.1.2024, "
-    "20240131, or epoch seconds or milliseconds"
+    "31-Jan-2024, Jan 31 2024 12:00AM, 20240131, or epoch seconds or milliseconds"
 )
 
 
@@ -1259,7 +1275,7 @@ def _times_ms(
     seconds or milliseconds, ``EPOCH_S``) or a time. Times without an offset are read as UTC
     (``NAIVE``); a column may not mix times with and without one. ``compact``: the column
     already read as compact dates."""
-    texts = [cell.strip() for cell in cells]
+    texts = [_zone_as_offset(cell.strip()) for cell in cells]
     out = np.zeros(len(texts), dtype=np.int64)
     compact = compact if compact is not None else _compact_moments(texts)
     if not compact and (seconds := _epoch_fractions(texts)) is not None:
