@@ -17,7 +17,7 @@ from .core.readings import ReadingMonitors, ReadingSink
 from .core.retrain_events import RetrainPolicy
 from .core.windows import Impute
 from .networks import Core, NetworkRouter, declared_networks
-from .settings import NO_MODEL, Settings
+from .settings import NO_MODEL, Settings, env_name, zone_named
 
 DEFAULT_STEP_S = 300
 
@@ -102,6 +102,7 @@ def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics)
         canary_mode=settings.canary_mode,
         forecast_batch=settings.forecast_records == "batch",
         interval_rate=settings.interval_rate,
+        zone=zone_named(settings.timezone, env_name("timezone")) if settings.timezone else None,
     )
     sink = drift_sink(settings, pipeline, metrics)
     pipeline.watch(sink)

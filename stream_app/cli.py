@@ -330,6 +330,7 @@ _VERBS: dict[str, tuple[Command, str, Sequence[str] | None, Callable[..., None]]
         (
             "provider",
             "inference_threads",
+            "timezone",
             "log_level",
             "drift_detector",
             "drift_threshold",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .offline.datasets import GridDataset, load_dataset
-from .settings import Settings
+from .settings import Settings, zone_named
 
 
 def train_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -202,6 +202,7 @@ def evaluate_command(args: argparse.Namespace, settings: Settings) -> int:
         neighbours=neighbours,
         calendar_known=calendar,
         interval_rate=settings.interval_rate,
+        zone=zone_named(settings.timezone, "--timezone") if settings.timezone else None,
     )
     if args.json:
         print(json.dumps(report.to_json(), allow_nan=False))

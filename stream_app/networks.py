@@ -50,9 +50,9 @@ from .core.records import (
     encode_dead_letter,
     may_nest_too_deeply,
 )
-from .settings import Settings, env_name
+from .settings import Settings, env_name, zone_named
 
-KEYS = ("name", "step_s", "model", "graph", "keyed", "forecast_records", "default")
+KEYS = ("name", "step_s", "model", "graph", "keyed", "forecast_records", "default", "timezone")
 KEYED = ("sensor", "network")
 
 
@@ -71,9 +71,10 @@ class NetworkSpec:
     keyed: str = "sensor"
     default: bool = False
     forecast_records: str = "each"
+    timezone: str = ""  # the network's clock (IANA); empty: the workers' STCAST_TIMEZONE
 
     def settings(self, base: Settings) -> Settings:
-        """``base`` with this network's own grid, model, graph and keying."""
+        """``base`` with this network's own grid, model, graph, keying and clock."""
         return base.replace(
             network=self.name,
             step_s=self.step_s,
@@ -81,6 +82,7 @@ class NetworkSpec:
             graph=self.graph,
             keyed=self.keyed,
             forecast_records=self.forecast_records,
+            timezone=self.timezone or base.timezone,
         )
 
 
@@ -94,6 +96,7 @@ def declared_networks(settings: Settings) -> list[NetworkSpec]:
             settings.graph,
             settings.keyed,
             forecast_records=settings.forecast_records,
+            timezone=settings.timezone,
         )
         return [one]
     return load_networks(Path(settings.networks))
@@ -174,7 +177,15 @@ def _spec(entry: Any, index: int, path: Path) -> NetworkSpec:
     records = entry.get("forecast_records", "each")
     if records not in ("each", "batch"):
         raise NetworksError(f"{where} ({name}): 'forecast_records' must be 'each' or 'batch'")
-    return NetworkSpec(name, step, model, graph, keyed, default, records)
+    zone = entry.get("timezone", "")
+    try:
+        if not isinstance(zone, str):
+            raise ValueError(f"{where} ({name}): 'timezone' must be a name such as Europe/Paris")
+        if zone:
+            zone_named(zone, f"{where} ({name}): timezone")
+    except ValueError as exc:
+        raise NetworksError(str(exc)) from None
+    return NetworkSpec(name, step, model, graph, keyed, default, records, zone)
 
 
 def _relative(value: str, path: Path) -> str:

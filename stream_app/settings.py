@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ENV_PREFIX = "STCAST_"
 NO_MODEL = "none"  # STCAST_MODEL_DIR=none: serve the baseline
@@ -22,6 +23,17 @@ NO_MODEL = "none"  # STCAST_MODEL_DIR=none: serve the baseline
 # 2026-12-06, last: four 24.6k ticks/s, sixteen 28.0k; then eight and sixteen alike, p99 45-48
 # ms and 48-52 ms).
 MICRO_BATCH_CHUNKS = 8
+
+
+def zone_named(name: str, where: str) -> ZoneInfo:
+    """The time zone ``name`` (IANA), or ``ValueError`` saying ``where`` it was asked for."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # a folder of zones: IsADirectoryError
+        raise ValueError(
+            f"{where}={name!r}: not a time zone stcast knows (an IANA name, such as "
+            "America/Los_Angeles, Europe/Paris or UTC)"
+        ) from None
 
 
 def _setting(
@@ -102,6 +114,11 @@ class Settings:
         "how a tick batch's forecasts leave: a record each, or one forecast batch record "
         '{"forecasts": [...]} per tick batch, keyed like it (single ticks: a record each)',
         choices=("each", "batch"),
+    )
+    timezone: str = _setting(
+        "",
+        "IANA time zone of the network's clock (e.g. America/Los_Angeles): a model's time of "
+        "day and weekday follow it, summer time included; empty: the ticks' own clock",
     )
     window: int = _setting(12, "window length in grid steps for a baseline (a model's card wins)")
     horizon: int = _setting(12, "forecast horizon in grid steps for a baseline")
@@ -296,6 +313,8 @@ class Settings:
                 f"{env_name('retrain_holdout_steps')}=0 leaves a challenger to its trial alone: "
                 f"it needs {env_name('canary_mode')}=before and {env_name('canary_s')} above 0"
             )
+        if self.timezone:
+            zone_named(self.timezone, env_name("timezone"))
         if not 0 <= self.drift_feedback_gain < 1:
             raise ValueError(f"{env_name('drift_feedback_gain')} must be in [0, 1)")
         if self.security_protocol.startswith("SASL") and not self.sasl_username:

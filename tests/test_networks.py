@@ -86,11 +86,27 @@ def test_a_network_may_answer_its_tick_batches_with_forecast_batches(tmp_path: P
             "mark one",
         ),
         ('{"networks": [{"name": "a", "step_s": 60', "is not valid JSON"),
+        (
+            '{"networks": [{"name": "a", "step_s": 60, "timezone": "Pacific"}]}',
+            "timezone='Pacific': not a time zone stcast knows",
+        ),
+        ('{"networks": [{"name": "a", "step_s": 60, "timezone": 8}]}', "'timezone' must be"),
     ],
 )
 def test_every_mistake_in_the_file_is_named(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(NetworksError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_networks(write(tmp_path, "networks.json", text))
+
+
+def test_a_network_keeps_its_own_clock(tmp_path: Path) -> None:
+    text = (
+        '[[network]]\nname = "la"\nstep_s = 300\ntimezone = "America/Los_Angeles"\n'
+        '[[network]]\nname = "utc"\nstep_s = 3600\n'
+    )
+    la, utc = load_networks(write(tmp_path, "n.toml", text))
+    base = Settings(timezone="Europe/Paris")
+    assert la.settings(base).timezone == "America/Los_Angeles"
+    assert utc.settings(base).timezone == "Europe/Paris"  # the workers' own, where none is said
 
 
 def test_a_graph_on_a_sensor_keyed_network_is_refused(tmp_path: Path) -> None:

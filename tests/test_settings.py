@@ -70,6 +70,7 @@ def test_model_path() -> None:
         ("STCAST_IMPUTE", "cubic", "expected one of"),
         ("STCAST_PROVIDER", "tpu", "expected one of"),
         ("STCAST_LOG_LEVEL", "INFO", "expected one of"),
+        ("STCAST_TIMEZONE", "Mars/Olympus_Mons", "not a time zone stcast knows"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, raw: str, words: str) -> None:

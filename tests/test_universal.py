@@ -352,3 +352,47 @@ def test_a_shared_neighbour_is_read_once_per_slot_for_every_sensor_that_has_it()
     np.testing.assert_allclose(got[1], (n + 3 * m) / 4, rtol=1e-6)
     np.testing.assert_array_equal(got[2], n)  # the neighbour it lacks does not count
     np.testing.assert_array_equal(got[3], normalised(np.array([[np.nan, 10, 11, 14]]))[0])
+
+
+def test_the_networks_clock_is_what_the_model_reads_live_and_offline() -> None:
+    """A network on Pacific standard time (``Etc/GMT+8``), its ticks stamped in UTC: with
+    ``STCAST_TIMEZONE`` the bundled model forecasts them as it forecasts the same readings
+    stamped on the local clock, live (the pipeline) and offline (``evaluate``); without it,
+    otherwise (its time of day is eight hours off)."""
+    from dataclasses import replace
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from stream_app.bundled import model_path
+    from stream_app.core.pipeline import Pipeline
+    from stream_app.offline.datasets import bundled_dataset_path, load_dataset
+    from stream_app.offline.evaluation import evaluate
+
+    pacific, eight_h = ZoneInfo("Etc/GMT+8"), 8 * 3600
+    local = load_dataset(bundled_dataset_path())
+    utc = replace(local, start=local.start + timedelta(seconds=eight_h))
+
+    def live(dataset: object, zone: ZoneInfo | None) -> list[list[float]]:
+        pipeline = Pipeline(
+            OnnxForecaster(model_path("universal"), step_s=300), step_s=300, zone=zone,
+            clock=lambda: 2e9,
+        )  # fmt: skip
+        made = []
+        start = int(dataset.start.timestamp())  # type: ignore[attr-defined]
+        for step in range(40):
+            ts = format_ts((start + 300 * step) * 1000)
+            ticks = [{"sensor": f"s{n}", "ts": ts, "value": float(local.values[step, n, 0])}
+                     for n in range(3)]  # fmt: skip
+            message = Incoming("t", 0, step, b"net", json.dumps({"ticks": ticks}).encode())
+            for output in pipeline.step([message]):
+                made += [json.loads(value)["values"] for _, value in output.forecasts]
+        return made
+
+    at_local = live(local, None)
+    assert len(at_local) == 3 * (40 - 11)
+    assert live(utc, pacific) == at_local
+    assert live(utc, None) != at_local
+    offline_local = evaluate(model_path("universal"), local, "basicts").metrics["model"]
+    assert evaluate(model_path("universal"), utc, "basicts", zone=pacific).metrics["model"] == (
+        offline_local
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, tzinfo
 
 import numpy as np
 import numpy.typing as npt
@@ -99,6 +100,36 @@ def calendar(last_ts: IntArray, known: bool | npt.NDArray[np.bool_] = True) -> F
     out[:, 2] = np.asarray(known, dtype=np.float32)
     out[out[:, 2] == 0, :2] = 0.0
     return out
+
+
+def local_seconds(ts: IntArray, zone: tzinfo | None) -> IntArray:
+    """Epoch seconds ``ts`` as ``zone``'s wall clock reads them (seconds since 1970-01-01 00:00
+    local time): what a model's time of day and weekday come from. ``ts`` itself where ``zone``
+    is None (the ticks' own clock: a dataset's naive times are its local clock already). One
+    offset for a batch of a week or less whose ends agree (no change of summer time between
+    them), else each quarter-hour's own.
+
+    >>> from zoneinfo import ZoneInfo
+    >>> la = ZoneInfo("America/Los_Angeles")  # 2016-03-13 02:00 PST became 03:00 PDT
+    >>> (local_seconds(np.array([1457859600, 1457863200]), la) % 86400 // 3600).tolist()
+    [1, 3]
+    """
+    if zone is None or len(ts) == 0:
+        return ts
+    ts = np.asarray(ts, dtype=np.int64)
+    low, high = int(ts.min()), int(ts.max())
+    first = _offset_s(zone, low)
+    if high - low <= 7 * DAY_S and first == _offset_s(zone, high):
+        return ts + first
+    quarters, where = np.unique(ts // 900, return_inverse=True)  # offsets change on a 15 min
+    offsets = np.array([_offset_s(zone, int(q) * 900) for q in quarters], dtype=np.int64)
+    out: IntArray = ts + offsets[where.reshape(ts.shape)]
+    return out
+
+
+def _offset_s(zone: tzinfo, epoch_s: int) -> int:
+    offset = datetime.fromtimestamp(epoch_s, tz=zone).utcoffset()
+    return int(offset.total_seconds()) if offset is not None else 0
 
 
 def rolling_stats(values: npt.NDArray[np.floating], context: int) -> tuple[FloatArray, FloatArray]:

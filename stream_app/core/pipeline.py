@@ -21,6 +21,7 @@ from array import array
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import Any, cast
 
 import numpy as np
@@ -41,7 +42,7 @@ from .chunks import (
     stacked,
     ticks_of,
 )
-from .contexts import NeighbourTable
+from .contexts import NeighbourTable, local_seconds
 from .feedback import ErrorFeedback
 from .forecasters import FloatArray, Forecaster, IntArray, QuantileForecaster, WindowBatch
 from .metrics import Metrics
@@ -95,10 +96,12 @@ class Pipeline:
         columnar: bool = True,
         forecast_batch: bool = False,
         interval_rate: float = 0.05,
+        zone: tzinfo | None = None,
     ) -> None:
         at_step = getattr(forecaster, "at_step", None)
         self.forecaster: Forecaster = at_step(step_s) if at_step is not None else forecaster
         self.neighbours = neighbours
+        self.zone = zone  # the network's clock: a model's time of day and weekday follow it
         self.step_s = step_s
         self.max_gap_steps = max_gap_steps
         self.impute = impute
@@ -598,7 +601,7 @@ class Pipeline:
         slots = np.array(chunk.slots, dtype=np.int64)
         chunk.windows = stacked(chunk.rows)
         batch = WindowBatch(
-            chunk.windows, slots * self.step_s, tuple(chunk.sensors),
+            chunk.windows, local_seconds(slots * self.step_s, self.zone), tuple(chunk.sensors),
             self._neighbour_input(chunk),
         )  # fmt: skip
         shadow = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..core.card import UNIVERSAL, ModelCard
+from ..core.contexts import local_seconds
 from ..core.forecasters import FloatArray, Forecaster, IntArray, WindowBatch
 from ..core.onnx_forecaster import OnnxForecaster
 from ..core.scoring import IntervalCalibration, Scores
@@ -94,6 +96,7 @@ def evaluate(
     neighbours: Neighbours | None = None,
     calendar_known: bool = True,
     interval_rate: float = 0.05,
+    zone: tzinfo | None = None,
 ) -> Report:
     """Score the model in ``model_dir`` (if any) and the baselines on ``dataset``'s test part.
 
@@ -104,6 +107,8 @@ def evaluate(
     from the series, as a live worker holds it, with ``neighbours`` (each sensor's, from the
     network's graph) when given; its 0.1-0.9 interval's coverage is reported, as the model
     gives it and as a worker serves it (``served``: calibrated online at ``interval_rate``).
+    ``zone``: the network's clock, as a worker's ``STCAST_TIMEZONE`` (for data stamped in UTC,
+    such as recorded ticks; a file's naive times are its local clock already).
     """
     parts = split(dataset, protocol)
     forecaster = None
@@ -120,7 +125,7 @@ def evaluate(
     }
     coverage = None
     if forecaster is not None:
-        inputs = ModelInputs(target_series(dataset, parts), neighbours, calendar_known)
+        inputs = ModelInputs(target_series(dataset, parts), neighbours, calendar_known, zone)
         if forecaster.card.quantiles:
             quantiles = model_quantiles(forecaster, dataset, samples, inputs, chunk)
             quantiles = quantiles[:, :, : parts.horizon]
@@ -131,7 +136,7 @@ def evaluate(
                 quantiles, forecaster.card.quantiles, samples, parts, interval_rate
             )
         else:
-            forecasts = model_forecasts(forecaster, dataset, samples, chunk)
+            forecasts = model_forecasts(forecaster, dataset, samples, chunk, inputs)
             scored["model"] = score(forecasts, samples.targets, parts)
     metrics = {m: scored[m] for m in METHODS if m in scored}
     labels = tuple(parts.horizon_labels(dataset.step_s))
@@ -211,7 +216,7 @@ def model_forecasts(
         quantiles = model_quantiles(forecaster, dataset, samples, given, chunk)
         median: FloatArray = quantiles[:, card.quantiles.index(0.5), : samples.targets.shape[1]]
         return median
-    last_ts = dataset.timestamps()[samples.ends]
+    last_ts = local_seconds(dataset.timestamps()[samples.ends], inputs.zone if inputs else None)
     names = [dataset.sensors[i] for i in samples.sensors.tolist()]
     chunks = [
         forecaster.forecast(
@@ -231,6 +236,7 @@ class ModelInputs:
     series: FloatArray  # (T, N) the forecast channel
     neighbours: Neighbours | None = None
     calendar_known: bool = True
+    zone: tzinfo | None = None  # the network's clock (``core.contexts.local_seconds``)
 
 
 def model_quantiles(
@@ -243,7 +249,7 @@ def model_quantiles(
     """(pairs, quantiles, horizon) of a quantile model, its context read from the series."""
     window = forecaster.window
     pad = padded(inputs.series, window)
-    last_ts = dataset.timestamps()[samples.ends]
+    last_ts = local_seconds(dataset.timestamps()[samples.ends], inputs.zone)
     out = np.empty((len(samples), len(forecaster.quantiles), forecaster.horizon))
     for i in range(0, len(samples), chunk):
         ends, sensors = samples.ends[i : i + chunk], samples.sensors[i : i + chunk]
