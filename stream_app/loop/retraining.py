@@ -31,16 +31,18 @@ import logging
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import CommitFailedError
 
 from ..assembly import DEFAULT_STEP_S
 from ..core.card import UNIVERSAL
+from ..core.contexts import local_seconds
 from ..core.onnx_forecaster import OnnxForecaster
 from ..core.records import format_ts
 from ..core.retrain_events import ROLLBACK, RetrainEvent
@@ -49,7 +51,7 @@ from ..kafka.topics import ensure_topics_sync
 from ..kafka.unreadable import TolerantReader
 from ..networks import declared_networks
 from ..offline.datasets import GridDataset
-from ..settings import Settings
+from ..settings import Settings, zone_named
 from .history import History, without
 from .registry import Registry, RegistryError, Version, parse_model_id
 
@@ -107,6 +109,7 @@ class RetrainWorker:
         specs = declared_networks(settings)  # the default network first
         fallback = settings.step_s or DEFAULT_STEP_S
         self.steps = {spec.name: spec.step_s or fallback for spec in specs}
+        self.zones = {spec.name: spec.timezone or settings.timezone for spec in specs}
         self.history = History(
             history_span_s(settings, self.steps[specs[0].name]),
             {name: history_span_s(settings, step) for name, step in self.steps.items()},
@@ -268,13 +271,15 @@ class RetrainWorker:
         holdout_from = recent.n_steps - settings.retrain_holdout_steps
         name = network_model_name(serving, event.network)
         version = self.registry.next_version(name)
+        # fitted and judged on the network's clock, as its worker serves (STCAST_TIMEZONE)
+        local = on_clock(recent, self.zones.get(event.network, settings.timezone))
         with tempfile.TemporaryDirectory(prefix="stcast-challenger-") as tmp:
-            tuned = self._fine_tune(serving, recent, holdout_from, Path(tmp), name, version)
+            tuned = self._fine_tune(serving, local, holdout_from, Path(tmp), name, version)
             verdict: dict[str, Any] = {"holdout": None, "wins": True}  # the trial judges it
             if holdout_from < recent.n_steps:
                 times = recent.timestamps()
                 verdict = compare(
-                    serving.path, Path(tmp), recent, holdout_from, settings.retrain_min_gain
+                    serving.path, Path(tmp), local, holdout_from, settings.retrain_min_gain
                 )
                 verdict["holdout"] = {"from": format_ts(int(times[holdout_from]) * 1000),
                                       "to": format_ts(int(times[-1]) * 1000)}  # fmt: skip
@@ -324,6 +329,26 @@ class RetrainWorker:
             "samples": tuned.samples,
             "epochs": tuned.epochs,
         }
+
+
+def on_clock(recent: GridDataset, zone: str) -> GridDataset:
+    """``recent`` (a history of ticks stamped in UTC) with its times on ``zone``'s wall clock,
+    which a worker with that ``STCAST_TIMEZONE`` gives its model: shifted by the offset of the
+    newest reading (a change of summer time inside the history leaves its older part an hour
+    off); unchanged without a zone.
+
+    >>> from datetime import UTC, datetime
+    >>> import numpy as np
+    >>> utc = GridDataset("n", np.zeros((3, 1, 1)), datetime(2016, 7, 1, 8, tzinfo=UTC), 300,
+    ...                   ("n/a",), ("value",))
+    >>> on_clock(utc, "America/Los_Angeles").start.isoformat()  # PDT: UTC-7
+    '2016-07-01T01:00:00+00:00'
+    """
+    if not zone:
+        return recent
+    newest = int(recent.timestamps()[-1])
+    offset = int(local_seconds(np.array([newest]), zone_named(zone, "timezone"))[0]) - newest
+    return replace(recent, start=recent.start + timedelta(seconds=offset))
 
 
 def superseded(raws: list[bytes]) -> list[str | None]:
