@@ -848,8 +848,8 @@ def test_an_excel_workbook_as_domain_experts_keep_readings(
     tmp_path: Path, shared: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The UCI air file's first 100 hours in a workbook as Excel types them (a date, a time of
-    day, numbers, -200 for a missing reading), after a sheet of notes' worth of empty rows: the
-    same grid as the CSV; a second sheet is named in a warning."""
+    day, numbers, -200 for a missing reading) under a title: the same grid as the CSV; a
+    second sheet is named in a warning."""
     from openpyxl import Workbook
 
     original = shared / "corpus" / "AIR_ITALY" / "original" / "AirQuality.csv"
@@ -858,6 +858,8 @@ def test_an_excel_workbook_as_domain_experts_keep_readings(
     book = Workbook()
     sheet = book.active
     rows = list(csv.reader(lines))
+    sheet.append(["Air quality, Italian city, hourly"])  # a title, then an empty row
+    sheet.append([])
     sheet.append(rows[0])
     for row in rows[1:]:
         when = datetime.fromisoformat(f"{row[0]}T{row[1]}")

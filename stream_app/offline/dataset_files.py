@@ -227,13 +227,17 @@ def _sheet_rows(file: Path) -> list[list[str]]:
 
 
 def _sheet_cells(rows: Iterable[tuple[object, ...]]) -> list[list[str]]:
-    """Non-empty rows as text, cut to the header's width (a sheet's formatted empty cells); a
-    column of dates (Excel keeps a date as a time at midnight) written as dates, so that a
-    time of day beside them is joined to them as in a CSV."""
+    """Non-empty rows as text, from the header on (a title above it, a few cells filled where
+    the table fills most, left out), as wide as the table (a sheet's formatted empty cells
+    cut); a column of dates (Excel keeps a date as a time at midnight) written as dates, so
+    that a time of day beside them is joined to them as in a CSV."""
     cells = [list(row) for row in rows if any(cell not in (None, "") for cell in row)]
     if not cells:
         return []
-    width = max((j + 1 for j, cell in enumerate(cells[0]) if cell not in (None, "")), default=0)
+    filled = [sum(cell not in (None, "") for cell in row) for row in cells[:50]]
+    typical = sorted(filled)[len(filled) // 2]
+    cells = cells[next(i for i, n in enumerate(filled) if n >= typical) :]
+    width = max(max(j + 1 for j, c in enumerate(row) if c not in (None, "")) for row in cells)
     cells = [(row + [None] * width)[:width] for row in cells]
     for j in range(width):
         column = [row[j] for row in cells[1:] if row[j] is not None]
