@@ -949,6 +949,14 @@ def test_files_as_loggers_and_services_write_them(
         assert (ds.sensors, ds.start, ds.step_s) == ((f"{name}/a", f"{name}/b"), pems08.start, 300)
         np.testing.assert_array_equal(ds.values[:, :, 0], grid, err_msg=name)
     assert "3 lines before the table's rows left out (the first: 'TOA5,CR1000" in caplog.text
+    long = ["station,ts,flow"] + [  # a long file whose rows end in a delimiter too
+        f"{name},{s:%Y-%m-%dT%H:%M:%SZ},{cell}," for s, row in zip(stamps, cells, strict=True)
+        for name, cell in zip("ab", row, strict=True)
+    ]  # fmt: skip
+    (tmp_path / "long_trailing.csv").write_text("\n".join(long) + "\n")
+    ds = load_dataset(tmp_path / "long_trailing.csv")
+    assert ds.sensors == ("long_trailing/a", "long_trailing/b")
+    np.testing.assert_array_equal(ds.values[:, :, 0], grid)
 
 
 def test_the_pems_siblings_as_the_literature_ships_them(tmp_path: Path, shared: Path) -> None:

@@ -511,7 +511,9 @@ def _table_start(rows: list[list[str]], file: Path) -> list[list[str]]:
     if not widths:
         return rows
     width = widths.most_common(1)[0][0]
-    start = next((i for i, row in enumerate(body) if len(row) == width and not _is_comment(row)))
+    start = 0
+    while start < len(body) - 1 and _is_preamble(body[start], width):
+        start += 1
     header = [_normalised(cell) for cell in rows[start]]
     numbers = sum(c != "nan" and _is_number(c) for c in header)
     if start and (numbers >= len(header) / 2 or _is_time(rows[start][0])):
@@ -534,6 +536,14 @@ def _table_start(rows: list[list[str]], file: Path) -> list[list[str]]:
 
 def _is_comment(row: list[str]) -> bool:
     return row[0].lstrip().startswith("#")
+
+
+def _is_preamble(row: list[str], width: int) -> bool:
+    """A line before a table of ``width`` cells: a comment, a title or a station's name (under
+    half the cells filled), or a logger's header line wider than the table (TOA5's); a header
+    one cell short of rows that end in a delimiter is none."""
+    filled = sum(bool(cell.strip()) for cell in row)
+    return _is_comment(row) or filled < width / 2 or len(row) > width + 1
 
 
 def _is_units(row: list[str]) -> bool:
