@@ -176,7 +176,10 @@ def load_dataset(
     _check_agrees(found, start)
     # the grid the data is on: its own times, else stcast.json, else the shared table; the
     # start a flag gives is its first reading's (times the data does not say)
-    native = _Meta(None, start).over(found).over(sidecar).over(_builtin(file.name))
+    builtin = _builtin(file.name)  # its channels only where the file has as many
+    if builtin.channels and len(builtin.channels) != values.shape[2]:
+        builtin = replace(builtin, channels=None)
+    native = _Meta(None, start).over(found).over(sidecar).over(builtin)
     codes = [*missing, *(sidecar.missing or ())]
     if codes:
         values = np.where(np.isin(values, codes), np.nan, values)
@@ -192,8 +195,7 @@ def load_dataset(
             f"{file.parent / METADATA_FILE}"
         )
     n_channels = values.shape[2]
-    channels = meta.channels if meta.channels and len(meta.channels) == n_channels else None
-    channels = channels or (("value",) if n_channels == 1 else _numbered(n_channels))
+    channels = meta.channels or (("value",) if n_channels == 1 else _numbered(n_channels))
     if file.suffix in (".npz", ".npy") and sensor_ids == [str(i) for i in range(len(sensor_ids))]:
         sensor_ids = _listed_ids(file, len(sensor_ids)) or sensor_ids
     net = meta.name or _default_name(file)
