@@ -159,7 +159,8 @@ def load_dataset(
             return load_dataset(folder, start=start, step_s=step_s, name=name, missing=missing)
     files = _data_files(Path(path))
     start = None if start is None else _utc(start)
-    bin_s = step_s or _sidecar(files[0].parent / "data").step_s  # for times on no grid
+    sidecar = _sidecar(files[0])  # the stcast.json of the file's folder, or the directory's
+    bin_s = step_s or sidecar.step_s  # for times on no grid
     if len(files) == 1:
         file, grid = files[0], read_grid(files[0], bin_s=bin_s)
     else:  # a file per sensor or station; named, and its stcast.json found, as a file "data" there
@@ -167,7 +168,6 @@ def load_dataset(
     values, sensor_ids = grid.values, grid.sensor_ids
     named = tuple(grid.channels) if grid.channels else None
     found = _Meta(grid.name, grid.start, grid.step_s, named)
-    sidecar = _sidecar(file)
     if sidecar.sensors_first:
         if file.suffix not in (".npz", ".npy"):
             raise DatasetError(f"{file}: sensors_first applies to arrays (.npz, .npy) only")
