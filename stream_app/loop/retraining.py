@@ -141,12 +141,12 @@ class RetrainWorker:
                 batches = await events.getmany(timeout_ms=500)
                 for records in batches.values():
                     newer = superseded([record.value for record in records])
-                    for record, newest in zip(records, newer, strict=True):
+                    for record, (event_id, newest) in zip(records, newer, strict=True):
                         if newest is None:
                             outcome = await self.handle(record.value, producer)
                         else:
                             outcome = Outcome(
-                                _event_id(record.value), "skipped",
+                                event_id, "skipped",
                                 f"superseded by {newest}, a newer event for the network",
                             )  # fmt: skip
                         self.outcomes.append(outcome)
@@ -351,20 +351,22 @@ def on_clock(recent: GridDataset, zone: str) -> GridDataset:
     return replace(recent, start=recent.start + timedelta(seconds=offset))
 
 
-def superseded(raws: list[bytes]) -> list[str | None]:
+def superseded(raws: list[bytes]) -> list[tuple[str, str | None]]:
     """For each retrain event of a batch read in order (one partition: a network's events are
-    keyed to one), the id of a later drift event in the batch for the same network and model,
-    or None. A backlog (a stream replayed fast raises an event per cool-down of event time,
-    faster than fine-tunings end) is answered by fine-tuning once on the newest readings, not
-    once per event on readings a newer event will cover anyway; rollbacks are never skipped.
+    keyed to one), its id ("?" where unreadable) and the id of a later drift event in the batch
+    for the same network and model, or None. A backlog (a stream replayed fast raises an
+    event per cool-down of event time, faster than fine-tunings end) is answered by
+    fine-tuning once on the newest readings, not once per event on readings a newer event will
+    cover anyway; rollbacks are never skipped.
 
     >>> from stream_app.core.retrain_events import RetrainEvent
     >>> def event(i, net, reason="drift"):
     ...     return RetrainEvent(i, net, reason, (), "2016-07-01T00:00:00Z", "m@1", {}).encode()
-    >>> superseded([event("a", "n1"), event("b", "n2"), event("c", "n1"), b"{"])
+    >>> [newest for _, newest in superseded([event("a", "n1"), event("b", "n2"),
+    ...                                       event("c", "n1"), b"{"])]
     ['c', None, None, None]
     >>> superseded([event("a", "n1"), event("r", "n1", ROLLBACK), event("c", "n1")])
-    ['c', None, None]
+    [('a', 'c'), ('r', None), ('c', None)]
     """
     keys: list[tuple[str, str] | None] = []
     ids: list[str] = []
@@ -373,21 +375,15 @@ def superseded(raws: list[bytes]) -> list[str | None]:
             event = RetrainEvent.decode(raw)
         except ValueError:
             keys.append(None)
-            ids.append("")
+            ids.append("?")
             continue
         keys.append(None if event.reason == ROLLBACK else (event.network, event.model))
         ids.append(event.id)
     last = {key: i for i, key in enumerate(keys) if key is not None}
     return [
-        ids[last[key]] if key is not None and last[key] > i else None for i, key in enumerate(keys)
+        (ids[i], ids[last[key]] if key is not None and last[key] > i else None)
+        for i, key in enumerate(keys)
     ]
-
-
-def _event_id(raw: bytes) -> str:
-    try:
-        return RetrainEvent.decode(raw).id
-    except ValueError:
-        return "?"
 
 
 async def _commit(events: AIOKafkaConsumer) -> None:
