@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -920,28 +921,27 @@ def test_files_as_loggers_and_services_write_them(
     start = pems08.start.timestamp()
     stamps = [datetime.fromtimestamp(start + 300 * t, tz=UTC) for t in range(len(grid))]
     cells = [(f"{a:g}", f"{b:g}") for a, b in grid]
+    rows = list(zip(stamps, cells, strict=True))
+
+    def timed(when: Callable[[datetime], str], trail: str = "") -> list[str]:
+        """The excerpt's rows, each its time as ``when`` writes it, then the readings."""
+        return [f"{when(s)},{a},{b}{trail}" for s, (a, b) in rows]
+
     forms = {
-        "commented": ["# station: North bridge", "# units: vehicles per 5 minutes", "ts,a,b"]
-        + [f"{s:%Y-%m-%dT%H:%M:%SZ},{a},{b}" for s, (a, b) in zip(stamps, cells, strict=True)],
+        "commented": ["# station: North bridge", "# units: vehicles per 5 minutes", "ts,a,b",
+                      *timed(lambda s: f"{s:%Y-%m-%dT%H:%M:%SZ}")],
         "campbell": ['"TOA5","CR1000","CR1000","1234","Std.22","CPU:prog.CR1","1234","Table1"',
-                     '"TIMESTAMP","RECORD","a","b"', '"TS","RN","veh","veh"', '"","","Tot","Tot"']
-        + [f'"{s:%Y-%m-%d %H:%M:%S}",{t},{a},{b}'
-           for t, (s, (a, b)) in enumerate(zip(stamps, cells, strict=True))],
-        "us": ["Date,a,b"]
-        + [f"{s:%m/%d/%Y %I:%M %p},{a},{b}" for s, (a, b) in zip(stamps, cells, strict=True)],
-        "epoch": ["epoch,a,b"]
-        + [f"{int(s.timestamp())},{a},{b}" for s, (a, b) in zip(stamps, cells, strict=True)],
-        "last": ["a,b,time"]
-        + [f"{a},{b},{s:%Y-%m-%d %H:%M}" for s, (a, b) in zip(stamps, cells, strict=True)],
-        "trailing": ["ts,a,b"]
-        + [f"{s:%Y-%m-%dT%H:%M:%SZ},{a},{b}," for s, (a, b) in zip(stamps, cells, strict=True)],
-        "bigquery": ["timestamp,a,b"]
-        + [f"{s:%Y-%m-%d %H:%M:%S} UTC,{a},{b}" for s, (a, b) in zip(stamps, cells, strict=True)],
-        "months": ["Date,a,b"]
-        + [f"{s:%d-%b-%Y %H:%M},{a},{b}" for s, (a, b) in zip(stamps, cells, strict=True)],
-        "sqlserver": ["Date,a,b"]  # SQL Server's default: the day padded with a space
-        + [f"{s:%b} {s.day:2d} {s:%Y %I:%M%p},{a},{b}"
-           for s, (a, b) in zip(stamps, cells, strict=True)],
+                     '"TIMESTAMP","RECORD","a","b"', '"TS","RN","veh","veh"', '"","","Tot","Tot"',
+                     *(f'"{s:%Y-%m-%d %H:%M:%S}",{t},{a},{b}'
+                       for t, (s, (a, b)) in enumerate(rows))],
+        "us": ["Date,a,b", *timed(lambda s: f"{s:%m/%d/%Y %I:%M %p}")],
+        "epoch": ["epoch,a,b", *timed(lambda s: str(int(s.timestamp())))],
+        "last": ["a,b,time", *(f"{a},{b},{s:%Y-%m-%d %H:%M}" for s, (a, b) in rows)],
+        "trailing": ["ts,a,b", *timed(lambda s: f"{s:%Y-%m-%dT%H:%M:%SZ}", trail=",")],
+        "bigquery": ["timestamp,a,b", *timed(lambda s: f"{s:%Y-%m-%d %H:%M:%S} UTC")],
+        "months": ["Date,a,b", *timed(lambda s: f"{s:%d-%b-%Y %H:%M}")],
+        # SQL Server's default: the day padded with a space
+        "sqlserver": ["Date,a,b", *timed(lambda s: f"{s:%b} {s.day:2d} {s:%Y %I:%M%p}")],
     }  # fmt: skip
     for name, lines in forms.items():
         (tmp_path / f"{name}.csv").write_text("\n".join(lines) + "\n")
@@ -950,7 +950,7 @@ def test_files_as_loggers_and_services_write_them(
         np.testing.assert_array_equal(ds.values[:, :, 0], grid, err_msg=name)
     assert "3 lines before the table's rows left out (the first: 'TOA5,CR1000" in caplog.text
     long = ["station,ts,flow"] + [  # a long file whose rows end in a delimiter too
-        f"{name},{s:%Y-%m-%dT%H:%M:%SZ},{cell}," for s, row in zip(stamps, cells, strict=True)
+        f"{name},{s:%Y-%m-%dT%H:%M:%SZ},{cell}," for s, row in rows
         for name, cell in zip("ab", row, strict=True)
     ]  # fmt: skip
     (tmp_path / "long_trailing.csv").write_text("\n".join(long) + "\n")
