@@ -12,7 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpus import PRETRAINING_SETS, data_file, load_pretraining_set, pretraining_graph
+from .corpus import (
+    PRETRAINING_SETS,
+    PretrainingSet,
+    data_file,
+    load_pretraining_set,
+    pretraining_graph,
+)
 from .dataset_files import DatasetError
 from .datasets import GridDataset, shared_data_dir
 from .graphs import SensorGraph, correlation_graph, graph_beside, load_graph, neighbours
@@ -51,8 +57,9 @@ def network_context(
     first 80 % of the series (the history a worker would have).
     """
     name = recognise(path)
-    calendar = True if name is None else load_pretraining_set(name).calendar
-    graph = _graph(dataset, path, name, graph_file, learn, k)
+    pset = None if name is None else load_pretraining_set(name)  # read once: it may warn
+    calendar = True if pset is None else pset.calendar
+    graph = _graph(dataset, path, pset, graph_file, learn, k)
     if graph is None:
         return None, calendar, "none"
     return neighbours(graph, k), calendar, graph.source
@@ -61,15 +68,14 @@ def network_context(
 def _graph(
     dataset: GridDataset,
     path: str | Path,
-    name: str | None,
+    pset: PretrainingSet | None,
     graph_file: str | Path | None,
     learn: bool,
     k: int,
 ) -> SensorGraph | None:
     if graph_file:
         return load_graph(graph_file, dataset.sensors)
-    if name is not None:
-        pset = load_pretraining_set(name)
+    if pset is not None:
         return _aligned(pretraining_graph(pset, k), pset.dataset.sensors, dataset.sensors)
     if (beside := graph_beside(Path(path))) is not None:
         try:
