@@ -203,6 +203,7 @@ def evaluate_command(args: argparse.Namespace, settings: Settings) -> int:
         calendar_known=calendar,
         interval_rate=settings.interval_rate,
         zone=zone_named(settings.timezone, "--timezone") if settings.timezone else None,
+        progress=True,
     )
     if args.json:
         print(json.dumps(report.to_json(), allow_nan=False))

@@ -154,9 +154,12 @@ def test_historical_average_falls_back_to_time_of_day_then_sensor_mean() -> None
 
 
 def test_model_metrics_equal_direct_onnx_forecasts(
-    seed_model_dir: Path, pems08: GridDataset, direct: Forecasts
+    seed_model_dir: Path, pems08: GridDataset, direct: Forecasts, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    report = evaluate(seed_model_dir, pems08, "basicts", chunk=1000)  # 41650: a ragged last chunk
+    # 41650 pairs: a ragged last chunk, counted in full by the progress bar
+    report = evaluate(seed_model_dir, pems08, "basicts", chunk=1000, progress=True)
+    last_bar = capsys.readouterr().err.split("\r")[-1]
+    assert "forecasting: 100%" in last_bar and "41650/41650 " in last_bar
     parts = split(pems08, "basicts")
     test_ends = set(parts.sample_ends(parts.test).tolist())
     start, series = int(pems08.start.timestamp()), pems08.values[:, :, 0]
@@ -174,9 +177,10 @@ def test_model_metrics_equal_direct_onnx_forecasts(
 
 
 def test_mae_from_forecasts_equals_evaluate(
-    seed_model_dir: Path, pems08: GridDataset, direct: Forecasts
+    seed_model_dir: Path, pems08: GridDataset, direct: Forecasts, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = evaluate(seed_model_dir, pems08, "basicts")
+    assert not capsys.readouterr().err  # no bar unless asked (a retrain worker's comparison)
     live = mae_from_forecasts(pems08, split(pems08, "basicts"), direct)  # val ones are ignored
     np.testing.assert_allclose(live, report.metrics["model"]["mae"], rtol=1e-6)
 

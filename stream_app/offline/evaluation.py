@@ -11,7 +11,8 @@ baseline forecasts, is in :mod:`stream_app.offline.eval_baselines`; the metrics 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from tqdm import tqdm
 
 from ..core.card import UNIVERSAL, ModelCard
 from ..core.contexts import local_seconds
@@ -97,6 +99,7 @@ def evaluate(
     calendar_known: bool = True,
     interval_rate: float = 0.05,
     zone: tzinfo | None = None,
+    progress: bool = False,
 ) -> Report:
     """Score the model in ``model_dir`` (if any) and the baselines on ``dataset``'s test part.
 
@@ -108,7 +111,8 @@ def evaluate(
     network's graph) when given; its 0.1-0.9 interval's coverage is reported, as the model
     gives it and as a worker serves it (``served``: calibrated online at ``interval_rate``).
     ``zone``: the network's clock, as a worker's ``STCAST_TIMEZONE`` (for data stamped in UTC,
-    such as recorded ticks; a file's naive times are its local clock already).
+    such as recorded ticks; a file's naive times are its local clock already). ``progress``:
+    a bar on stderr while the model forecasts (a terminal's, a large test part takes minutes).
     """
     parts = split(dataset, protocol)
     forecaster = None
@@ -127,7 +131,7 @@ def evaluate(
     if forecaster is not None:
         inputs = ModelInputs(target_series(dataset, parts), neighbours, calendar_known, zone)
         if forecaster.card.quantiles:
-            quantiles = model_quantiles(forecaster, dataset, samples, inputs, chunk)
+            quantiles = model_quantiles(forecaster, dataset, samples, inputs, chunk, progress)
             quantiles = quantiles[:, :, : parts.horizon]
             median = quantiles[:, forecaster.card.quantiles.index(0.5)]
             scored["model"] = score(median, samples.targets, parts)
@@ -136,7 +140,7 @@ def evaluate(
                 quantiles, forecaster.card.quantiles, samples, parts, interval_rate
             )
         else:
-            forecasts = model_forecasts(forecaster, dataset, samples, chunk, inputs)
+            forecasts = model_forecasts(forecaster, dataset, samples, chunk, inputs, progress)
             scored["model"] = score(forecasts, samples.targets, parts)
     metrics = {m: scored[m] for m in METHODS if m in scored}
     labels = tuple(parts.horizon_labels(dataset.step_s))
@@ -204,8 +208,10 @@ def model_forecasts(
     samples: Samples,
     chunk: int = CHUNK,
     inputs: ModelInputs | None = None,
+    progress: bool = False,
 ) -> FloatArray:
-    """(pairs, horizon) forecasts of every sample, ``chunk`` windows per ``forecast`` call.
+    """(pairs, horizon) forecasts of every sample, ``chunk`` windows per ``forecast`` call
+    (with a bar on stderr where ``progress``).
 
     A universal model reads its long context from the dataset's first channel (or ``inputs``)
     and gives its median.
@@ -213,7 +219,7 @@ def model_forecasts(
     card = getattr(forecaster, "card", None)
     if isinstance(forecaster, OnnxForecaster) and card is not None and card.kind == UNIVERSAL:
         given = inputs or ModelInputs(dataset.values[:, :, 0])
-        quantiles = model_quantiles(forecaster, dataset, samples, given, chunk)
+        quantiles = model_quantiles(forecaster, dataset, samples, given, chunk, progress)
         median: FloatArray = quantiles[:, card.quantiles.index(0.5), : samples.targets.shape[1]]
         return median
     last_ts = local_seconds(dataset.timestamps()[samples.ends], inputs.zone if inputs else None)
@@ -224,7 +230,7 @@ def model_forecasts(
                 samples.inputs[i : i + chunk], last_ts[i : i + chunk], tuple(names[i : i + chunk])
             )
         )
-        for i in range(0, len(samples), chunk)
+        for i in _chunk_starts(len(samples), chunk, progress)
     ]
     return np.concatenate(chunks) if chunks else np.empty((0, forecaster.horizon))
 
@@ -245,13 +251,15 @@ def model_quantiles(
     samples: Samples,
     inputs: ModelInputs,
     chunk: int = CHUNK,
+    progress: bool = False,
 ) -> FloatArray:
-    """(pairs, quantiles, horizon) of a quantile model, its context read from the series."""
+    """(pairs, quantiles, horizon) of a quantile model, its context read from the series
+    (with a bar on stderr where ``progress``)."""
     window = forecaster.window
     pad = padded(inputs.series, window)
     last_ts = local_seconds(dataset.timestamps()[samples.ends], inputs.zone)
     out = np.empty((len(samples), len(forecaster.quantiles), forecaster.horizon))
-    for i in range(0, len(samples), chunk):
+    for i in _chunk_starts(len(samples), chunk, progress):
         ends, sensors = samples.ends[i : i + chunk], samples.sensors[i : i + chunk]
         nb = None
         if inputs.neighbours is not None:
@@ -265,6 +273,20 @@ def model_quantiles(
         )
         out[i : i + chunk] = forecaster.forecast_quantiles(batch)
     return out
+
+
+def _chunk_starts(pairs: int, chunk: int, progress: bool) -> Iterable[int]:
+    """The first pair of each chunk; where ``progress``, with a bar on stderr that counts the
+    windows forecast (a test part of millions takes minutes on one thread)."""
+    starts = range(0, pairs, chunk)
+    return _counted(starts, pairs, chunk) if progress else starts
+
+
+def _counted(starts: range, pairs: int, chunk: int) -> Iterator[int]:
+    with tqdm(total=pairs, unit=" windows", desc="forecasting", file=sys.stderr) as bar:
+        for start in starts:
+            yield start
+            bar.update(min(chunk, pairs - start))
 
 
 def interval_coverage(
