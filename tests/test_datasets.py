@@ -6,6 +6,7 @@ import csv
 import json
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as daytime
 from pathlib import Path
 
 import numpy as np
@@ -845,38 +846,61 @@ def test_a_long_file_of_stations_as_exports_concatenate_them(
                                                              for t in range(4)])  # fmt: skip
 
 
+@pytest.mark.parametrize("suffix", [".xlsx", ".xls"])
 def test_an_excel_workbook_as_domain_experts_keep_readings(
-    tmp_path: Path, shared: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, shared: Path, caplog: pytest.LogCaptureFixture, suffix: str
 ) -> None:
     """The UCI air file's first 100 hours in a workbook as Excel types them (a date, a time of
     day, numbers, -200 for a missing reading) under a title: the same grid as the CSV; a
-    second sheet is named in a warning."""
-    from openpyxl import Workbook
-
+    second sheet is named in a warning. Excel 2007's format and 97-2003's."""
     original = shared / "corpus" / "AIR_ITALY" / "original" / "AirQuality.csv"
     lines = original.read_text(encoding="utf-8").splitlines()[:101]
     (tmp_path / "air.csv").write_text("\n".join(lines) + "\n")
-    book = Workbook()
-    sheet = book.active
     rows = list(csv.reader(lines))
-    sheet.append(["Air quality, Italian city, hourly"])  # a title, then an empty row
-    sheet.append([])
-    sheet.append(rows[0])
-    for row in rows[1:]:
+    table: list[list[object]] = [["Air quality, Italian city, hourly"], [], list(rows[0])]
+    for row in rows[1:]:  # a title, then an empty row
         when = datetime.fromisoformat(f"{row[0]}T{row[1]}")
-        sheet.append([when.date(), when.time(), *(float(cell) for cell in row[2:])])
-    book.create_sheet("notes").append(["sensor", "unit"])
-    book["notes"].append(["CO(GT)", "mg/m3"])
-    book.save(tmp_path / "air.xlsx")
-    from_csv, from_sheet = load_dataset(tmp_path / "air.csv"), load_dataset(tmp_path / "air.xlsx")
+        table.append([when.date(), when.time(), *(float(cell) for cell in row[2:])])
+    notes: list[list[object]] = [["sensor", "unit"], ["CO(GT)", "mg/m3"]]
+    first = _workbook(tmp_path / f"air{suffix}", {"Sheet": table, "notes": notes})
+    from_csv, from_sheet = load_dataset(tmp_path / "air.csv"), load_dataset(first)
     assert (from_sheet.start, from_sheet.step_s) == (datetime(2004, 3, 10, 18, tzinfo=UTC), 3600)
     assert from_sheet.sensors == from_csv.sensors
     np.testing.assert_allclose(from_sheet.values, from_csv.values, rtol=1e-14)  # Excel's digits
     assert np.isnan(from_sheet.values).any()  # the -200 codes
     assert "sheet 'Sheet' read; the sheets ['notes'] are not" in caplog.text
-    (tmp_path / "broken.xlsx").write_text("not a workbook")
+    (tmp_path / f"broken{suffix}").write_text("not a workbook")
     with pytest.raises(DatasetError, match="not an Excel workbook stcast reads"):
-        load_dataset(tmp_path / "broken.xlsx")
+        load_dataset(tmp_path / f"broken{suffix}")
+
+
+def _workbook(path: Path, sheets: dict[str, list[list[object]]]) -> Path:
+    """``sheets`` (title: rows) saved as Excel saves them: ``.xlsx`` by openpyxl, ``.xls``
+    (Excel 97-2003) by xlwt, dates and times as date cells."""
+    if path.suffix == ".xlsx":
+        from openpyxl import Workbook
+
+        book = Workbook()
+        book.remove(book.active)
+        for title, rows in sheets.items():
+            sheet = book.create_sheet(title)
+            for row in rows:
+                sheet.append(row)
+        book.save(path)
+        return path
+    import xlwt
+
+    old = xlwt.Workbook()
+    styles = {date: xlwt.easyxf(num_format_str="YYYY-MM-DD"),
+              daytime: xlwt.easyxf(num_format_str="HH:MM:SS")}  # fmt: skip
+    for title, rows in sheets.items():
+        sheet = old.add_sheet(title)
+        for r, row in enumerate(rows):
+            for c, cell in enumerate(row):
+                style = styles.get(type(cell))
+                sheet.write(r, c, cell, *([style] if style else []))
+    old.save(str(path))
+    return path
 
 
 def test_a_coarser_step_asked_for_averages_the_readings(

@@ -38,7 +38,7 @@ LONG_HEADER = ("sensor", "ts", "value")
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")  # also read gzip-compressed: ``.csv.gz``
 TICK_SUFFIXES = (".jsonl", ".ndjson")  # recorded ticks: a tick or a tick batch per line
 PICKLE_SUFFIXES = (".pkl", ".pickle")
-SHEET_SUFFIXES = (".xlsx", ".xlsm")  # Excel workbooks (openpyxl); .xls, before 2007, is not read
+SHEET_SUFFIXES = (".xlsx", ".xlsm", ".xls")  # Excel workbooks: openpyxl; xlrd for 1997-2003's
 DATA_SUFFIXES = (
     ".npz",
     ".npy",
@@ -166,7 +166,7 @@ def read_grid(file: Path, *, bin_s: int | None = None) -> FileGrid:
         return _read_pickle(file)
     raise DatasetError(
         f"{file}: unknown format; use .npz (key 'data') or .npy, .csv or .tsv (or .csv.gz), "
-        ".xlsx, .parquet, .h5 (a pandas frame), .pkl (arrays), .jsonl (ticks as the worker "
+        ".xlsx or .xls, .parquet, .h5 (a pandas frame), .pkl (arrays), .jsonl (ticks as the worker "
         "reads them), or a .zip of them"
     )
 
@@ -202,19 +202,8 @@ def _sheet_rows(file: Path) -> list[list[str]]:
     """An Excel workbook's first sheet with data as a CSV's rows: dates and times written
     ISO 8601, whole numbers without a fraction, empty cells empty; other sheets named in a
     warning (save the one to read first)."""
-    try:
-        from openpyxl import load_workbook
-    except ImportError:  # pragma: no cover - a dependency of stcast
-        raise DatasetError(f"{file}: reading .xlsx needs openpyxl (pip install openpyxl)") from None
-    try:
-        book = load_workbook(file, read_only=True, data_only=True)
-    except Exception as exc:  # openpyxl raises many kinds for a file that is not a workbook
-        raise DatasetError(f"{file}: not an Excel workbook stcast reads ({exc})") from None
-    try:
-        sheets = [(sheet.title, _sheet_cells(sheet.iter_rows(values_only=True)))
-                  for sheet in book.worksheets]  # fmt: skip
-    finally:
-        book.close()
+    read = _xls_sheets if data_suffix(file) == ".xls" else _xlsx_sheets
+    sheets = [(title, _sheet_cells(rows)) for title, rows in read(file)]
     full = [(title, rows) for title, rows in sheets if len(rows) >= 2]
     if not full:
         raise DatasetError(f"{file}: no sheet holds a header row and a data row")
@@ -224,6 +213,63 @@ def _sheet_rows(file: Path) -> list[list[str]]:
             file, full[0][0], [title for title, _ in full[1:]],
         )  # fmt: skip
     return full[0][1]
+
+
+Sheet = tuple[str, list[tuple[object, ...]]]  # a sheet's title and its rows of cell values
+
+
+def _xlsx_sheets(file: Path) -> list[Sheet]:
+    """The sheets of an Excel 2007 (or later) workbook, cells as openpyxl gives them."""
+    try:
+        from openpyxl import load_workbook
+    except ImportError:  # pragma: no cover - a dependency of stcast
+        raise DatasetError(f"{file}: reading .xlsx needs openpyxl (pip install openpyxl)") from None
+    try:
+        book = load_workbook(file, read_only=True, data_only=True)
+    except Exception as exc:  # openpyxl raises many kinds for a file that is not a workbook
+        raise DatasetError(f"{file}: not an Excel workbook stcast reads ({exc})") from None
+    try:
+        return [(sheet.title, list(sheet.iter_rows(values_only=True))) for sheet in book.worksheets]
+    finally:
+        book.close()
+
+
+def _xls_sheets(file: Path) -> list[Sheet]:
+    """The sheets of an Excel 97-2003 workbook (``.xls``), cells as openpyxl would give them:
+    a date cell a ``datetime`` (a time of day alone a ``time``), an error or blank ``None``."""
+    try:
+        import xlrd
+    except ImportError:  # pragma: no cover - a dependency of stcast
+        raise DatasetError(f"{file}: reading .xls needs xlrd (pip install xlrd)") from None
+    try:
+        book = xlrd.open_workbook(file, on_demand=True)
+    except Exception as exc:  # xlrd raises many kinds for a file that is not a workbook
+        raise DatasetError(f"{file}: not an Excel workbook stcast reads ({exc})") from None
+    try:
+        sheets = []
+        for index in range(book.nsheets):
+            sheet = book.sheet_by_index(index)
+            rows = [
+                tuple(_xls_value(cell, book.datemode) for cell in sheet.row(r))
+                for r in range(sheet.nrows)
+            ]
+            sheets.append((sheet.name, rows))
+        return sheets
+    finally:
+        book.release_resources()
+
+
+def _xls_value(cell: Any, datemode: int) -> object:
+    import xlrd
+
+    if cell.ctype == xlrd.XL_CELL_DATE:
+        moment = xlrd.xldate.xldate_as_datetime(cell.value, datemode)
+        return moment.time() if cell.value < 1 else moment
+    if cell.ctype in (xlrd.XL_CELL_EMPTY, xlrd.XL_CELL_BLANK, xlrd.XL_CELL_ERROR):
+        return None
+    if cell.ctype == xlrd.XL_CELL_BOOLEAN:
+        return bool(cell.value)
+    return cell.value
 
 
 def _sheet_cells(rows: Iterable[tuple[object, ...]]) -> list[list[str]]:
