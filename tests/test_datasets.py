@@ -983,6 +983,41 @@ def test_files_as_loggers_and_services_write_them(
     np.testing.assert_array_equal(ds.values[:, :, 0], grid)
 
 
+def test_tables_in_plain_text_files(tmp_path: Path, pems08: GridDataset) -> None:
+    """A PEMS08 excerpt as ``.txt`` and ``.dat`` tables: LSTNet's headerless comma rows (the
+    start and step given), UCI's LD2011_2014.txt (``;``, quoted names under an empty first
+    one, decimal commas), ``np.savetxt``'s columns between runs of spaces under a header, a
+    Campbell logger's TOA5 ``.dat``; a README or notes beside the data are not read as data."""
+    grid = _leading(pems08, steps=30, sensors=2)
+    stamps = [pems08.start + timedelta(seconds=300 * t) for t in range(len(grid))]
+    forms = {
+        "lstnet.txt": [f"{a:g},{b:g}" for a, b in grid],
+        "uci.txt": ['"";"a";"b"', *(f'"{s:%Y-%m-%d %H:%M:%S}";{a:g};{b:g}'.replace(".", ",")
+                                  for s, (a, b) in zip(stamps, grid, strict=True))],
+        "savetxt.dat": ["a b", *(f"{a:12.4f} {b:12.4f}" for a, b in grid)],
+        "toa5.dat": ['"TOA5","CR1000","CR1000","1234","Std.22","CPU:prog.CR1","1234","Table1"',
+                     '"TIMESTAMP","RECORD","a","b"', '"TS","RN","veh","veh"', '"","","Tot","Tot"',
+                     *(f'"{s:%Y-%m-%d %H:%M:%S}",{t},{a:g},{b:g}'
+                       for t, (s, (a, b)) in enumerate(zip(stamps, grid, strict=True)))],
+    }  # fmt: skip
+    for name, lines in forms.items():
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        (folder / name).write_text("\n".join(lines) + "\n")
+        (folder / "README.txt").write_text("Flows of two detectors.\nSource: PeMS, district 8.\n")
+        (folder / "notes.txt").write_text("a and b are\nthe two detectors\n")
+        ds = load_dataset(folder, start=pems08.start, step_s=300)
+        assert (ds.start, ds.step_s, ds.n_sensors) == (pems08.start, 300, 2), name
+        np.testing.assert_array_equal(ds.values[:, :, 0], grid, err_msg=name)
+    # whole counts from the first line: a header only where they number the columns
+    (tmp_path / "one.txt").write_text("\n".join(f"{a:g}" for a, _ in grid) + "\n")
+    (tmp_path / "numbered.txt").write_text("\n".join(["0,1", *forms["lstnet.txt"]]) + "\n")
+    for name, sensors in (("one", ("one/0",)), ("numbered", ("numbered/0", "numbered/1"))):
+        ds = load_dataset(tmp_path / f"{name}.txt", start=pems08.start, step_s=300)
+        assert ds.sensors == sensors
+        np.testing.assert_array_equal(ds.values[:, :, 0], grid[:, : len(sensors)], err_msg=name)
+
+
 def test_the_pems_siblings_as_the_literature_ships_them(tmp_path: Path, shared: Path) -> None:
     """A ``PEMS03`` folder as ASTGCN ships it (its flows in ``PEMS03.npz`` without times, its
     detectors' ids in ``PEMS03.txt``, a graph of ``from,to,distance`` between those ids): the

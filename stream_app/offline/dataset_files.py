@@ -12,6 +12,7 @@ import csv
 import gzip
 import io
 import logging
+import math
 import pickle
 import re
 from collections import Counter
@@ -35,7 +36,10 @@ TIME_COLUMNS = (
     "unixtime", "time_utc", "datetime_utc", "timestamp_utc", "utc",
 )  # fmt: skip
 LONG_HEADER = ("sensor", "ts", "value")
-TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")  # also read gzip-compressed: ``.csv.gz``
+# also read gzip-compressed: ``.csv.gz``; ``.txt`` and ``.dat`` are tables in plain text (LSTNet's
+# electricity.txt, UCI's LD2011_2014.txt, a Campbell logger's TOA5 .dat) when they look like one
+PLAIN_SUFFIXES = (".txt", ".dat")
+TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", *PLAIN_SUFFIXES)
 TICK_SUFFIXES = (".jsonl", ".ndjson")  # recorded ticks: a tick or a tick batch per line
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 SHEET_SUFFIXES = (".xlsx", ".xlsm", ".xls")  # Excel workbooks: openpyxl; xlrd for 1997-2003's
@@ -124,9 +128,51 @@ def is_data_file(path: Path) -> bool:
             return _npz_key(archive.files) is not None
     if suffix in (".npy", ".parquet", ".h5", ".hdf5", *PICKLE_SUFFIXES, *SHEET_SUFFIXES):
         return True
+    if suffix in PLAIN_SUFFIXES and (_lists_ids(path) or not _looks_tabular(path)):
+        return False
     header = {h.strip().lower() for h in _header(path)}
     locations = {"latitude", "longitude"} <= header or {"lat", "lon"} <= header
     return not ({"from", "to"} <= header or locations)
+
+
+def _lists_ids(path: Path) -> bool:
+    """Whether ``path`` (``PEMS03.txt``) is the sensor listing of an array beside it
+    (``PEMS03.npz``: ``datasets._listed_ids``) rather than data."""
+    return any(
+        path.with_suffix(suffix).is_file() for suffix in (".npz", ".npy", *PICKLE_SUFFIXES, ".h5")
+    )
+
+
+def _looks_tabular(path: Path) -> bool:
+    """Whether a plain-text file beside the data (``.txt``: a README, a licence, notes) is a
+    table: its first lines (comments aside) split into the same number of cells, most of its
+    rows after the first holding a number."""
+    head = _bytes(path, 65536)
+    text = _decoded(head, path, partial=True)
+    lines = text.splitlines()[:40]
+    if len(head) == 65536 and len(lines) < 40:
+        lines = lines[:-1]  # cut by the read
+    lines = [line for line in lines if line.strip() and not line.startswith("#")]
+    if len(lines) < 2:
+        return False
+    cells = [_split_line(line, _delimiter(lines[0]), _is_spaced(lines)) for line in lines]
+    widths = Counter(len(row) for row in cells)
+    numbered = sum(any(_is_number(c) for c in row) for row in cells[1:])
+    return widths.most_common(1)[0][1] >= 0.8 * len(cells) and numbered >= 0.8 * (len(cells) - 1)
+
+
+def _is_spaced(lines: list[str]) -> bool:
+    """Whether a table's cells are separated by runs of spaces (``np.savetxt``'s default, many
+    instruments' ``.dat``): no comma, semicolon or tab, and every line after the first splits
+    into the same number (two or more) of cells."""
+    if any(mark in line for line in lines for mark in ",;\t"):
+        return False
+    widths = {len(line.split()) for line in lines[1:]}
+    return len(widths) == 1 and widths.pop() >= 2
+
+
+def _split_line(line: str, delimiter: str, spaced: bool) -> list[str]:
+    return line.split() if spaced else next(csv.reader([line], delimiter=delimiter), [])
 
 
 def _header(path: Path) -> list[str]:
@@ -165,9 +211,9 @@ def read_grid(file: Path, *, bin_s: int | None = None) -> FileGrid:
     if suffix in PICKLE_SUFFIXES:
         return _read_pickle(file)
     raise DatasetError(
-        f"{file}: unknown format; use .npz (key 'data') or .npy, .csv or .tsv (or .csv.gz), "
-        ".xlsx or .xls, .parquet, .h5 (a pandas frame), .pkl (arrays), .jsonl (ticks as the worker "
-        "reads them), or a .zip of them"
+        f"{file}: unknown format; use .npz (key 'data') or .npy, .csv, .tsv, .txt or .dat (or "
+        ".csv.gz), .xlsx or .xls, .parquet, .h5 (a pandas frame), .pkl (arrays), .jsonl (ticks as "
+        "the worker reads them), or a .zip of them"
     )
 
 
@@ -176,7 +222,7 @@ def _read_table(
 ) -> FileGrid:
     """A table's rows (a CSV's, a spreadsheet's; the header first, if any) as a wide or long
     grid."""
-    if _is_data_row(rows[0], commas):  # PeMSD7's V_228.csv: readings from the first line
+    if _is_data_row(rows[0], commas, rows[1:201]):  # PeMSD7's V_228.csv, LSTNet's .txt files
         log.warning("%s: no header row (the first holds readings): the columns are numbered", file)
         rows = [[str(j) for j in range(len(rows[0]))], *rows]
     header = [h.strip() for h in rows[0]]
@@ -189,13 +235,29 @@ def _read_table(
     return _read_wide(header, body, file, commas, bin_s)
 
 
-def _is_data_row(row: list[str], commas: str) -> bool:
+def _is_data_row(row: list[str], commas: str, below: list[list[str]]) -> bool:
     """A first row of readings rather than names: every cell a number, and one of them with a
-    fraction or two of them alike (sensor ids are whole numbers, each once)."""
+    fraction or two of them alike, or every one near the range of its column in the rows
+    ``below`` (within its width: whole counts from the first line). Sensor ids are whole
+    numbers, each once, far from the readings (PeMS's ``400001``) or numbering the columns
+    (``0,1,2``, ``101,102``)."""
     cells = [_normalised(cell, commas) for cell in row]
     if not cells or not all(c != "nan" and _is_number(c) for c in cells):
         return False
-    return any(not c.lstrip("-").isdigit() for c in cells) or len(set(cells)) < len(cells)
+    if any(not c.lstrip("-").isdigit() for c in cells) or len(set(cells)) < len(cells):
+        return True
+    ids = sorted(int(c) for c in cells)
+    if len(ids) > 1 and ids == list(range(ids[0], ids[0] + len(ids))):
+        return False
+    for j, cell in enumerate(cells):
+        texts = [_normalised(r[j], commas) for r in below if j < len(r)]
+        column = [v for v in (float(t) for t in texts if _is_number(t)) if not math.isnan(v)]
+        if not column:
+            return False
+        low, high = min(column), max(column)
+        if not low - (high - low) <= float(cell) <= high + (high - low):
+            return False
+    return True
 
 
 def _sheet_rows(file: Path) -> list[list[str]]:
@@ -540,7 +602,13 @@ def _csv_rows(file: Path) -> tuple[list[list[str]], str]:
     lines = text.split("\n", 200)[:200]
     first = next((line for line in lines if line.strip() and not line.startswith("#")), "")
     delimiter = _delimiter(first)
-    rows = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if row]
+    body = [line for line in lines[:-1] if line.strip() and not line.startswith("#")]
+    if _is_spaced(body[:40]):  # cells between runs of spaces: no quoting to honour
+        delimiter = " "
+        rows = [line.split() for line in text.splitlines() if line.strip()]
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        rows = [row for row in reader if row]
     rows = _table_start(rows, file)
     if len(rows) < 2:
         raise DatasetError(f"{file}: a header row and at least one data row are needed")
