@@ -439,7 +439,7 @@ def test_a_date_and_a_time_of_day_in_two_columns_are_one_time(tmp_path: Path) ->
     assert ds.sensors == ("daily/a", "daily/b") and ds.step_s == 86400
 
 
-def test_missing_readings_as_spreadsheets_and_r_write_them(tmp_path: Path) -> None:
+def test_missing_readings_as_spreadsheets_r_and_stations_write_them(tmp_path: Path) -> None:
     rows = ["ts,a,b", "2016-07-01T00:00:00Z,1,NA", "2016-07-01T00:05:00Z, null ,2.5"]
     rows += ["2016-07-01T00:10:00Z,N/A,", "2016-07-01T00:15:00Z,NaN,-"]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
@@ -447,6 +447,12 @@ def test_missing_readings_as_spreadsheets_and_r_write_them(tmp_path: Path) -> No
     np.testing.assert_array_equal(
         values, [[1.0, np.nan], [np.nan, 2.5], [np.nan, np.nan], [np.nan, np.nan]]
     )
+    # Excel's errors, a station's dashes and words, infinity: no reading either
+    rows = ["ts,a,b", "2016-07-01T00:00:00Z,#N/A,#DIV/0!", "2016-07-01T00:05:00Z,--,No Data"]
+    rows += ["2016-07-01T00:10:00Z,inf,-Infinity", "2016-07-01T00:15:00Z,1e999,4"]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    values = load_dataset(tmp_path / "t.csv").values[:, :, 0]
+    np.testing.assert_array_equal(values, [[np.nan, np.nan]] * 3 + [[np.nan, 4.0]])
     (tmp_path / "t.csv").write_text("ts,a,b\n2016-07-01T00:00:00Z,1,2\n2016-07-01T00:05:00Z,3,x7\n")
     with pytest.raises(DatasetError, match=r"'x7' \(data row 2, value column 2\) is not a number"):
         load_dataset(tmp_path / "t.csv")

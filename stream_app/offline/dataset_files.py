@@ -1251,8 +1251,13 @@ def _calendar_step(days: float) -> str:
     return "month" if days < 32 else "quarter" if days < 93 else "year"
 
 
-# How spreadsheets, R and pandas write a missing reading (compared lower-cased and stripped)
-MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "-", "?"})
+# How spreadsheets, R, pandas and station exports write a missing reading (compared lower-cased
+# and stripped), and the errors Excel writes into a cell it could not compute
+MISSING = frozenset({
+    "", "na", "n/a", "n.a.", "nan", "null", "none", "-", "--", "---", "?", "nd", "no data",
+    "nodata", "missing", "err", "error",
+    "#n/a", "#div/0!", "#value!", "#ref!", "#num!", "#name?", "#null!",
+})  # fmt: skip
 DECIMAL_COMMA = re.compile(r"[-+]?\d+,\d+")
 GROUPED = {
     THOUSANDS: re.compile(r"[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d+)?"),

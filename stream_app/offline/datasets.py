@@ -181,6 +181,7 @@ def load_dataset(
         builtin = replace(builtin, channels=None)
     native = _Meta(None, start).over(found).over(sidecar).over(builtin)
     codes = [*missing, *(sidecar.missing or ())]
+    values = np.where(np.isinf(values), np.nan, values)  # ``inf`` (or 1e999) is no reading
     if codes:
         values = np.where(np.isin(values, codes), np.nan, values)
     else:
