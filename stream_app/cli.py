@@ -22,7 +22,6 @@ from .cli_offline import (
     evaluate_args,
     evaluate_command,
     forecast_channel_arg,
-    missing_value_arg,
     pretrain_args,
     pretrain_command,
     train_args,
@@ -246,6 +245,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         as_json=args.json,
         missing=args.missing_value,
         channel=channel_of(args.forecast_channel),
+        start=args.start,
+        step_s=args.dataset_step_s,
     )
 
 
@@ -258,7 +259,7 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
         help="dataset to stream (default: the bundled PEMS08 slice)",
     )
     parser.add_argument("--batched", action="store_true", help="publish one message per step")
-    missing_value_arg(parser)
+    dataset_grid_args(parser)  # for data that does not say its start and step (an array)
     forecast_channel_arg(parser)
     parser.add_argument("--steps", type=int, default=None, help="steps to stream (default: all)")
     parser.add_argument(

@@ -14,14 +14,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from stream_app.offline.datasets import bundled_dataset_path, load_dataset
 
 pytestmark = pytest.mark.integration
 
 
-def test_demo_reports_every_forecast_and_leaves_no_process_or_port(seed_model_dir: Path) -> None:
+def test_demo_reports_every_forecast_and_leaves_no_process_or_port(
+    seed_model_dir: Path, tmp_path: Path
+) -> None:
+    """On PEMS08's flows as a bare array (no times): the start and step given by flags."""
+    flows = tmp_path / "pems08.npy"  # the sensors the seed model knows: pems08/0...
+    np.save(flows, load_dataset(bundled_dataset_path()).values[:, :, 0])
     result = subprocess.run(
         [sys.executable, "-m", "stream_app", "demo", "--model-dir", str(seed_model_dir),
+         "--dataset", str(flows), "--start", "2016-07-01T00:00:00Z", "--dataset-step-s", "300",
          "--steps", "300", "--json"],
         capture_output=True,
         text=True,

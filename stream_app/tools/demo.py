@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from math import ceil
 from pathlib import Path
 from typing import Any, Protocol
@@ -135,10 +136,13 @@ def run_demo(
     as_json: bool,
     missing: Sequence[float] = (),
     channel: str | int = 0,
+    start: datetime | None = None,
+    step_s: int | None = None,
 ) -> int:
     say = _Say(quiet=as_json)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)  # its INFO lines drown the view
-    dataset = load_dataset(dataset_path, missing=missing).forecasting(channel)
+    dataset = load_dataset(dataset_path, start=start, step_s=step_s, missing=missing)
+    dataset = dataset.forecasting(channel)
     steps, fast_steps = plan_steps(dataset.n_steps, dataset.n_sensors, dataset.step_s, steps)
     cut = f" (the first {steps} of {dataset.n_steps}: --steps N)" if steps < dataset.n_steps else ""
     say(
