@@ -30,7 +30,8 @@ def normalise(context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     centred = torch.where(seen, x - mean, torch.zeros_like(x))
     std = torch.sqrt((centred**2).sum(dim=1, keepdim=True) / count)
     level = x.abs().sum(dim=1, keepdim=True) / count
-    scale = std + SCALE_FLOOR * level + SCALE_EPS
+    scale = std + SCALE_FLOOR * level
+    scale = torch.where(scale > 0, scale, torch.full_like(scale, SCALE_EPS))
     z = torch.clamp(centred / scale, -Z_CLIP, Z_CLIP)
     return z, seen, mean, scale
 

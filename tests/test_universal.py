@@ -95,14 +95,19 @@ def test_a_seasonal_lag_never_reads_after_the_origin() -> None:
         assert torch.equal(value[0][present[0] > 0], want)
 
 
-def test_forecasts_scale_with_the_readings_and_quantiles_are_ordered(
+def test_forecasts_scale_with_the_readings_at_any_magnitude_and_quantiles_are_ordered(
     small_model: UniversalForecaster,
 ) -> None:
+    """At any magnitude (concentrations in kg/m3 as well as power in W): only a context of
+    zeros has no scale of its own, and is forecast as zeros."""
     feeds = parity_batch(SMALL.context, 64, seed=3)
     base = run(small_model, feeds)
-    scaled = run(small_model, {**feeds, "context": feeds["context"] * 10})
-    np.testing.assert_allclose(scaled, 10 * base, rtol=1e-3, atol=1e-3)
+    for factor in (1e-9, 10.0, 1e9):
+        scaled = run(small_model, {**feeds, "context": feeds["context"] * np.float32(factor)})
+        np.testing.assert_allclose(scaled / factor, base, rtol=1e-3, atol=1e-3, err_msg=factor)
     assert (base[:, 0] <= base[:, 1]).all() and (base[:, 1] <= base[:, 2]).all()
+    zeros = run(small_model, {**feeds, "context": np.zeros_like(feeds["context"])})
+    assert np.abs(zeros).max() < 1e-4
 
 
 def test_a_sensor_warming_up_is_forecast_from_its_few_readings(

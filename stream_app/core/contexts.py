@@ -26,13 +26,16 @@ Float32Array = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 SCALE_FLOOR = 0.01  # of the mean absolute reading: a flat context is not divided by ~0
+# The scale of a context of zeros (or none): its forecasts stay at zero. Any other context's
+# scale is its own, however small its readings (1e-9 as well as 1e9: scale-free).
 SCALE_EPS = 1e-6
 Z_CLIP = 20.0  # normalised readings beyond this many scales are clipped
 CALENDAR_WIDTH = 3  # time of day (fraction), day of week (0 = Monday), calendar known (0/1)
 
 
 def context_stats(values: npt.NDArray[np.floating]) -> tuple[FloatArray, FloatArray]:
-    """Mean and scale of each row's readings (NaN ignored); (0, floor) for an empty row.
+    """Mean and scale of each row's readings (NaN ignored); (0, ``SCALE_EPS``) for an empty row
+    or one of zeros.
 
     The scale is the standard deviation plus a small share of the mean absolute reading, so a
     flat context gets a scale that fits its level rather than zero.
@@ -49,8 +52,14 @@ def context_stats(values: npt.NDArray[np.floating]) -> tuple[FloatArray, FloatAr
     centred = np.where(seen, x - mean[:, None], 0.0)
     var = np.einsum("ij,ij->i", centred, centred) / count
     level = np.abs(filled).sum(axis=1) / count
-    scale = np.sqrt(var) + SCALE_FLOOR * level + SCALE_EPS
-    return mean, scale
+    return mean, _scale(np.sqrt(var), level)
+
+
+def _scale(std: FloatArray, level: FloatArray) -> FloatArray:
+    """The spread plus a share of the level; ``SCALE_EPS`` where both are zero."""
+    scale = std + SCALE_FLOOR * level
+    out: FloatArray = np.where(scale > 0, scale, SCALE_EPS)
+    return out
 
 
 def normalised(values: npt.NDArray[np.floating]) -> Float32Array:
@@ -152,7 +161,7 @@ def rolling_stats(values: npt.NDArray[np.floating], context: int) -> tuple[Float
     mean = window_sum(filled) / count
     var = np.maximum(window_sum(filled**2) / count - mean**2, 0.0)
     level = window_sum(np.abs(filled)) / count
-    return mean, np.sqrt(var) + SCALE_FLOOR * level + SCALE_EPS
+    return mean, _scale(np.sqrt(var), level)
 
 
 # -- live: a sensor's neighbours' context from the windows the worker holds for them ---------
