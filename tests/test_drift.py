@@ -124,10 +124,13 @@ def first_index(detections: list[Detection]) -> int:
 # --- golden: these numbers must not move ------------------------------------------------------
 
 
+@pytest.mark.parametrize("magnitude", [1.0, 1e-12])  # errors in any units: relative to usual
 @pytest.mark.parametrize(("name", "index"), [("page-hinkley", 407), ("adwin", 414)])
-def test_the_index_at_which_a_seeded_level_shift_is_detected(name: str, index: int) -> None:
+def test_the_index_at_which_a_seeded_level_shift_is_detected(
+    name: str, index: int, magnitude: float
+) -> None:
     sink, found, now = make_sink(make_detector(name))
-    feed(sink, now, shifted_errors(600))
+    feed(sink, now, shifted_errors(600) * magnitude)
     assert first_index(found) == index
     assert found[0].error_before == pytest.approx(1.0, abs=0.15)
     assert found[0].error_after > 1.5

@@ -74,11 +74,14 @@ def test_a_reading_far_outside_the_range_fires_once_per_cooldown() -> None:
     assert [(f.slot, round(f.value, 6)) for f in found] == [(DAY + 20, 1.333333)]
 
 
-def test_tripled_noise_variance_fires_the_noise_check_and_unchanged_noise_does_not() -> None:
-    quiet = daily(6, seed=1)
+@pytest.mark.parametrize("units", [1.0, 1e-12])  # the noise is relative to its usual size
+def test_tripled_noise_variance_fires_the_noise_check_and_unchanged_noise_does_not(
+    units: float,
+) -> None:
+    quiet = daily(6, seed=1) * units
     noisy = quiet.copy()
     onset = 3 * DAY
-    noisy[onset:] += np.random.default_rng(2).normal(0, 4.5, len(noisy) - onset)
+    noisy[onset:] += np.random.default_rng(2).normal(0, 4.5, len(noisy) - onset) * units
     assert stream(ReadingMonitors(STEP_S, checks=["noise"]), quiet) == []
     found = stream(ReadingMonitors(STEP_S, checks=["noise"]), noisy)
     assert found and found[0].check == "noise"

@@ -42,7 +42,9 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 DEFAULT_WARMUP = 288  # a day of 5-minute steps: the usual error of every hour of the day
 DEFAULT_COOLDOWN = 36
 MAX_Z = 100.0  # 100 times the usual error is as sure a change as any larger number
-_TINY = 1e-9  # a sensor whose warm-up error was 0 (a dead one) fires on its first real error
+# the scale of a sensor whose warm-up error was 0 (a dead one): it fires on its first real error;
+# any other's is its own, however small its readings' units
+_TINY = 1e-9
 
 ScaleLookup = Callable[[str], Sequence[float] | None]
 
@@ -493,7 +495,7 @@ class DriftSink:
         """Per actual: the mean over its horizons of |error| / scale."""
         at = sensors * self.horizon + steps  # flat: one gather, not one index per dimension
         scale = self._sums.reshape(-1)[at] / np.maximum(self._counts.reshape(-1)[at], 1)
-        z = np.minimum(absolute / np.maximum(scale, _TINY), MAX_Z)
+        z = np.minimum(absolute / np.where(scale > 0, scale, _TINY), MAX_Z)
         totals: FloatArray = np.add.reduceat(z, starts)
         counts = np.empty_like(starts)
         counts[:-1] = starts[1:] - starts[:-1]

@@ -179,7 +179,7 @@ class ReadingMonitors:
         sums, counts = profile_sum[at], profile_n[at]
         usual = sums / np.maximum(counts, 1)
         known = counts >= self._profile_known
-        z = np.minimum(size / np.maximum(usual, 1e-9), self.noise_cap)
+        z = np.minimum(size / np.where(usual > 0, usual, 1e-9), self.noise_cap)  # any units
         cusum = np.where(known, np.maximum(0.0, self._cusum[rows] + z - self.noise_k), 0.0)
         fire = warm & (cusum > self.noise_h)
         fire &= self._seen[rows] - self._noise_at[rows] > self.cooldown
