@@ -100,6 +100,7 @@ def pretrain_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exclude",
         nargs="*",
+        action="extend",  # --exclude A B and --exclude A --exclude B alike
         default=[],
         metavar="DATASET",
         help=f"sets to leave out (of {', '.join(PRETRAINING_SETS)})",
