@@ -896,16 +896,16 @@ def _workbook(path: Path, sheets: dict[str, list[list[object]]]) -> Path:
         return path
     import xlwt
 
-    old = xlwt.Workbook()
+    book97 = xlwt.Workbook()
     styles = {date: xlwt.easyxf(num_format_str="YYYY-MM-DD"),
               daytime: xlwt.easyxf(num_format_str="HH:MM:SS")}  # fmt: skip
     for title, rows in sheets.items():
-        sheet = old.add_sheet(title)
+        sheet = book97.add_sheet(title)
         for r, row in enumerate(rows):
             for c, cell in enumerate(row):
                 style = styles.get(type(cell))
                 sheet.write(r, c, cell, *([style] if style else []))
-    old.save(str(path))
+    book97.save(str(path))
     return path
 
 

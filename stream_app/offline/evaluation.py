@@ -112,7 +112,7 @@ def evaluate(
     gives it and as a worker serves it (``served``: calibrated online at ``interval_rate``).
     ``zone``: the network's clock, as a worker's ``STCAST_TIMEZONE`` (for data stamped in UTC,
     such as recorded ticks; a file's naive times are its local clock already). ``progress``:
-    a bar on stderr while the model forecasts (a terminal's, a large test part takes minutes).
+    a bar on stderr while the model forecasts (a large test part takes minutes).
     """
     parts = split(dataset, protocol)
     forecaster = None
