@@ -155,7 +155,8 @@ def _looks_tabular(path: Path) -> bool:
     lines = [line for line in lines if line.strip() and not line.startswith("#")]
     if len(lines) < 2:
         return False
-    cells = [_split_line(line, _delimiter(lines[0]), _is_spaced(lines)) for line in lines]
+    delimiter, spaced = _delimiter(lines[0]), _is_spaced(lines)
+    cells = [_split_line(line, delimiter, spaced) for line in lines]
     widths = Counter(len(row) for row in cells)
     numbered = sum(any(_is_number(c) for c in row) for row in cells[1:])
     return widths.most_common(1)[0][1] >= 0.8 * len(cells) and numbered >= 0.8 * (len(cells) - 1)
