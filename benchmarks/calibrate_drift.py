@@ -119,7 +119,9 @@ class Starting:
 def candidates() -> list[Candidate]:
     """stcast's defaults first, then a grid around them and two variants of them."""
     found = [Candidate(DEFAULTS, make_detector())]
-    ph = [(t, 2.0) for t in (18, 25, 35, 45, 60)] + [(t, d) for d in (3.0, 4.0) for t in (25, 35)]
+    ph = [(t, 2.0) for t in (15, 18, 20, 22, 25, 35, 45, 60)] + [
+        (t, d) for d in (3.0, 4.0) for t in (25, 35)
+    ]
     ph.append((45, 3.0))
     found += [Candidate(f"ph t{t} d{d}", make_detector("page-hinkley", threshold=t, delta=d))
               for t, d in ph]  # fmt: skip

@@ -22,6 +22,7 @@ from stream_app.core.card import (
     Normalization,
     TensorSpec,
 )
+from stream_app.core.contexts import SCALE_FLOOR
 
 _DTYPES: dict[int, str] = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64"}
 
@@ -107,7 +108,7 @@ def write_universal_card(
             "value_input": UNIVERSAL_INPUTS[0],
             "sensor_input": "sensor" if sensors else None,
             "output": "quantiles",
-            "normalization": {"method": "context"},
+            "normalization": {"method": "context", "scale_floor": SCALE_FLOOR},
             "sensors": list(sensors),
             "unknown_sensor_index": len(sensors),
             "quantiles": list(quantiles),

@@ -165,7 +165,7 @@ class Settings:
         choices=("page-hinkley", "adwin"),
     )
     drift_threshold: float = _setting(
-        25.0, "Page-Hinkley threshold, in multiples of the sensor's usual error"
+        18.0, "Page-Hinkley threshold, in multiples of the sensor's usual error"
     )
     drift_delta: float = _setting(2.0, "Page-Hinkley tolerance: rises below this are ignored")
     drift_adwin_delta: float = _setting(1e-16, "ADWIN significance (smaller: fewer, surer)")

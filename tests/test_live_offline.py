@@ -96,7 +96,7 @@ def test_the_universal_model_live_equals_offline_with_and_without_neighbours(
     offline = report.metrics["model"]["mae"]
     assert report.coverage is not None
     model_coverage, served = report.coverage["overall"], report.coverage["served"]["overall"]
-    assert served > model_coverage + 0.1  # the calibration matters on this network
+    assert served > model_coverage + 0.05  # the calibration matters on this network
 
     context = 288
     first = parts.test.start - context  # the first test sample's whole context

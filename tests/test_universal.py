@@ -14,6 +14,7 @@ from models.universal import UniversalConfig, UniversalForecaster
 from models.universal_features import lag, season_steps
 from stream_app.core.card import ModelCard, ModelContractError
 from stream_app.core.contexts import (
+    SCALE_FLOOR,
     calendar,
     context_stats,
     neighbour_context,
@@ -161,6 +162,18 @@ def test_a_universal_model_needs_to_be_told_the_step(exported: Path) -> None:
     quantiles = served.prepare(batch)()  # what the pipeline's inference thread runs
     np.testing.assert_array_equal(quantiles, served.forecast_quantiles(batch))
     assert quantiles.shape == (1, 3, 12)
+
+
+def test_a_model_that_learned_another_scale_floor_is_refused(exported: Path) -> None:
+    raw = json.loads((exported / "card.json").read_text())
+    assert raw["normalization"] == {"method": "context", "scale_floor": SCALE_FLOOR}
+    assert ModelCard.from_dict(raw).normalization.scale_floor == SCALE_FLOOR
+    older = {**raw, "normalization": {"method": "context"}}  # before the key: 0.01
+    with pytest.raises(ModelContractError, match=r"scale floor of 0\.01 .*stcast train --init"):
+        ModelCard.from_dict(older)
+    for bad in (-0.1, 1.0, "0.01", True):
+        with pytest.raises(ModelContractError, match="scale_floor"):
+            ModelCard.from_dict({**raw, "normalization": {"method": "context", "scale_floor": bad}})
 
 
 def batch_message(step: int, values: dict[str, float], offset: int) -> Incoming:

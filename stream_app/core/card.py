@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from .contexts import SCALE_FLOOR
+
 CARD_FILE = "card.json"
 MODEL_FILE = "model.onnx"
 FEATURES = ("value", "time_of_day", "day_of_week")
@@ -27,6 +29,8 @@ ANY_STEP = 0  # a universal model's step_s: it serves any grid (``"any"`` in the
 # A universal model's inputs, in this order (``stream_app.core.contexts`` builds them).
 UNIVERSAL_INPUTS = ("context", "step_s", "calendar", "neighbours")
 _UNIVERSAL_WIDTHS = {"step_s": 1, "calendar": 3}
+# The floor of a universal card that names none: every model before the key was made with it.
+LEGACY_SCALE_FLOOR = 0.01
 
 Dim = int | str
 
@@ -62,10 +66,14 @@ class Normalization:
     mean: float
     std: float
     method: str = "zscore"  # or "context": each window by its own statistics (universal)
+    # "context" only: the share of the level in a context's scale (``core.contexts.SCALE_FLOOR``)
+    # the model learned with; the runtime computes its neighbours' input with its own, so the
+    # two must agree
+    scale_floor: float = LEGACY_SCALE_FLOOR
 
     def to_dict(self) -> dict[str, Any]:
         if self.method == "context":
-            return {"method": self.method}
+            return {"method": self.method, "scale_floor": self.scale_floor}
         return {"method": self.method, "mean": self.mean, "std": self.std}
 
 
@@ -222,7 +230,10 @@ def _normalization(obj: dict[str, Any]) -> Normalization:
     where = "normalization"
     method = typed(obj, "method", str, where)
     if method == "context":
-        return Normalization(0.0, 1.0, "context")
+        floor = obj.get("scale_floor", LEGACY_SCALE_FLOOR)
+        if isinstance(floor, bool) or not isinstance(floor, int | float) or not 0 <= floor < 1:
+            raise type_error(where, "scale_floor", "a number from 0 up to 1", floor)
+        return Normalization(0.0, 1.0, "context", float(floor))
     if method != "zscore":
         raise ModelContractError(
             f"normalization.method={method!r} is not supported: the runtime de-normalises "
@@ -324,6 +335,14 @@ def check_universal(card: ModelCard) -> None:
         )
     if 0.5 not in card.quantiles:
         raise ModelContractError(f"card.json key 'quantiles' must hold the median 0.5: {FIX}")
+    if card.normalization.scale_floor != SCALE_FLOOR:
+        raise ModelContractError(
+            f"card.json: the model learned with a context scale floor of "
+            f"{card.normalization.scale_floor:g} (normalization.scale_floor), this stcast "
+            f"computes contexts with {SCALE_FLOOR:g}, so its inputs would not be the ones it "
+            "learned: fine-tune it again from the bundled model (stcast train --init universal), "
+            "or pre-train with this stcast (stcast pretrain)"
+        )
     if not 1 <= card.min_context <= card.window:
         raise ModelContractError(
             f"card.json key 'min_context'={card.min_context} must be between 1 and the "
