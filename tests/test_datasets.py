@@ -1069,3 +1069,87 @@ def test_a_csv_without_a_header_row_as_pemsd7_ships_it(
     named = load_dataset(tmp_path / "ids.csv", start=pems08.start, step_s=300)
     assert named.sensors[0] == "ids/773869"
     np.testing.assert_array_equal(named.values[:, :, 0], speeds)
+
+
+def test_a_melted_file_of_stations_names_and_readings(
+    tmp_path: Path, pems08: GridDataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``station,date,element,value`` (GHCN's form, tidy data's): a channel per variable, the
+    one with the most readings first and forecast (named in a warning), a reading repeated at
+    a time averaged."""
+    grid = _leading(pems08, sensors=3)
+    rows = [
+        [f"st{n}", _iso(pems08, t), element, repr(float(scale * v))]
+        for t, row in enumerate(grid.tolist())
+        for n, v in enumerate(row)
+        for element, scale in (("TMIN", 0.5), ("TMAX", 2.0))
+        if element == "TMAX" or t % 2 == 0  # TMIN every other step: TMAX is read most
+    ]
+    rows.append(["st1", _iso(pems08, 4), "TMAX", repr(float(2 * grid[4, 1] + 10))])  # read twice
+    with (tmp_path / "ghcn.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["station", "date", "element", "value"], *rows])
+    ds = load_dataset(tmp_path / "ghcn.csv")
+    assert (ds.start, ds.step_s, ds.channels) == (pems08.start, 300, ("TMAX", "TMIN"))
+    assert ds.sensors == ("ghcn/st0", "ghcn/st1", "ghcn/st2")
+    want_max = 2.0 * grid
+    want_max[4, 1] += 5.0  # the mean of the two readings
+    np.testing.assert_allclose(ds.values[:, :, 0], want_max, rtol=1e-12)
+    np.testing.assert_allclose(ds.values[::2, :, 1], 0.5 * grid[::2], rtol=1e-12)
+    assert np.isnan(ds.values[1::2, :, 1]).all()
+    assert "variable 'element', readings 'value') of 2 channels; 'TMAX'" in caplog.text
+
+
+def test_elapsed_times_count_from_the_start_given(tmp_path: Path, pems08: GridDataset) -> None:
+    """A column of times named ``minutes`` (``hours``, ``seconds``, ``days``) counts from a
+    moment the data does not say: ``--start`` says it, and without it the message asks."""
+    grid = _leading(pems08, sensors=2)
+    with (tmp_path / "run.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(
+            [["a", "minutes", "b"], *[[repr(r[0]), str(5 * t), repr(r[1])]
+                                      for t, r in enumerate(grid.tolist())]]
+        )  # fmt: skip
+    with pytest.raises(DatasetError, match="'minutes' elapsed since a moment it does not say"):
+        load_dataset(tmp_path / "run.csv")
+    start = datetime(2024, 3, 1, 6, tzinfo=UTC)
+    ds = load_dataset(tmp_path / "run.csv", start=start)
+    assert (ds.start, ds.step_s, ds.sensors) == (start, 300, ("run/a", "run/b"))
+    assert np.array_equal(ds.values[:, :, 0], grid)
+
+
+def test_icu_vitals_as_physionet_writes_them(shared: Path) -> None:
+    """The ICU stays (``patient,minutes,parameter,value``, each on its own clock from
+    admission): a patient per sensor, a vital sign per channel, heart rate (the most read)
+    forecast; an hour's readings averaged, as the patient's own file says."""
+    folder = shared / "corpus" / "ICU_VITALS"
+    start = datetime(2012, 1, 1, tzinfo=UTC)
+    ds = load_dataset(folder, start=start, step_s=3600)
+    assert (ds.values.shape, ds.start, ds.step_s) == ((49, 300, 42), start, 3600)
+    assert ds.sensors[0] == "icu_vitals/132539" and ds.channels[0] == "HR"
+    own = folder / "original" / "set-a" / "132540.txt"
+    heart: dict[int, list[float]] = {}
+    for line in own.read_text().splitlines()[1:]:
+        clock, name, value = line.split(",")
+        hours, minutes = (int(x) for x in clock.split(":"))
+        if name == "HR":
+            heart.setdefault((60 * hours + minutes) // 60, []).append(float(value))
+    got = ds.values[:, 1, 0]
+    assert len(heart) > 40 and np.isnan(got).sum() == 49 - len(heart)
+    for hour, readings in heart.items():
+        assert got[hour] == pytest.approx(np.mean(readings), rel=1e-12)
+
+
+def test_a_wide_file_with_a_column_of_states_is_not_melted(
+    tmp_path: Path, pems08: GridDataset
+) -> None:
+    """``ts,a,status,b``: a column of two names beside readings is no variable's when each
+    time is one row; it is left out, as text columns are."""
+    grid = _leading(pems08, sensors=2)
+    with (tmp_path / "states.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(
+            [["ts", "a", "status", "b"],
+             *[[_iso(pems08, t), repr(r[0]), "OK" if t % 3 else "FAIL", repr(r[1])]
+               for t, r in enumerate(grid.tolist())]]
+        )  # fmt: skip
+    ds = load_dataset(tmp_path / "states.csv")
+    assert ds.sensors == ("states/a", "states/b")
+    assert np.array_equal(ds.values[:, :, 0], grid)

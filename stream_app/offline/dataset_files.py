@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as daytime
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -36,6 +36,10 @@ TIME_COLUMNS = (
     "unixtime", "time_utc", "datetime_utc", "timestamp_utc", "utc",
 )  # fmt: skip
 LONG_HEADER = ("sensor", "ts", "value")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A column of plain numbers named so holds times elapsed since some moment the data does not say
+# (a stay's admission, an experiment's start): seconds per unit. The moment is ``--start``'s.
+ELAPSED_UNITS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 # also read gzip-compressed: ``.csv.gz``; ``.txt`` and ``.dat`` are tables in plain text (LSTNet's
 # electricity.txt, UCI's LD2011_2014.txt, a Campbell logger's TOA5 .dat) when they look like one
 PLAIN_SUFFIXES = (".txt", ".dat")
@@ -73,6 +77,7 @@ class FileGrid:
     step_s: int | None = None
     name: str | None = None  # the network, where the data names it (recorded ticks)
     channels: list[str] | None = None  # the F channels' names, where the data names them
+    elapsed: str | None = None  # the column of elapsed times (``ELAPSED_UNITS``): no start known
 
 
 def data_suffix(path: Path) -> str:
@@ -230,10 +235,45 @@ def _read_table(
     if tuple(h.lower() for h in header) == LONG_HEADER:
         return _read_long(rows[1:], file, commas, bin_s=bin_s)
     header, body = _time_first(header, rows[1:], file)
+    at = _elapsed_column(header, body)
+    unit = None if at is None else ELAPSED_UNITS[_elapsed_name(header[at])]
+    if at is not None and unit is not None:  # since a moment the data does not say: --start
+        header = [header[at], *_without(header, [at])]
+        body = [[_elapsed_time(row[at], unit, file), *_without(row, [at])] for row in body]
     if (layout := _long_layout(header, body, commas)) is not None:
         long_rows, channels = _as_long(body, layout, header, file)
-        return _read_long(long_rows, file, commas, channels, bin_s)
-    return _read_wide(header, body, file, commas, bin_s)
+        grid = _read_long(long_rows, file, commas, channels, bin_s)
+    elif (melted := _melted_layout(header, body, commas)) is not None:
+        grid = _read_melted(header, body, melted, file, commas, bin_s)
+    else:
+        grid = _read_wide(header, body, file, commas, bin_s)
+    return replace(grid, start=None, elapsed=header[0]) if unit is not None else grid
+
+
+def _elapsed_name(name: str) -> str:
+    return _label(name).removeprefix("elapsed_").removeprefix("elapsed ")
+
+
+def _elapsed_column(header: list[str], rows: list[list[str]]) -> int | None:
+    """The column of elapsed times (``ELAPSED_UNITS``): the first when it is named so, else
+    the only one named so; every cell a number. None where there is none, or where the
+    first column holds times of its own."""
+    named = [j for j, name in enumerate(header) if _elapsed_name(name) in ELAPSED_UNITS]
+    if not named or not rows or (named[0] != 0 and len(named) > 1):
+        return None
+    if named[0] != 0 and (_label(header[0]) in TIME_COLUMNS or _is_time(rows[0][0])):
+        return None
+    at = named[0]
+    return at if all(_is_number(row[at]) for row in rows) else None
+
+
+def _elapsed_time(cell: str, unit: int, file: Path) -> str:
+    """An elapsed time as a moment counted from the epoch, so that the grid is found as for
+    any times; its start is then forgotten (the data does not say it)."""
+    seconds = float(cell) * unit
+    if not math.isfinite(seconds):
+        raise DatasetError(f"{file}: elapsed time {cell!r} is not a number of units")
+    return (EPOCH + timedelta(seconds=seconds)).isoformat()
 
 
 def _is_data_row(row: list[str], commas: str, below: list[list[str]]) -> bool:
@@ -947,6 +987,108 @@ def _long_layout(
         j for j in rest if j != sensor and j not in text and _label(header[j]) not in ROW_NUMBERS
     ]
     return (time, sensor, numbers, [j for j in text if j != sensor]) if numbers else None
+
+
+# What a melted file's column of readings is called when the sensor's id is a number too
+VALUE_WORDS = ("value", "values", "val", "reading", "measurement", "result", "observation", "obs")
+# What a melted file's column of variable names is called (``element``, ``parameter``...)
+VARIABLE_WORDS = (
+    "element", "parameter", "param", "variable", "measure", "metric", "pollutant", "quantity",
+    "indicator", "signal", "field", "item", "species", "obs_type", "datatype", "data_type",
+)  # fmt: skip
+MAX_MELTED_CHANNELS = 500  # a column of names with more distinct ones is not a variable's
+
+
+def _melted_layout(
+    header: list[str], rows: list[list[str]], commas: str = DECIMAL
+) -> tuple[int, int, int, int] | None:
+    """A melted (tidy) long file: a time, a sensor, a column that names the variable read and
+    one of the readings (``station,date,element,value`` as GHCN writes,
+    ``patient,minutes,parameter,value`` as PhysioNet's ICU files): the time's, the sensor's,
+    the variable's and the readings' columns; None for any other layout. A time, sensor and
+    variable name one reading (but for 10 %: repeats are averaged). Without a sensor
+    (``date,element,value``) it is a long file whose sensors are the variables."""
+    if len(header) != 4 or not rows:
+        return None
+    times = [j for j, name in enumerate(header) if _label(name) in TIME_COLUMNS]
+    times = times or [j for j, cell in enumerate(rows[0]) if _is_time(cell)]
+    if len(times) != 1:
+        return None
+    time = times[0]
+    if 2 * len({row[time] for row in rows}) > len(rows):
+        return None  # a wide file's times never repeat; a melted one's hold several readings
+    sample = rows[:: max(1, len(rows) // 2000)]
+    rest = [j for j in range(len(header)) if j != time]
+    text = [
+        j for j in rest
+        if not any((c := _normalised(row[j], commas)) != "nan" and _is_number(c) for row in sample)
+    ]  # fmt: skip
+    kinds = {j: len({row[j].strip() for row in rows}) for j in text}
+    variables = [j for j, n in kinds.items() if 2 <= n <= MAX_MELTED_CHANNELS]
+    if len(variables) > 1:  # a sensor's name too: told apart by their names, else by count
+        named = [j for j in variables if any(w in _label(header[j]) for w in VARIABLE_WORDS)]
+        sensors = [j for j in variables if any(w in _label(header[j]) for w in SENSOR_WORDS)]
+        if len(named) == 1:
+            variables = named
+        elif len(sensors) == len(variables) - 1:
+            variables = [j for j in variables if j not in sensors]
+        else:
+            variables = [min(variables, key=lambda j: kinds[j])]
+    if len(variables) != 1 or len(text) > 2:
+        return None
+    variable = variables[0]
+    others = [j for j in rest if j != variable]
+    numeric = [j for j in others if j not in text]
+    if not numeric:
+        return None
+    if len(numeric) == 1:
+        value = numeric[0]
+        sensor = next(j for j in others if j != value)
+    else:
+        named = [j for j in numeric if _label(header[j]) in VALUE_WORDS]
+        value = named[0] if len(named) == 1 else max(
+            numeric, key=lambda j: len({row[j] for row in sample})
+        )  # fmt: skip
+        sensor = next(j for j in others if j != value)
+    keys = {(row[time], row[sensor].strip(), row[variable].strip()) for row in rows}
+    return (time, sensor, variable, value) if len(keys) >= 0.9 * len(rows) else None
+
+
+def _read_melted(
+    header: list[str],
+    rows: list[list[str]],
+    layout: tuple[int, int, int, int],
+    file: Path,
+    commas: str = DECIMAL,
+    bin_s: int | None = None,
+) -> FileGrid:
+    """A melted file as a long one: a channel per variable, the one with the most readings
+    first (the one forecast), named in a warning; a reading repeated at a time averaged."""
+    time, sensor, variable, value = layout
+    readings = _floats(np.array([row[value] for row in rows], dtype=object), file, commas)
+    names = [row[variable].strip() for row in rows]
+    counts = Counter(name for name, v in zip(names, readings, strict=True) if not math.isnan(v))
+    channels = sorted(dict.fromkeys(names), key=lambda name: -counts[name])  # ties: first seen
+    channel = {name: f for f, name in enumerate(channels)}
+    keys = [(row[time], row[sensor].strip()) for row in rows]
+    slots: dict[tuple[str, str], int] = {}
+    at = np.array([slots.setdefault(key, len(slots)) for key in keys])
+    f = np.array([channel[name] for name in names])
+    sums, seen = np.zeros((len(slots), len(channels))), np.zeros((len(slots), len(channels)))
+    ok = ~np.isnan(readings)
+    np.add.at(sums, (at[ok], f[ok]), readings[ok])
+    np.add.at(seen, (at[ok], f[ok]), 1)
+    log.warning(
+        "%s: read as a melted long file (sensor %r, time %r, variable %r, readings %r) of %d "
+        "channels; %r, the one with the most readings, is forecast (--forecast-channel names "
+        "another)",
+        file, header[sensor], header[time],
+        header[variable], header[value], len(channels), channels[0],
+    )  # fmt: skip
+    times_ms = _times_ms([moment for moment, _ in slots], file)
+    values = np.where(seen > 0, sums / np.maximum(seen, 1), np.nan)
+    grid = _long_to_grid([name for _, name in slots], times_ms, values, file, bin_s)
+    return replace(grid, channels=channels)
 
 
 def _sensor_column(

@@ -189,6 +189,12 @@ def load_dataset(
     if step_s not in (None, native.step_s) and native.step_s and native.start is not None:
         values, native = _averaged(values, native, step_s, file)  # a coarser step
     meta = _Meta(name, None, step_s).over(native)
+    if meta.start is None and grid.elapsed is not None:
+        raise DatasetError(
+            f"{file}: its times are {grid.elapsed!r} elapsed since a moment it does not say; "
+            f"pass --start with that moment (RFC 3339, e.g. 2016-07-01T00:00:00Z), or add "
+            f'"start" to {file.parent / METADATA_FILE}'
+        )
     if meta.start is None or meta.step_s is None:
         raise DatasetError(
             f"{file}: no start time or step known; pass --start (RFC 3339, e.g. "
