@@ -1101,19 +1101,28 @@ def test_a_melted_file_of_stations_names_and_readings(
 
 def test_elapsed_times_count_from_the_start_given(tmp_path: Path, pems08: GridDataset) -> None:
     """A column of times named ``minutes`` (``hours``, ``seconds``, ``days``) counts from a
-    moment the data does not say: ``--start`` says it, and without it the message asks."""
+    moment the data does not say: ``--start`` says it, and without it the message asks. Files
+    side by side (a file per stay) are placed by their own minutes."""
     grid = _leading(pems08, sensors=2)
-    with (tmp_path / "run.csv").open("w", newline="") as f:
-        csv.writer(f).writerows(
-            [["a", "minutes", "b"], *[[repr(r[0]), str(5 * t), repr(r[1])]
+    (tmp_path / "stays").mkdir()
+    for n in range(2):  # the second stay's readings begin 10 minutes later
+        with (tmp_path / "stays" / f"p{n}.csv").open("w", newline="") as f:
+            csv.writer(f).writerows(
+                [["hr", "minutes"], *[[repr(r[n]), str(5 * t + 10 * n)]
                                       for t, r in enumerate(grid.tolist())]]
-        )  # fmt: skip
+            )  # fmt: skip
     with pytest.raises(DatasetError, match="'minutes' elapsed since a moment it does not say"):
-        load_dataset(tmp_path / "run.csv")
+        load_dataset(tmp_path / "stays" / "p1.csv")
     start = datetime(2024, 3, 1, 6, tzinfo=UTC)
-    ds = load_dataset(tmp_path / "run.csv", start=start)
-    assert (ds.start, ds.step_s, ds.sensors) == (start, 300, ("run/a", "run/b"))
-    assert np.array_equal(ds.values[:, :, 0], grid)
+    one = load_dataset(tmp_path / "stays" / "p1.csv", start=start)
+    assert (one.start, one.step_s, one.sensors) == (start + timedelta(minutes=10), 300, ("p1/hr",))
+    assert np.array_equal(one.values[:, 0, 0], grid[:, 1])
+    both = load_dataset(tmp_path / "stays", start=start)
+    assert (both.start, both.sensors, both.n_steps) == (start, ("stays/p0", "stays/p1"), 32)
+    assert np.array_equal(both.values[:30, 0, 0], grid[:, 0])
+    assert (
+        np.array_equal(both.values[2:, 1, 0], grid[:, 1]) and np.isnan(both.values[:2, 1, 0]).all()
+    )
 
 
 def test_icu_vitals_as_physionet_writes_them(shared: Path) -> None:

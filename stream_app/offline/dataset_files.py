@@ -40,6 +40,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # A column of plain numbers named so holds times elapsed since some moment the data does not say
 # (a stay's admission, an experiment's start): seconds per unit. The moment is ``--start``'s.
 ELAPSED_UNITS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
+ELAPSED_UNITS_NAMES = ", ".join(ELAPSED_UNITS)
 # also read gzip-compressed: ``.csv.gz``; ``.txt`` and ``.dat`` are tables in plain text (LSTNet's
 # electricity.txt, UCI's LD2011_2014.txt, a Campbell logger's TOA5 .dat) when they look like one
 PLAIN_SUFFIXES = (".txt", ".dat")
@@ -77,7 +78,9 @@ class FileGrid:
     step_s: int | None = None
     name: str | None = None  # the network, where the data names it (recorded ticks)
     channels: list[str] | None = None  # the F channels' names, where the data names them
-    elapsed: str | None = None  # the column of elapsed times (``ELAPSED_UNITS``): no start known
+    # the column of elapsed times (``ELAPSED_UNITS``): ``start`` counts from ``EPOCH``, the
+    # moment ``--start`` names
+    elapsed: str | None = None
 
 
 def data_suffix(path: Path) -> str:
@@ -247,7 +250,7 @@ def _read_table(
         grid = _read_melted(header, body, melted, file, commas, bin_s)
     else:
         grid = _read_wide(header, body, file, commas, bin_s)
-    return replace(grid, start=None, elapsed=header[0]) if unit is not None else grid
+    return replace(grid, elapsed=header[0]) if unit is not None else grid
 
 
 def _elapsed_name(name: str) -> str:
@@ -256,20 +259,23 @@ def _elapsed_name(name: str) -> str:
 
 def _elapsed_column(header: list[str], rows: list[list[str]]) -> int | None:
     """The column of elapsed times (``ELAPSED_UNITS``): the first when it is named so, else
-    the only one named so; every cell a number. None where there is none, or where the
-    first column holds times of its own."""
+    the only one named so; every cell a number, the least under three years. None where
+    there is none, or where the first column holds times of its own."""
     named = [j for j, name in enumerate(header) if _elapsed_name(name) in ELAPSED_UNITS]
     if not named or not rows or (named[0] != 0 and len(named) > 1):
         return None
     if named[0] != 0 and (_label(header[0]) in TIME_COLUMNS or _is_time(rows[0][0])):
         return None
     at = named[0]
-    return at if all(_is_number(row[at]) for row in rows) else None
+    if not all(_is_number(row[at]) for row in rows):
+        return None
+    least = min(float(row[at]) for row in rows) * ELAPSED_UNITS[_elapsed_name(header[at])]
+    return at if least < EPOCH_S[0] else None  # years on: a count since the epoch, not elapsed
 
 
 def _elapsed_time(cell: str, unit: int, file: Path) -> str:
-    """An elapsed time as a moment counted from the epoch, so that the grid is found as for
-    any times; its start is then forgotten (the data does not say it)."""
+    """An elapsed time as a moment counted from ``EPOCH``, so that the grid is found as for
+    any times (``FileGrid.elapsed`` says its start counts from there)."""
     seconds = float(cell) * unit
     if not math.isfinite(seconds):
         raise DatasetError(f"{file}: elapsed time {cell!r} is not a number of units")
@@ -425,6 +431,12 @@ def side_by_side(files: list[Path], *, bin_s: int | None = None) -> FileGrid:
         raise DatasetError(
             f"{files[0].parent}: {untimed} say no times; files read side by side need their own"
         )
+    elapsed = {g.elapsed is not None for g in grids}
+    if len(elapsed) > 1:
+        raise DatasetError(
+            f"{files[0].parent}: some files' times are elapsed ({ELAPSED_UNITS_NAMES}), others' "
+            "are moments; read side by side they must be alike"
+        )
     steps = sorted({g.step_s for g in grids if g.step_s is not None})
     channels = sorted({g.values.shape[2] for g in grids})
     if len(steps) != 1 or len(channels) != 1:
@@ -450,7 +462,7 @@ def side_by_side(files: list[Path], *, bin_s: int | None = None) -> FileGrid:
         values[offset : offset + len(grid.values), len(ids) : len(ids) + n] = grid.values
         ids += [stem] if n == 1 else [f"{stem}/{sensor}" for sensor in grid.sensor_ids]
     named = grids[0].channels if all(g.channels == grids[0].channels for g in grids) else None
-    return FileGrid(values, ids, start, step_s, channels=named)
+    return FileGrid(values, ids, start, step_s, channels=named, elapsed=grids[0].elapsed)
 
 
 def file_stem(file: Path) -> str:

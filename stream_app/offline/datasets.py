@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from .dataset_files import (
     DATA_SUFFIXES,
+    EPOCH,
     DatasetError,
     data_suffix,
     file_stem,
@@ -168,6 +169,16 @@ def load_dataset(
     values, sensor_ids = grid.values, grid.sensor_ids
     named = tuple(grid.channels) if grid.channels else None
     found = _Meta(grid.name, grid.start, grid.step_s, named)
+    if grid.elapsed is not None and grid.start is not None:  # counted from the moment named
+        origin = start or sidecar.start
+        if origin is None:
+            raise DatasetError(
+                f"{file}: its times are {grid.elapsed!r} elapsed since a moment it does not "
+                "say; pass --start with that moment (RFC 3339, e.g. 2016-07-01T00:00:00Z), or "
+                f'add "start" to {file.parent / METADATA_FILE}'
+            )
+        found = replace(found, start=origin + (grid.start - EPOCH))
+        start = None  # the moment the times count from, not the first reading's
     if sidecar.sensors_first:
         if file.suffix not in (".npz", ".npy"):
             raise DatasetError(f"{file}: sensors_first applies to arrays (.npz, .npy) only")
@@ -189,12 +200,6 @@ def load_dataset(
     if step_s not in (None, native.step_s) and native.step_s and native.start is not None:
         values, native = _averaged(values, native, step_s, file)  # a coarser step
     meta = _Meta(name, None, step_s).over(native)
-    if meta.start is None and grid.elapsed is not None:
-        raise DatasetError(
-            f"{file}: its times are {grid.elapsed!r} elapsed since a moment it does not say; "
-            f"pass --start with that moment (RFC 3339, e.g. 2016-07-01T00:00:00Z), or add "
-            f'"start" to {file.parent / METADATA_FILE}'
-        )
     if meta.start is None or meta.step_s is None:
         raise DatasetError(
             f"{file}: no start time or step known; pass --start (RFC 3339, e.g. "
