@@ -833,7 +833,21 @@ def test_a_long_file_of_stations_as_exports_concatenate_them(
     assert ds.channels[:2] == ("PM2.5", "PM10") and len(ds.channels) == 11
     assert (ds.start, ds.step_s, ds.values.shape) == (datetime(2013, 3, 1, tzinfo=UTC), 3600,
                                                       (48, 3, 11))  # fmt: skip
-    assert "columns ['wd'] hold no number: left out" in caplog.text
+    assert "columns ['wd'] left out: text" in caplog.text
+    noaa = ["STATION,DATE,LATITUDE,LONGITUDE,NAME,PM2.5,TEMP"]  # as NOAA's exports repeat them
+    for n, original in enumerate(originals):
+        for line in original.read_text(encoding="utf-8").splitlines()[1:49]:
+            cells = line.split(",")
+            when = f"{cells[1]}-{int(cells[2]):02d}-{int(cells[3]):02d}T{int(cells[4]):02d}:00"
+            noaa.append(f"{cells[-1]},{when},{39.9 + n / 10},{116.4 - n / 10},"
+                        f"{cells[-1]} CN,{cells[5]},{cells[11]}")  # fmt: skip
+    (tmp_path / "noaa.csv").write_text("\n".join(noaa) + "\n")
+    exported = load_dataset(tmp_path / "noaa.csv")
+    assert exported.sensors == ("noaa/Aotizhongxin", "noaa/Changping", "noaa/Dingling")
+    assert exported.channels == ("PM2.5", "TEMP")
+    temp = ds.channels.index("TEMP")
+    np.testing.assert_array_equal(exported.values, ds.values[:, :, [0, temp]])
+    assert "['NAME', 'LATITUDE', 'LONGITUDE'] left out" in caplog.text
     stations = tmp_path / "stations"
     stations.mkdir()
     for original in originals:

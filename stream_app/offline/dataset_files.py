@@ -998,7 +998,23 @@ def _long_layout(
     numbers = [
         j for j in rest if j != sensor and j not in text and _label(header[j]) not in ROW_NUMBERS
     ]
+    fixed = [j for j in numbers if _fixed_per_sensor(rows, sensor, j)]
+    if fixed and len(fixed) < len(numbers):  # a station's latitude, longitude, elevation
+        numbers = [j for j in numbers if j not in fixed]
+        text = [*text, *fixed]
     return (time, sensor, numbers, [j for j in text if j != sensor]) if numbers else None
+
+
+def _fixed_per_sensor(rows: list[list[str]], sensor: int, column: int) -> bool:
+    """Whether a column of numbers says one thing per sensor in every row, and not the same
+    for all (a station's latitude or elevation, as NOAA's exports repeat them): metadata, not
+    readings (a rain gauge's dry days read 0 at every station)."""
+    seen: dict[str, str] = {}
+    for row in rows:
+        cell = row[column].strip()
+        if cell and seen.setdefault(row[sensor].strip(), cell) != cell:
+            return False
+    return len(set(seen.values())) > 1
 
 
 # What a melted file's column of readings is called when the sensor's id is a number too
@@ -1125,7 +1141,22 @@ def _sensor_column(
     named = [j for j in found if j in text] or [
         j for j in found if any(word in _label(header[j]) for word in SENSOR_WORDS)
     ]
+    if len(named) > 1 and _same_partition(rows, named):  # an id and a name (NOAA's exports)
+        worded = [j for j in named if any(word in _label(header[j]) for word in SENSOR_WORDS)]
+        return (worded or named)[0]
     return named[0] if len(named) == 1 else None
+
+
+def _same_partition(rows: list[list[str]], columns: list[int]) -> bool:
+    """Whether the columns name the same groups of rows: each value of one goes with one
+    value of every other (a station's id and its name)."""
+    first = columns[0]
+    pairs = {(row[first].strip(), tuple(row[j].strip() for j in columns[1:])) for row in rows}
+    return (
+        len(pairs)
+        == len({row[first].strip() for row in rows})
+        == len({tuple(row[j].strip() for j in columns[1:]) for row in rows})
+    )
 
 
 def _as_long(
@@ -1140,11 +1171,14 @@ def _as_long(
     time, sensor, numbers, text = layout
     channels = [header[j].strip() for j in numbers]
     if text:
-        log.warning("%s: columns %s hold no number: left out", file, [header[j] for j in text])
+        log.warning(
+            "%s: columns %s left out: text, or one number per sensor throughout (a station's "
+            "latitude...), not readings", file, [header[j] for j in text],
+        )  # fmt: skip
     if len(numbers) > 1:
         log.warning(
             "%s: read as a long file (sensor %r, time %r) of %d channels %s; the first, %r, "
-            "is the one forecast (put that one first)",
+            "is the one forecast (--forecast-channel names another)",
             file, header[sensor], header[time], len(channels), channels, channels[0],
         )  # fmt: skip
     return [[row[sensor], row[time], *(row[j] for j in numbers)] for row in rows], channels
