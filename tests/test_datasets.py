@@ -848,6 +848,25 @@ def test_a_long_file_of_stations_as_exports_concatenate_them(
     temp = ds.channels.index("TEMP")
     np.testing.assert_array_equal(exported.values, ds.values[:, :, [0, temp]])
     assert "['NAME', 'LATITUDE', 'LONGITUDE'] left out" in caplog.text
+    openaq = ["location_id,sensors_id,location,datetime,lat,lon,parameter,units,value"]
+    for n, original in enumerate(originals):  # OpenAQ's archive: a row per reading
+        for line in original.read_text(encoding="utf-8").splitlines()[1:49]:
+            cells = line.split(",")
+            when = f"{cells[1]}-{int(cells[2]):02d}-{int(cells[3]):02d}T{int(cells[4]):02d}:00Z"
+            for k, (name, unit) in enumerate((("pm25", "µg/m³"), ("temperature", "c"))):
+                reading = cells[5] if k == 0 else cells[11]
+                where = f"{39.9 + n / 10},{116.4 - n / 10}"
+                openaq.append(f"{100 + n},{1000 + 10 * n + k},{cells[-1]},{when},{where},"
+                              f"{name},{unit},{reading}")  # fmt: skip
+    (tmp_path / "openaq.csv").write_text("\n".join(openaq) + "\n")
+    melted = load_dataset(tmp_path / "openaq.csv")
+    assert melted.sensors == ("openaq/100", "openaq/101", "openaq/102")  # a location each
+    assert sorted(melted.channels) == ["pm25", "temperature"]
+    for f, name in enumerate(melted.channels):
+        np.testing.assert_array_equal(
+            melted.values[:, :, f], ds.values[:, :, 0 if name == "pm25" else temp]
+        )
+    assert "['sensors_id', 'location', 'lat', 'lon', 'units'] left out" in caplog.text
     stations = tmp_path / "stations"
     stations.mkdir()
     for original in originals:

@@ -243,10 +243,13 @@ def _read_table(
     if at is not None and unit is not None:  # since a moment the data does not say: --start
         header = [header[at], *_without(header, [at])]
         body = [[_elapsed_time(row[at], unit, file), *_without(row, [at])] for row in body]
-    if (layout := _long_layout(header, body, commas)) is not None:
+    melted = _melted_layout(header, body, commas)
+    if melted is not None and _says_melted(header, melted):  # before a column per instrument
+        grid = _read_melted(header, body, melted, file, commas, bin_s)
+    elif (layout := _long_layout(header, body, commas)) is not None:
         long_rows, channels = _as_long(body, layout, header, file)
         grid = _read_long(long_rows, file, commas, channels, bin_s)
-    elif (melted := _melted_layout(header, body, commas)) is not None:
+    elif melted is not None:
         grid = _read_melted(header, body, melted, file, commas, bin_s)
     else:
         grid = _read_wide(header, body, file, commas, bin_s)
@@ -1029,14 +1032,16 @@ MAX_MELTED_CHANNELS = 500  # a column of names with more distinct ones is not a 
 
 def _melted_layout(
     header: list[str], rows: list[list[str]], commas: str = DECIMAL
-) -> tuple[int, int, int, int] | None:
+) -> tuple[int, int, int, int, list[int]] | None:
     """A melted (tidy) long file: a time, a sensor, a column that names the variable read and
     one of the readings (``station,date,element,value`` as GHCN writes,
-    ``patient,minutes,parameter,value`` as PhysioNet's ICU files): the time's, the sensor's,
-    the variable's and the readings' columns; None for any other layout. A time, sensor and
-    variable name one reading (but for 10 %: repeats are averaged). Without a sensor
+    ``patient,minutes,parameter,value`` as PhysioNet's ICU files), maybe more (OpenAQ's
+    ``location_id,sensors_id,location,datetime,lat,lon,parameter,units,value``): the time's,
+    the sensor's, the variable's and the readings' columns, and the others (left out); None
+    for any other layout. The sensor is the coarsest column with which a time and a variable
+    name one reading (but for 10 %: repeats are averaged). Without a sensor
     (``date,element,value``) it is a long file whose sensors are the variables."""
-    if len(header) != 4 or not rows:
+    if len(header) < 4 or not rows:
         return None
     times = [j for j, name in enumerate(header) if _label(name) in TIME_COLUMNS]
     times = times or [j for j, cell in enumerate(rows[0]) if _is_time(cell)]
@@ -1051,48 +1056,72 @@ def _melted_layout(
         j for j in rest
         if not any((c := _normalised(row[j], commas)) != "nan" and _is_number(c) for row in sample)
     ]  # fmt: skip
-    kinds = {j: len({row[j].strip() for row in rows}) for j in text}
-    variables = [j for j, n in kinds.items() if 2 <= n <= MAX_MELTED_CHANNELS]
-    if len(variables) > 1:  # a sensor's name too: told apart by their names, else by count
-        named = [j for j in variables if any(w in _label(header[j]) for w in VARIABLE_WORDS)]
-        sensors = [j for j in variables if any(w in _label(header[j]) for w in SENSOR_WORDS)]
-        if len(named) == 1:
-            variables = named
-        elif len(sensors) == len(variables) - 1:
-            variables = [j for j in variables if j not in sensors]
-        else:
-            variables = [min(variables, key=lambda j: kinds[j])]
-    if len(variables) != 1 or len(text) > 2:
+    variable = _variable_column(header, rows, text)
+    numeric = [j for j in rest if j not in text]
+    named = [j for j in numeric if _label(header[j]) in VALUE_WORDS]
+    if variable is None or not numeric:
         return None
-    variable = variables[0]
-    others = [j for j in rest if j != variable]
-    numeric = [j for j in others if j not in text]
-    if not numeric:
-        return None
-    if len(numeric) == 1:
-        value = numeric[0]
-        sensor = next(j for j in others if j != value)
+    if len(named) == 1 or len(numeric) == 1:
+        value = (named or numeric)[0]
+    elif len(header) == 4:  # an id and the readings: the readings take more values
+        value = max(numeric, key=lambda j: len({row[j] for row in sample}))
     else:
-        named = [j for j in numeric if _label(header[j]) in VALUE_WORDS]
-        value = named[0] if len(named) == 1 else max(
-            numeric, key=lambda j: len({row[j] for row in sample})
-        )  # fmt: skip
-        sensor = next(j for j in others if j != value)
-    keys = {(row[time], row[sensor].strip(), row[variable].strip()) for row in rows}
-    return (time, sensor, variable, value) if len(keys) >= 0.9 * len(rows) else None
+        return None
+    keyed = [j for j in rest if j not in (variable, value)]
+    distinct = {
+        j: len({row[j].strip() for row in rows})
+        for j in keyed
+        if len({(row[time], row[j].strip(), row[variable].strip()) for row in rows})
+        >= 0.9 * len(rows)
+    }
+    if not distinct:
+        return None
+    sensor = min(distinct, key=lambda j: distinct[j])  # a location, not each of its instruments
+    return time, sensor, variable, value, [j for j in keyed if j != sensor]
+
+
+def _says_melted(header: list[str], layout: tuple[int, int, int, int, list[int]]) -> bool:
+    """Whether a melted layout's header names its variable and readings so (``parameter``,
+    ``value``): then it is read melted even where a column names each instrument (OpenAQ's
+    ``sensors_id``), which would make a sensor of each variable at each location."""
+    _, _, variable, value, _ = layout
+    label = _label(header[variable])
+    return any(w in label for w in VARIABLE_WORDS) and _label(header[value]) in VALUE_WORDS
+
+
+def _variable_column(header: list[str], rows: list[list[str]], text: list[int]) -> int | None:
+    """The column of text that names the variable read: of those with 2 to
+    ``MAX_MELTED_CHANNELS`` names, the one named so (``VARIABLE_WORDS``), else the one not
+    named like a sensor, else the one with the fewest names."""
+    kinds = {j: len({row[j].strip() for row in rows}) for j in text}
+    found = [j for j, n in kinds.items() if 2 <= n <= MAX_MELTED_CHANNELS]
+    if len(found) <= 1:
+        return found[0] if found else None
+    named = [j for j in found if any(w in _label(header[j]) for w in VARIABLE_WORDS)]
+    sensors = [j for j in found if any(w in _label(header[j]) for w in SENSOR_WORDS)]
+    if len(named) == 1:
+        return named[0]
+    if len(sensors) == len(found) - 1:
+        return next(j for j in found if j not in sensors)
+    return min(found, key=lambda j: kinds[j])
 
 
 def _read_melted(
     header: list[str],
     rows: list[list[str]],
-    layout: tuple[int, int, int, int],
+    layout: tuple[int, int, int, int, list[int]],
     file: Path,
     commas: str = DECIMAL,
     bin_s: int | None = None,
 ) -> FileGrid:
     """A melted file as a long one: a channel per variable, the one with the most readings
     first (the one forecast), named in a warning; a reading repeated at a time averaged."""
-    time, sensor, variable, value = layout
+    time, sensor, variable, value, left_out = layout
+    if left_out:
+        log.warning(
+            "%s: columns %s left out: a melted file's readings are its %r column",
+            file, [header[j] for j in left_out], header[value],
+        )  # fmt: skip
     readings = _floats(np.array([row[value] for row in rows], dtype=object), file, commas)
     names = [row[variable].strip() for row in rows]
     counts = Counter(name for name, v in zip(names, readings, strict=True) if not math.isnan(v))
