@@ -191,11 +191,12 @@ class Settings:
         "at once)",
     )
     canary_mode: str = _setting(
-        "before",
+        "both",
         "before: a new model forecasts in the shadow for canary_s first (a trial) and serves "
         "only if it did no worse than the serving one; after: it serves at once and the one it "
-        "replaced forecasts in the shadow, rolled back to if the new one did worse",
-        choices=("after", "before"),
+        "replaced forecasts in the shadow, rolled back to if the new one did worse; both: a "
+        "trial, then after the swap the replaced one in the shadow for canary_s again",
+        choices=("after", "before", "both"),
     )
     canary_margin: float = _setting(
         0.0,
@@ -307,11 +308,12 @@ class Settings:
         if self.retrain_holdout_steps < 0:
             raise ValueError(f"{env_name('retrain_holdout_steps')} must be 0 or more")
         if self.retrain_holdout_steps == 0 and not (
-            self.canary_mode == "before" and self.canary_s > 0
+            self.canary_mode in ("before", "both") and self.canary_s > 0
         ):
             raise ValueError(
                 f"{env_name('retrain_holdout_steps')}=0 leaves a challenger to its trial alone: "
-                f"it needs {env_name('canary_mode')}=before and {env_name('canary_s')} above 0"
+                f"it needs {env_name('canary_mode')}=before (or both) and {env_name('canary_s')} "
+                "above 0"
             )
         if self.timezone:
             zone_named(self.timezone, env_name("timezone"))

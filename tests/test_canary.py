@@ -229,3 +229,41 @@ def test_a_trial_ends_when_the_registry_goes_back_to_the_serving_model() -> None
     assert pipeline.canary is None and pipeline.forecaster.model_id == "offset@1"
     models, events = stream(pipeline, range(10, 40))
     assert set(models) == {"offset@1"} and events == []
+
+
+class Turning(Offset):
+    """As good as persistence until ``turn_s``, then ``offset`` off: a model that wins its
+    trial and then does worse."""
+
+    def __init__(self, offset: float, version: int, turn_s: int) -> None:
+        super().__init__(offset, version)
+        self.turn_s = turn_s
+
+    def forecast(self, windows: WindowBatch) -> FloatArray:
+        late = np.asarray(windows.last_ts) >= self.turn_s
+        return Persistence.forecast(self, windows) + np.where(late, self.offset, 0.0)[:, None]
+
+
+def test_with_both_a_model_that_won_its_trial_is_watched_and_rolled_back() -> None:
+    registry = CollectorRegistry()
+    pipeline = canary_pipeline(registry, offset=5.0, mode="both")
+    stream(pipeline, range(10))
+    pipeline.swap(Turning(50.0, 2, T0_S + 25 * STEP_S))
+    models, events = stream(pipeline, range(10, 60))
+    # on trial from step 9's time to step 21's; serves, watched, from then to step 33's; back
+    assert models[: 12 * 4] == ["offset@1"] * 48
+    assert set(models[13 * 4 : 24 * 4]) == {"offset@2"} and set(models[26 * 4 :]) == {"offset@1"}
+    assert [v.to_json()["decision"] for v in pipeline.verdicts] == ["promote", "rollback"]
+    [event] = events
+    assert (event.reason, event.model) == (ROLLBACK, "offset@2")
+    assert event.evidence["trial"] is False and event.evidence["previous"] == "offset@1"
+    assert pipeline.forecaster.model_id == "offset@1" and pipeline.canary is None
+
+
+def test_with_both_a_model_that_stays_good_is_kept_after_its_watch() -> None:
+    pipeline = canary_pipeline(CollectorRegistry(), offset=5.0, mode="both")
+    stream(pipeline, range(10))
+    pipeline.swap(Offset(0.0, 2))
+    models, events = stream(pipeline, range(10, 60))
+    assert set(models[13 * 4 :]) == {"offset@2"} and events == []
+    assert [v.to_json()["decision"] for v in pipeline.verdicts] == ["promote", "keep"]

@@ -92,7 +92,7 @@ class Pipeline:
         canary_s: float = 0.0,
         canary_margin: float = 0.0,
         canary_min_pairs: int = 100,
-        canary_mode: str = "before",
+        canary_mode: str = "both",
         columnar: bool = True,
         forecast_batch: bool = False,
         interval_rate: float = 0.05,
@@ -133,7 +133,8 @@ class Pipeline:
         self.canary_s = canary_s  # 0: no canary after a swap
         self.canary_margin = canary_margin
         self.canary_min_pairs = canary_min_pairs
-        self.canary_mode = canary_mode  # before: a trial first; after: serve, then compare
+        # before: a trial first; after: serve, then compare; both: a trial, then compare again
+        self.canary_mode = canary_mode
         self.canary: Canary | None = None
         self.verdicts: list[CanaryVerdict] = []  # every canary's outcome, newest last
         self._inference: ThreadPoolExecutor | None = None  # made on the first chunk
@@ -162,7 +163,14 @@ class Pipeline:
             self.metrics = metrics
             self._restoring = False
 
-    def swap(self, forecaster: Forecaster, *, canary: bool = True, replacing: str = "") -> None:
+    def swap(
+        self,
+        forecaster: Forecaster,
+        *,
+        canary: bool = True,
+        replacing: str = "",
+        watch: bool = False,
+    ) -> None:
         """Serve ``forecaster`` from the next chunk on (call between micro-batches).
 
         The windows stay, so it must read the same window; the errors' monitors start over.
@@ -170,7 +178,9 @@ class Pipeline:
         same targets for that long (``Canary``): with ``canary_mode`` "after", the replaced model
         keeps forecasting in the shadow, and if the new one is worse the pipeline swaps back;
         with "before", the new one forecasts in the shadow first (a trial) and is swapped in
-        only if it did no worse. Either way a worse new model gives a ``rollback`` event. A
+        only if it did no worse; with "both", a new model that won its trial is watched as
+        "after" watches (``watch``: the swap that ends a trial), because the hours after a
+        trial may differ from its own. Either way a worse new model gives a ``rollback`` event. A
         model already served is not swapped in again; asked for as the rollback of the model on
         trial (``replacing``: another worker rejected it), it ends that trial.
         """
@@ -190,7 +200,7 @@ class Pipeline:
                 f"{old.window}, {old.horizon}: restart the workers to change them"
             )
         compare = canary and self.canary_s > 0
-        trial = compare and self.canary_mode == "before"
+        trial = compare and self.canary_mode in ("before", "both") and not watch
         self.canary = None
         if compare:
             self.canary = Canary(
@@ -667,7 +677,8 @@ class Pipeline:
             canary.horizon, verdict.decision,
         )  # fmt: skip
         if canary.shadow is not None and verdict.rollback != verdict.trial:
-            self.swap(canary.shadow, canary=False)  # back after a swap; in after a trial
+            watch = verdict.trial and self.canary_mode == "both"  # in after a trial, watched
+            self.swap(canary.shadow, canary=watch, watch=watch)  # or back after a swap
         if verdict.rollback:  # the registry goes back to the model that serves now
             detected_at = format_ts(round(verdict.decided_s * 1000))
             network = self.network or "default"
