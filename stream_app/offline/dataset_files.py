@@ -979,22 +979,14 @@ def _long_layout(
     joined them), a column that names the sensor (``_sensor_column``) and columns of numbers.
     Its time, sensor, number and text columns; None for any other layout (a wide file's
     times never repeat)."""
-    if len(header) < 3 or not rows:
+    time = _time_column(header, rows) if len(header) >= 3 else None
+    if time is None:
         return None
-    times = [j for j, name in enumerate(header) if _label(name) in TIME_COLUMNS]
-    times = times or [j for j, cell in enumerate(rows[0]) if _is_time(cell)]
-    if len(times) != 1:
-        return None
-    time = times[0]
     n_times = len({row[time] for row in rows})
     if n_times == len(rows):
         return None  # a wide file's times never repeat: it is read as one, once
     rest = [j for j in range(len(header)) if j != time]
-    sample = rows[:: max(1, len(rows) // 2000)]  # a column of text: no number in 2,000 rows
-    text = [
-        j for j in rest
-        if not any((c := _normalised(row[j], commas)) != "nan" and _is_number(c) for row in sample)
-    ]  # fmt: skip
+    text = _text_columns(rows, rest, commas)
     sensor = _sensor_column(header, rows, time, rest, text, n_times)
     if sensor is None:
         return None
@@ -1006,6 +998,25 @@ def _long_layout(
         numbers = [j for j in numbers if j not in fixed]
         text = [*text, *fixed]
     return (time, sensor, numbers, [j for j in text if j != sensor]) if numbers else None
+
+
+def _time_column(header: list[str], rows: list[list[str]]) -> int | None:
+    """The one column named as times (``TIME_COLUMNS``), else the one whose first cell is a
+    time; None where there is none, or more than one."""
+    if not rows:
+        return None
+    times = [j for j, name in enumerate(header) if _label(name) in TIME_COLUMNS]
+    times = times or [j for j, cell in enumerate(rows[0]) if _is_time(cell)]
+    return times[0] if len(times) == 1 else None
+
+
+def _text_columns(rows: list[list[str]], columns: list[int], commas: str) -> list[int]:
+    """The columns of text among ``columns``: no number in 2,000 rows spread over the file."""
+    sample = rows[:: max(1, len(rows) // 2000)]
+    return [
+        j for j in columns
+        if not any((c := _normalised(row[j], commas)) != "nan" and _is_number(c) for row in sample)
+    ]  # fmt: skip
 
 
 def _fixed_per_sensor(rows: list[list[str]], sensor: int, column: int) -> bool:
@@ -1041,21 +1052,12 @@ def _melted_layout(
     for any other layout. The sensor is the coarsest column with which a time and a variable
     name one reading (but for 10 %: repeats are averaged). Without a sensor
     (``date,element,value``) it is a long file whose sensors are the variables."""
-    if len(header) < 4 or not rows:
-        return None
-    times = [j for j, name in enumerate(header) if _label(name) in TIME_COLUMNS]
-    times = times or [j for j, cell in enumerate(rows[0]) if _is_time(cell)]
-    if len(times) != 1:
-        return None
-    time = times[0]
-    if 2 * len({row[time] for row in rows}) > len(rows):
+    time = _time_column(header, rows) if len(header) >= 4 else None
+    if time is None or 2 * len({row[time] for row in rows}) > len(rows):
         return None  # a wide file's times never repeat; a melted one's hold several readings
     sample = rows[:: max(1, len(rows) // 2000)]
     rest = [j for j in range(len(header)) if j != time]
-    text = [
-        j for j in rest
-        if not any((c := _normalised(row[j], commas)) != "nan" and _is_number(c) for row in sample)
-    ]  # fmt: skip
+    text = _text_columns(rows, rest, commas)
     variable = _variable_column(header, rows, text)
     numeric = [j for j in rest if j not in text]
     named = [j for j in numeric if _label(header[j]) in VALUE_WORDS]
