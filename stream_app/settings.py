@@ -307,9 +307,7 @@ class Settings:
                 raise ValueError(f"{env_name(name)}={value!r} must be a finite number >= 0")
         if self.retrain_holdout_steps < 0:
             raise ValueError(f"{env_name('retrain_holdout_steps')} must be 0 or more")
-        if self.retrain_holdout_steps == 0 and not (
-            self.canary_mode in ("before", "both") and self.canary_s > 0
-        ):
+        if self.retrain_holdout_steps == 0 and not self.trial_first:
             raise ValueError(
                 f"{env_name('retrain_holdout_steps')}=0 leaves a challenger to its trial alone: "
                 f"it needs {env_name('canary_mode')}=before (or both) and {env_name('canary_s')} "
@@ -345,6 +343,11 @@ class Settings:
             self.retrain_topic,
             self.models_topic,
         )
+
+    @property
+    def trial_first(self) -> bool:
+        """Whether a new version forecasts in the shadow before it serves (a trial)."""
+        return self.canary_mode in ("before", "both") and self.canary_s > 0
 
     @property
     def model_path(self) -> Path | None:

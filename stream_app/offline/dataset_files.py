@@ -238,9 +238,9 @@ def _read_table(
     if tuple(h.lower() for h in header) == LONG_HEADER:
         return _read_long(rows[1:], file, commas, bin_s=bin_s)
     header, body = _time_first(header, rows[1:], file)
-    at = _elapsed_column(header, body)
-    unit = None if at is None else ELAPSED_UNITS[_elapsed_name(header[at])]
-    if at is not None and unit is not None:  # since a moment the data does not say: --start
+    elapsed = _elapsed_column(header, body)
+    if elapsed is not None:  # since a moment the data does not say: --start
+        at, unit = elapsed
         header = [header[at], *_without(header, [at])]
         body = [[_elapsed_time(row[at], unit, file), *_without(row, [at])] for row in body]
     melted = _melted_layout(header, body, commas)
@@ -253,17 +253,18 @@ def _read_table(
         grid = _read_melted(header, body, melted, file, commas, bin_s)
     else:
         grid = _read_wide(header, body, file, commas, bin_s)
-    return replace(grid, elapsed=header[0]) if unit is not None else grid
+    return replace(grid, elapsed=header[0]) if elapsed is not None else grid
 
 
 def _elapsed_name(name: str) -> str:
     return _label(name).removeprefix("elapsed_").removeprefix("elapsed ")
 
 
-def _elapsed_column(header: list[str], rows: list[list[str]]) -> int | None:
-    """The column of elapsed times (``ELAPSED_UNITS``): the first when it is named so, else
-    the only one named so; every cell a number, the least under three years. None where
-    there is none, or where the first column holds times of its own."""
+def _elapsed_column(header: list[str], rows: list[list[str]]) -> tuple[int, int] | None:
+    """The column of elapsed times and its seconds per unit (``ELAPSED_UNITS``): the first
+    column when it is named so, else the only one named so; every cell a number, the least
+    under three years. None where there is none, or where the first column holds times of
+    its own."""
     named = [j for j, name in enumerate(header) if _elapsed_name(name) in ELAPSED_UNITS]
     if not named or not rows or (named[0] != 0 and len(named) > 1):
         return None
@@ -272,8 +273,9 @@ def _elapsed_column(header: list[str], rows: list[list[str]]) -> int | None:
     at = named[0]
     if not all(_is_number(row[at]) for row in rows):
         return None
-    least = min(float(row[at]) for row in rows) * ELAPSED_UNITS[_elapsed_name(header[at])]
-    return at if least < EPOCH_S[0] else None  # years on: a count since the epoch, not elapsed
+    unit = ELAPSED_UNITS[_elapsed_name(header[at])]
+    least = min(float(row[at]) for row in rows) * unit
+    return (at, unit) if least < EPOCH_S[0] else None  # years on: a count since the epoch
 
 
 def _elapsed_time(cell: str, unit: int, file: Path) -> str:

@@ -327,8 +327,7 @@ async def _stream(
     worker, retrainer = workers
     _cancel_on_signals(asyncio.current_task())
     observed = Observed()
-    trial = settings.canary_mode in ("before", "both")
-    shadow_s = settings.canary_s if trial else 0.0  # the trial's
+    shadow_s = settings.canary_s if settings.trial_first else 0.0  # the trial's
     trial_steps = ceil(shadow_s / plan.dataset.step_s) + plan.horizon
     paced_from_s = int(plan.dataset.start.timestamp()) + plan.fast_steps * plan.dataset.step_s
     hold = _Hold(observed, retrain_log, say, end=plan.steps, trial_steps=trial_steps,
@@ -467,8 +466,7 @@ def _model_update(update: dict[str, Any], settings: Settings) -> str:
         if "challenger_mae" in v
         else "no holdout"
     )
-    trial = settings.canary_mode in ("before", "both") and settings.canary_s > 0
-    then = "workers try it in the shadow" if trial else "workers swap"
+    then = "workers try it in the shadow" if settings.trial_first else "workers swap"
     return f"  MODEL   {update['model']} published ({judged}); {then}"
 
 
