@@ -119,9 +119,9 @@ def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics)
             )
         )
     if settings.drift_feedback_gain > 0:
-        feedback = ErrorFeedback(forecaster.horizon, settings.drift_feedback_gain)
-        pipeline.correct_with(feedback)
-        sink.on_detection = feedback.activate
+        pipeline.correct_with(ErrorFeedback(forecaster.horizon, settings.drift_feedback_gain))
+    pipeline.reanchor = settings.drift_reanchor == "on"
+    sink.on_detection = pipeline.drifted
     return pipeline
 
 

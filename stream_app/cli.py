@@ -340,6 +340,7 @@ _VERBS: dict[str, tuple[Command, str, Sequence[str] | None, Callable[..., None]]
             "drift_warmup",
             "drift_cooldown",
             "drift_feedback_gain",
+            "drift_reanchor",
             "retrain_cooldown_s",
             "retrain_min_sensors",
             "retrain_min_share",

@@ -179,6 +179,14 @@ class Settings:
         "model swap, at each horizon step by the errors of both there, averaged at this rate a "
         "scored actual (0: off)",
     )
+    drift_reanchor: str = _setting(
+        "off",
+        "on: after a sensor's monitor fires on a sudden step in its level, larger than any "
+        "change of the day before, move its history to the new level (undone if the readings "
+        "come back), so that the model reads one series; for sensors that get re-installed or "
+        "re-calibrated, not for traffic whose congestion comes and goes",
+        choices=("on", "off"),
+    )
     reading_checks: str = _setting(
         "stuck,range,noise",
         "checks on each sensor's readings, comma-separated (empty: none): stuck (the same value "

@@ -114,16 +114,20 @@ def test_the_worker_wires_feedback_to_the_drift_monitors_only_when_asked() -> No
     from stream_app.core.drift import DriftSink
     from stream_app.core.forecasters import Persistence
     from stream_app.core.metrics import Metrics
+    from stream_app.core.pipeline import Pipeline
     from stream_app.settings import Settings
 
-    def built(gain: float) -> tuple[ErrorFeedback | None, DriftSink]:
-        pipeline = build_pipeline(
+    def built(gain: float) -> Pipeline:
+        return build_pipeline(
             Settings(drift_feedback_gain=gain), Persistence(12, 12), Metrics(CollectorRegistry())
         )
-        sink = next(s for s in pipeline.sinks if isinstance(s, DriftSink))
-        return pipeline.feedback, sink
 
-    off, sink = built(0.0)
-    assert off is None and sink.on_detection is None
-    on, sink = built(0.3)
-    assert on is not None and on.rate == 0.3 and sink.on_detection == on.activate
+    off = built(0.0)
+    assert off.feedback is None
+    on = built(0.3)
+    assert on.feedback is not None and on.feedback.rate == 0.3
+    sink = next(s for s in on.sinks if isinstance(s, DriftSink))
+    assert sink.on_detection == on.drifted  # which activates the feedback
+    on.reanchor = False
+    on.drifted(5)
+    assert on.feedback.active == 1 and not off.feedback

@@ -147,7 +147,8 @@ def test_corrupted_replay_every_good_full_window_forecasts_every_bad_message_dea
     assert 0.009 < bad_count / len(messages) < 0.011
 
     log_path = tmp_path / "worker.log"
-    settings = worker_settings(broker, names, drift_feedback_gain=0.0)  # persistence's own values
+    # persistence's own values: no error feedback, no re-anchored context
+    settings = worker_settings(broker, names, drift_feedback_gain=0.0, drift_reanchor="off")
     with WorkerProcess(settings, log_path=log_path) as worker:
         asyncio.run(publish(broker.bootstrap_servers, names["ticks"], messages))
         forecasts = asyncio.run(

@@ -103,8 +103,10 @@ def test_the_universal_model_live_equals_offline_with_and_without_neighbours(
     steps = pems08.n_steps - first
     names = topics(broker)
     extra: dict[str, object] = {"graph": str(graph), "keyed": "network"} if graph else {}
-    # the error feedback corrects drifting sensors' forecasts live, which offline has no way to
+    # the error feedback corrects drifting sensors' forecasts live, and re-anchoring moves their
+    # contexts, which offline does not do
     extra["drift_feedback_gain"] = 0.0
+    extra["drift_reanchor"] = "off"
     settings = worker_settings(broker, names, model_dir="universal", step_s=300, **extra)
     expected = (steps - 12 + 1) * pems08.n_sensors  # forecasts from the 12th reading on
     with WorkerProcess(settings, log_path=tmp_path / "worker.log") as worker:

@@ -92,6 +92,10 @@ ADDED_WHY: dict[str, tuple[set[str], str]] = {
         set(),
         "issue 18: a metric counts forecasts made without neighbours",
     ),
+    "stcast_reanchored_total": (
+        set(),
+        "issue 19: detections that moved a sensor's history to a new level it stepped to",
+    ),
 }
 ADDED = {name: frozenset(labels) for name, (labels, _) in ADDED_WHY.items()}
 

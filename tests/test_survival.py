@@ -91,7 +91,7 @@ class Run:
         self.settings = worker_settings(
             broker, self.names, model_dir=str(model_dir), step_s=0,
             session_timeout_s=SESSION_TIMEOUT_S, shutdown_timeout_s=20.0,
-            drift_feedback_gain=0.0,
+            drift_feedback_gain=0.0, drift_reanchor="off",
         )  # fmt: skip
         self.logs = logs
         self.workers: dict[str, WorkerProcess] = {}

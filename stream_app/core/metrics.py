@@ -117,6 +117,13 @@ class Metrics:
         self.drift_detected = Counter(
             "drift_detected", "Drift detections", namespace=PREFIX, registry=registry
         )
+        self.reanchored = Counter(
+            "reanchored",
+            "Drift detections that found a step in a sensor's level and moved its history to "
+            "the new level",
+            namespace=PREFIX,
+            registry=registry,
+        )
         self.reading_faults = Counter(
             "reading_faults",
             "Faults the readings monitors found (stuck: the same value repeated, range: far "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from array import array
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -43,7 +44,7 @@ from .chunks import (
     ticks_of,
 )
 from .contexts import NeighbourTable, local_seconds
-from .feedback import ErrorFeedback
+from .feedback import ErrorFeedback, level_shift
 from .forecasters import FloatArray, Forecaster, IntArray, QuantileForecaster, WindowBatch
 from .metrics import Metrics
 from .readings import ReadingSink
@@ -61,10 +62,18 @@ from .records import (
     tick_from_row,
 )
 from .retrain_events import ROLLBACK, RetrainEvent, event_id
-from .scoring import IntervalCalibration, PendingForecasts, RollingMAE, Scores, ScoreSink
+from .scoring import NEVER, IntervalCalibration, PendingForecasts, RollingMAE, Scores, ScoreSink
 from .windows import Impute, RollingWindow, Sensors, SensorState
 
 log = logging.getLogger(__name__)
+
+# Generations with a new reading in which a drifting sensor's step is looked for: the one whose
+# actual fired its monitor, often the step's first reading, and two more (``level_shift`` needs
+# two readings after a step to tell it from a spike).
+ANCHOR_TRIES = 3
+# Readings in a row back at the level before a step that undo its move (``_check_anchor``).
+RETURNS = 2
+
 _BIG = 2**1000  # an integer reading smaller than this in magnitude is a finite float
 BoolArray = npt.NDArray[np.bool_]
 
@@ -129,6 +138,9 @@ class Pipeline:
         self._restoring = False
         self._retrain_events: list[tuple[bytes, bytes]] = []
         self.feedback: ErrorFeedback | None = None
+        self.reanchor = False  # move a drifting sensor's history to its new level (drifted)
+        self._anchoring: dict[int, tuple[int, int]] = {}  # row: (slot last tried, tries left)
+        self._anchored: dict[int, _Anchor] = {}  # rows whose history was moved, to undo
         self.readings: ReadingSink | None = None
         self.canary_s = canary_s  # 0: no canary after a swap
         self.canary_margin = canary_margin
@@ -230,6 +242,77 @@ class Pipeline:
         learns how much from each generation's scores (``_settle``), in restores too."""
         self.feedback = feedback
 
+    def drifted(self, row: int) -> None:
+        """A sensor's drift monitor fired (live or in a restore): start its error feedback
+        and, where ``reanchor``, move its history to a level it has stepped to
+        (``feedback.level_shift``). Its next forecasts but one read the moved context: the
+        next chunk may be in inference already."""
+        if self.feedback is not None:
+            self.feedback.activate(row)
+        if self.reanchor:
+            self._anchoring[row] = (NEVER, ANCHOR_TRIES)
+            self._reanchor(row)
+
+    def _reanchor(self, row: int) -> None:
+        """Look for the step once more, if the row has a new reading since the last try."""
+        window = self._sensors.window_of(self._sensors.sensor_at(row))
+        tried, left = self._anchoring[row]
+        if window is None or window.newest is None or window.newest == tried:
+            return
+        n = min(self.forecaster.horizon - 1, window.length)
+        slots = np.arange(window.newest - n + 1, window.newest + 1, dtype=np.int64)
+        values = np.frombuffer(window.buffer, dtype=np.float64)
+        recent, history = values[-n:].copy(), values[:-n].copy()
+        found = level_shift(recent, self.pending.made(row, slots - 1), history)
+        if found is None:
+            if left > 1:
+                self._anchoring[row] = (window.newest, left - 1)
+            else:
+                del self._anchoring[row]
+            return
+        del self._anchoring[row]
+        start, jump = found
+        since = int(slots[start])
+        moved = window.shift_before(since, jump)
+        self._anchored[row] = _Anchor(since, jump, window.newest)
+        if self.metrics is not None and not self._restoring:
+            self.metrics.reanchored.inc()
+        log.info(
+            "%s stepped by %+.4g from %s: its %d readings before moved to the new level",
+            self._sensors.sensor_at(row), jump, format_ts(since * self._step_ms), moved,
+        )  # fmt: skip
+
+    def _check_anchor(self, row: int) -> None:
+        """Undo a row's move once its readings come back to the level before the step: the
+        newest nearer the moved context's forecast less the jump than the forecast itself,
+        ``RETURNS`` times running. Forget it once the step's start has left the window."""
+        anchor = self._anchored[row]
+        window = self._sensors.window_of(self._sensors.sensor_at(row))
+        if (
+            window is None
+            or window.newest is None
+            or window.newest - window.length + 1 >= anchor.since
+        ):
+            del self._anchored[row]
+            return
+        if window.newest == anchor.checked:
+            return
+        anchor.checked = window.newest
+        reading = window.buffer[-1]
+        forecast = float(self.pending.made(row, np.array([window.newest - 1]))[0, 0])
+        if not (math.isfinite(reading) and math.isfinite(forecast)):
+            return
+        back = abs(reading - (forecast - anchor.jump)) < abs(reading - forecast)
+        anchor.returns = anchor.returns + 1 if back else 0
+        if anchor.returns >= RETURNS:
+            window.shift_before(anchor.since, -anchor.jump)
+            del self._anchored[row]
+            log.info(
+                "%s came back from its step of %+.4g at %s: its history moved back",
+                self._sensors.sensor_at(row), anchor.jump,
+                format_ts(window.newest * self._step_ms),
+            )  # fmt: skip
+
     def watch_readings(self, sink: ReadingSink) -> None:
         """Hand every real reading to ``sink`` (the readings monitors), in arrival order; the
         forecasts of a sensor it finds stuck carry ``"quarantined": "stuck"``."""
@@ -293,6 +376,9 @@ class Pipeline:
 
     def _release(self, rows: list[int]) -> None:
         self.pending.clear(rows)
+        for row in rows:
+            self._anchoring.pop(row, None)
+            self._anchored.pop(row, None)
         for sink in self.sinks:
             sink.forget(rows)
         if self.feedback is not None:
@@ -831,6 +917,10 @@ class Pipeline:
     def _watch(self, scores: Scores) -> None:
         if not len(scores):
             return
+        for row in list(self._anchoring):  # a step needs readings after it to be told apart
+            self._reanchor(row)
+        for row in list(self._anchored):
+            self._check_anchor(row)
         if self._restoring:  # published before; only state that learns from them rebuilds
             for sink in self.sinks:
                 replay = getattr(sink, "replay", None)
@@ -939,3 +1029,13 @@ def readiness(forecaster: Forecaster) -> tuple[bool, int]:
     if card is not None and card.kind == UNIVERSAL:
         return False, card.warmup
     return True, forecaster.window
+
+
+@dataclass
+class _Anchor:
+    """A row's moved history: the step's first slot, its size, and what was checked since."""
+
+    since: int
+    jump: float
+    checked: int  # the newest slot looked at
+    returns: int = 0  # readings in a row back at the level before the step

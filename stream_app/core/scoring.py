@@ -81,6 +81,18 @@ class PendingForecasts:
         if self._model is not None:
             self._model[sensors, rows] = values if model is None else model
 
+    def made(self, sensor: int, slots: IntArray) -> FloatArray:
+        """(len(slots), horizon): the model's own forecasts of row ``sensor`` made at
+        ``slots``, NaN rows where none is held (the ring keeps the newest ``horizon``)."""
+        out = np.full((len(slots), self.horizon), np.nan)
+        if sensor >= len(self._made_at):
+            return out
+        rows = slots % self.horizon
+        held = self._made_at[sensor, rows] == slots
+        values = self._values if self._model is None else self._model
+        out[held] = values[sensor, rows[held]]
+        return out
+
     def clear(self, sensors: list[int]) -> None:
         """Forget the forecasts of these sensor rows (the rows are about to be reused)."""
         known = [row for row in sensors if row < len(self._made_at)]

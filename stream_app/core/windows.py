@@ -94,6 +94,27 @@ class RollingWindow:
         """True when every slot holds a reading or an imputed value."""
         return self._holes == 0
 
+    def shift_before(self, slot: int, amount: float) -> int:
+        """Add ``amount`` to every value of the slots before ``slot`` (re-anchoring after a
+        change of level); return how many moved.
+
+        >>> w = RollingWindow(length=4)
+        >>> [w.add(slot, value) for slot, value in [(0, 1.0), (1, 2.0), (2, 9.0), (3, 9.5)]]
+        [0, 0, 0, 0]
+        >>> w.shift_before(2, 7.0), w.values
+        (2, [8.0, 9.0, 9.0, 9.5])
+        """
+        if self.newest is None:
+            return 0
+        end = min(max(self.length - 1 - (self.newest - slot), 0), self.length)
+        values = self._values
+        moved = 0
+        for index in range(end):
+            if values[index] == values[index]:  # not a hole
+                values[index] += amount
+                moved += 1
+        return moved
+
     def add(self, slot: int, value: float | None) -> int:
         """Place a reading (None: reported missing); return how many values it let us impute.
 

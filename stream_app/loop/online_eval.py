@@ -174,7 +174,7 @@ def stream_policy(
     run = Run()
     serving = model_dir
     if policy not in ("stcast", "feedback"):  # error feedback is stcast's fast reaction
-        settings = settings.replace(drift_feedback_gain=0.0)
+        settings = settings.replace(drift_feedback_gain=0.0, drift_reanchor="off")
     pipeline = _pipeline(settings, serving, run)
     directory = {pipeline.forecaster.model_id: serving}
     run.served.append((0, pipeline.forecaster.model_id))
@@ -250,7 +250,8 @@ def _forecasts_between(
     """A model's forecasts made at steps ``start`` to ``end`` (exclusive), from a pipeline that
     read the stream from a full context before ``start`` (no retrains, no canary)."""
     run = Run()
-    quiet = settings.replace(drift_feedback_gain=0.0)  # it never swaps: no canary either
+    # the model's own forecasts: no error feedback, no re-anchoring; it never swaps: no canary
+    quiet = settings.replace(drift_feedback_gain=0.0, drift_reanchor="off")
     pipeline = _pipeline(quiet, model_dir, run)
     column = {sensor: i for i, sensor in enumerate(stream.sensors)}
     times = stream.timestamps()
