@@ -98,23 +98,32 @@ class WindowMean:
         return np.repeat(mean, self.horizon, axis=1)
 
 
-def stream(
-    reanchor: str, steps: int = 140, onset: int = 100, end: int | None = None, window: int = 48
-) -> tuple[list[float], Pipeline]:
-    """One sensor at 100 with noise, stepping to 300 from ``onset`` to ``end``; the forecasts
-    of the next step, from the ``window``-th on."""
+def built(reanchor: str, window: int = 48) -> Pipeline:
     settings = Settings(drift_warmup=30, drift_reanchor=reanchor, drift_feedback_gain=0.0)
-    registry = CollectorRegistry()
     forecaster = WindowMean(window)
-    pipeline = build_pipeline(settings.replace(step_s=STEP_S), forecaster, Metrics(registry))
+    return build_pipeline(settings.replace(step_s=STEP_S), forecaster, Metrics(CollectorRegistry()))
+
+
+def ticks(steps: int = 140, onset: int = 100, end: int | None = None) -> list[Incoming]:
+    """One sensor at 100 with noise, stepping to 300 from ``onset`` to ``end``."""
     rng = np.random.default_rng(3)
     values = 100.0 + rng.normal(size=steps) * 2.0
     values[onset:end] += 200.0
-    made = []
+    messages = []
     for t, value in enumerate(values.tolist()):
         tick: dict[str, Any] = {"sensor": "s1", "value": value}
         tick["ts"] = format_ts((T0_S + t * STEP_S) * 1000)
-        message = Incoming("stcast.ticks", 0, t, b"s1", json.dumps(tick).encode())
+        messages.append(Incoming("stcast.ticks", 0, t, b"s1", json.dumps(tick).encode()))
+    return messages
+
+
+def stream(
+    reanchor: str, steps: int = 140, onset: int = 100, end: int | None = None, window: int = 48
+) -> tuple[list[float], Pipeline]:
+    """The forecasts of the next step, from the ``window``-th reading on, of ``ticks``."""
+    pipeline = built(reanchor, window)
+    made = []
+    for message in ticks(steps, onset, end):
         for output in pipeline.step([message]):
             for _, raw in output.forecasts:
                 made.append(json.loads(raw)["values"][0])
@@ -156,3 +165,28 @@ def test_a_step_that_ends_is_undone() -> None:
     # two readings back at the old level undo the move: the same context as never moved
     np.testing.assert_allclose(moved[125 - first :], kept[125 - first :], atol=1e-6)
     assert not np.allclose(moved[121 - first], kept[121 - first], atol=1.0)
+
+
+def test_a_restore_moves_the_history_again_where_the_replay_fires_the_monitor() -> None:
+    messages = ticks(steps=240, onset=200)
+    handover = 210  # after the move (within a few steps of the onset)
+
+    def served(pipeline: Pipeline, part: list[Incoming]) -> list[float]:
+        return [
+            json.loads(raw)["values"][0]
+            for message in part
+            for output in pipeline.step([message])
+            for _, raw in output.forecasts
+        ]
+
+    whole = built("on")
+    served(whole, messages[:handover])
+    expected = served(whole, messages[handover:])
+    restored, unmoved = built("on"), built("off")
+    span_steps = restored.history_span_s // STEP_S
+    for pipeline in (restored, unmoved):
+        pipeline.restore(messages[handover - span_steps : handover])
+    assert 0 < handover - span_steps < 200 - 48 - 30  # the monitors warm up in the replay
+    assert np.allclose(served(restored, messages[handover:]), expected)
+    assert np.all(np.abs(np.array(expected) - 300.0) < 5.0)  # from a history moved to 300
+    assert np.all(np.array(served(unmoved, messages[handover:])) < 290.0)

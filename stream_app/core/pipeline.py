@@ -141,6 +141,7 @@ class Pipeline:
         self.reanchor = False  # move a drifting sensor's history to its new level (drifted)
         self._anchoring: dict[int, tuple[int, int]] = {}  # row: (slot last tried, tries left)
         self._anchored: dict[int, _Anchor] = {}  # rows whose history was moved, to undo
+        self._scored: tuple[IntArray, IntArray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         self.readings: ReadingSink | None = None
         self.canary_s = canary_s  # 0: no canary after a swap
         self.canary_margin = canary_margin
@@ -254,19 +255,22 @@ class Pipeline:
             self._reanchor(row)
 
     def _reanchor(self, row: int) -> None:
-        """Look for the step once more, if the row has a new reading since the last try."""
+        """Look for the step once more, if the row has a reading in this generation."""
         window = self._sensors.window_of(self._sensors.sensor_at(row))
         tried, left = self._anchoring[row]
-        if window is None or window.newest is None or window.newest == tried:
+        slot = self._scored_slot(row)
+        if window is None or slot is None or slot == tried:
             return
         n = min(self.forecaster.horizon - 1, window.length)
-        slots = np.arange(window.newest - n + 1, window.newest + 1, dtype=np.int64)
-        values = np.frombuffer(window.buffer, dtype=np.float64)
-        recent, history = values[-n:].copy(), values[:-n].copy()
-        found = level_shift(recent, self.pending.made(row, slots - 1), history)
+        values = _up_to(window, slot)  # a chunk's later readings may be placed already
+        recent, history = values[-n:], values[:-n]
+        slots = np.arange(slot - n + 1, slot + 1, dtype=np.int64)
+        found = None
+        if len(recent) == n:
+            found = level_shift(recent, self.pending.made(row, slots - 1), history)
         if found is None:
             if left > 1:
-                self._anchoring[row] = (window.newest, left - 1)
+                self._anchoring[row] = (slot, left - 1)
             else:
                 del self._anchoring[row]
             return
@@ -274,7 +278,7 @@ class Pipeline:
         start, jump = found
         since = int(slots[start])
         moved = window.shift_before(since, jump)
-        self._anchored[row] = _Anchor(since, jump, window.newest)
+        self._anchored[row] = _Anchor(since, jump, slot)
         if self.metrics is not None and not self._restoring:
             self.metrics.reanchored.inc()
         log.info(
@@ -288,18 +292,18 @@ class Pipeline:
         ``RETURNS`` times running. Forget it once the step's start has left the window."""
         anchor = self._anchored[row]
         window = self._sensors.window_of(self._sensors.sensor_at(row))
-        if (
-            window is None
-            or window.newest is None
-            or window.newest - window.length + 1 >= anchor.since
-        ):
+        slot = self._scored_slot(row)
+        if window is None or window.newest is None:
             del self._anchored[row]
             return
-        if window.newest == anchor.checked:
+        if window.newest - window.length + 1 >= anchor.since:
+            del self._anchored[row]  # nothing from before the step is left
             return
-        anchor.checked = window.newest
-        reading = window.buffer[-1]
-        forecast = float(self.pending.made(row, np.array([window.newest - 1]))[0, 0])
+        if slot is None or slot == anchor.checked:
+            return
+        anchor.checked = slot
+        reading = float(_up_to(window, slot)[-1])
+        forecast = float(self.pending.made(row, np.array([slot - 1]))[0, 0])
         if not (math.isfinite(reading) and math.isfinite(forecast)):
             return
         back = abs(reading - (forecast - anchor.jump)) < abs(reading - forecast)
@@ -309,9 +313,14 @@ class Pipeline:
             del self._anchored[row]
             log.info(
                 "%s came back from its step of %+.4g at %s: its history moved back",
-                self._sensors.sensor_at(row), anchor.jump,
-                format_ts(window.newest * self._step_ms),
+                self._sensors.sensor_at(row), anchor.jump, format_ts(slot * self._step_ms),
             )  # fmt: skip
+
+    def _scored_slot(self, row: int) -> int | None:
+        """The slot of the row's actual in the generation being watched, if it has one."""
+        rows, slots = self._scored
+        at = np.flatnonzero(rows == row)
+        return int(slots[at[-1]]) if len(at) else None
 
     def watch_readings(self, sink: ReadingSink) -> None:
         """Hand every real reading to ``sink`` (the readings monitors), in arrival order; the
@@ -840,6 +849,7 @@ class Pipeline:
                 self.pending.add(made_by[new], made_at[new], values[new], last[new], interval, own)
                 if chunk.shadow is not None and self.canary is not None:
                     self.canary.add(made_by[new], made_at[new], values[new], chunk.shadow[new])
+            self._scored = (sensors[now], slots[now])  # for re-anchoring (``drifted``)
             self._watch(settled)
         self._score(Scores.in_arrival_order(scores))
 
@@ -1039,3 +1049,10 @@ class _Anchor:
     jump: float
     checked: int  # the newest slot looked at
     returns: int = 0  # readings in a row back at the level before the step
+
+
+def _up_to(window: RollingWindow, slot: int) -> FloatArray:
+    """The window's values up to ``slot`` (a copy), oldest first."""
+    values = np.frombuffer(window.buffer, dtype=np.float64)
+    newest = window.newest if window.newest is not None else slot
+    return values[: max(len(values) - (newest - slot), 0)].copy()
