@@ -190,3 +190,41 @@ def test_a_restore_moves_the_history_again_where_the_replay_fires_the_monitor() 
     assert np.allclose(served(restored, messages[handover:]), expected)
     assert np.all(np.abs(np.array(expected) - 300.0) < 5.0)  # from a history moved to 300
     assert np.all(np.array(served(unmoved, messages[handover:])) < 290.0)
+
+
+class TurnsContrary(WindowMean):
+    """The window's mean, until ``turn``: then 400 less it (a model the move misleads)."""
+
+    def __init__(self, turn_ts: int) -> None:
+        super().__init__(48)
+        self.turn_ts = turn_ts
+
+    def forecast(self, windows: WindowBatch) -> FloatArray:
+        mean = super().forecast(windows)
+        late = (windows.last_ts >= self.turn_ts)[:, None]
+        return np.where(late, 400.0 - mean, mean)
+
+
+def test_a_move_whose_forecasts_do_worse_than_the_history_as_it_came_is_undone() -> None:
+    def run_with(reanchor: str) -> list[float]:
+        settings = Settings(drift_warmup=30, drift_reanchor=reanchor, drift_feedback_gain=0.0)
+        turn = T0_S + 104 * STEP_S  # after the move, so that the move is found as before
+        forecaster = TurnsContrary(turn)
+        pipeline = build_pipeline(
+            settings.replace(step_s=STEP_S), forecaster, Metrics(CollectorRegistry())
+        )
+        made = []
+        for message in ticks(steps=160, onset=100):  # the step lasts: no reading comes back
+            for output in pipeline.step([message]):
+                made += [json.loads(raw)["values"][0] for _, raw in output.forecasts]
+        assert pipeline.metrics is not None
+        moves = pipeline.metrics.registry.get_sample_value("stcast_reanchored_total")
+        assert moves == (1 if reanchor == "on" else 0)
+        return made
+
+    moved, kept = run_with("on"), run_with("off")
+    first = 47
+    # while it is judged the moved history's forecasts are the contrary model's worst
+    assert np.all(np.abs(np.array(moved[106 - first : 110 - first]) - 100.0) < 10.0)
+    # judged after 36 pairs (its first 8 steps), undone: the history as it came from then on
+    np.testing.assert_allclose(moved[115 - first :], kept[115 - first :], atol=1e-6)

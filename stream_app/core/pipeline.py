@@ -21,7 +21,7 @@ import time
 from array import array
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any, cast
 
@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 ANCHOR_TRIES = 3
 # Readings in a row back at the level before a step that undo its move (``_check_anchor``).
 RETURNS = 2
+# Forecast pairs, from the moved and from the unmoved history, scored before a move is judged:
+# the pairs of its first 8 steps (1 + 2 + ... + 8 horizons).
+JUDGE_PAIRS = 36
 
 _BIG = 2**1000  # an integer reading smaller than this in magnitude is a finite float
 BoolArray = npt.NDArray[np.bool_]
@@ -286,35 +289,83 @@ class Pipeline:
             self._sensors.sensor_at(row), jump, format_ts(since * self._step_ms), moved,
         )  # fmt: skip
 
-    def _check_anchor(self, row: int) -> None:
-        """Undo a row's move once its readings come back to the level before the step: the
-        newest nearer the moved context's forecast less the jump than the forecast itself,
-        ``RETURNS`` times running. Forget it once the step's start has left the window."""
+    def _check_anchor(self, row: int) -> bool:
+        """Judge a row's move, then watch for a return; True where it still needs a forecast
+        from each history (``_shadow_forecasts``).
+
+        Judged: once ``JUDGE_PAIRS`` of its actuals have scored forecasts made from the moved
+        history and from the history as it came, a move whose forecasts did worse is undone.
+        Then, undone once its readings come back to the level before the step: the newest
+        nearer the moved context's forecast less the jump than the forecast itself, ``RETURNS``
+        times running. Forgotten once the step's start has left the window."""
         anchor = self._anchored[row]
         window = self._sensors.window_of(self._sensors.sensor_at(row))
         slot = self._scored_slot(row)
         if window is None or window.newest is None:
             del self._anchored[row]
-            return
+            return False
         if window.newest - window.length + 1 >= anchor.since:
             del self._anchored[row]  # nothing from before the step is left
-            return
+            return False
         if slot is None or slot == anchor.checked:
-            return
+            return False
         anchor.checked = slot
         reading = float(_up_to(window, slot)[-1])
+        if not anchor.judged:
+            anchor.score(slot, reading, self.forecaster.horizon)
+            if anchor.pairs >= JUDGE_PAIRS:
+                anchor.judged = True
+                if anchor.moved_error > anchor.kept_error:
+                    self._undo(row, window, slot, "did worse than the history as it came")
+                    return False
         forecast = float(self.pending.made(row, np.array([slot - 1]))[0, 0])
-        if not (math.isfinite(reading) and math.isfinite(forecast)):
+        if math.isfinite(reading) and math.isfinite(forecast):
+            back = abs(reading - (forecast - anchor.jump)) < abs(reading - forecast)
+            anchor.returns = anchor.returns + 1 if back else 0
+            if anchor.returns >= RETURNS:
+                self._undo(row, window, slot, "came back")
+                return False
+        return not anchor.judged
+
+    def _undo(self, row: int, window: RollingWindow, slot: int, why: str) -> None:
+        anchor = self._anchored.pop(row)
+        window.shift_before(anchor.since, -anchor.jump)
+        log.info(
+            "%s %s after its step of %+.4g (MAE %.4g moved, %.4g as it came, %d forecasts) at "
+            "%s: its history moved back",
+            self._sensors.sensor_at(row), why, anchor.jump,
+            anchor.moved_error / max(anchor.pairs, 1), anchor.kept_error / max(anchor.pairs, 1),
+            anchor.pairs, format_ts(slot * self._step_ms),
+        )  # fmt: skip
+
+    def _shadow_forecasts(self, rows: list[int]) -> None:
+        """Forecast each row from its moved history and from the history as it came (both
+        without neighbours, so that the two differ by the move alone), in one batch."""
+        length = self.forecaster.window
+        moved, kept, names, slots, asked = [], [], [], [], []
+        for row in rows:
+            anchor, name = self._anchored[row], self._sensors.sensor_at(row)
+            window = self._sensors.window_of(name)
+            slot = self._scored_slot(row)
+            if window is None or slot is None:
+                continue
+            context = np.full(length, np.nan)
+            values = _up_to(window, slot)[-length:]
+            context[length - len(values) :] = values
+            before = context.copy()
+            before[: max(0, length - (slot - anchor.since) - 1)] -= anchor.jump
+            moved.append(context)
+            kept.append(before)
+            names.append(name)
+            slots.append(slot)
+            asked.append(row)
+        if not names:
             return
-        back = abs(reading - (forecast - anchor.jump)) < abs(reading - forecast)
-        anchor.returns = anchor.returns + 1 if back else 0
-        if anchor.returns >= RETURNS:
-            window.shift_before(anchor.since, -anchor.jump)
-            del self._anchored[row]
-            log.info(
-                "%s came back from its step of %+.4g at %s: its history moved back",
-                self._sensors.sensor_at(row), anchor.jump, format_ts(slot * self._step_ms),
-            )  # fmt: skip
+        times = local_seconds(np.array(slots * 2, dtype=np.int64) * self.step_s, self.zone)
+        batch = WindowBatch(np.stack(moved + kept), times, tuple(names * 2))
+        out = self.forecaster.forecast(batch)
+        for i, (row, slot) in enumerate(zip(asked, slots, strict=True)):
+            self._anchored[row].shadow[slot] = (out[i], out[len(names) + i])
 
     def _scored_slot(self, row: int) -> int | None:
         """The slot of the row's actual in the generation being watched, if it has one."""
@@ -929,8 +980,9 @@ class Pipeline:
             return
         for row in list(self._anchoring):  # a step needs readings after it to be told apart
             self._reanchor(row)
-        for row in list(self._anchored):
-            self._check_anchor(row)
+        shadowed = [row for row in list(self._anchored) if self._check_anchor(row)]
+        if shadowed:
+            self._shadow_forecasts(shadowed)
         if self._restoring:  # published before; only state that learns from them rebuilds
             for sink in self.sinks:
                 replay = getattr(sink, "replay", None)
@@ -1043,12 +1095,31 @@ def readiness(forecaster: Forecaster) -> tuple[bool, int]:
 
 @dataclass
 class _Anchor:
-    """A row's moved history: the step's first slot, its size, and what was checked since."""
+    """A row's moved history: the step's first slot, its size, what was checked since, and
+    how forecasts from the moved history and from the history as it came did."""
 
     since: int
     jump: float
     checked: int  # the newest slot looked at
     returns: int = 0  # readings in a row back at the level before the step
+    shadow: dict[int, tuple[FloatArray, FloatArray]] = field(default_factory=dict)  # by origin
+    moved_error: float = 0.0  # summed absolute errors of the moved history's forecasts
+    kept_error: float = 0.0  # and of the history's as it came
+    pairs: int = 0
+    judged: bool = False
+
+    def score(self, slot: int, reading: float, horizon: int) -> None:
+        """Both forecasts of every held origin that ``reading`` (at ``slot``) settles."""
+        for origin, (moved, kept) in list(self.shadow.items()):
+            step = slot - origin
+            if 1 <= step <= horizon and math.isfinite(reading):
+                a, b = moved[step - 1], kept[step - 1]
+                if math.isfinite(a) and math.isfinite(b):
+                    self.moved_error += abs(reading - a)
+                    self.kept_error += abs(reading - b)
+                    self.pairs += 1
+            if step >= horizon:
+                del self.shadow[origin]
 
 
 def _up_to(window: RollingWindow, slot: int) -> FloatArray:
