@@ -182,8 +182,9 @@ class Settings:
     drift_reanchor: str = _setting(
         "off",
         "on: after a sensor's monitor fires on a sudden step in its level, larger than any "
-        "change of the day before, move its history to the new level (undone if the readings "
-        "come back), so that the model reads one series; for sensors that get re-installed or "
+        "change of the day before, move its history to the new level, so that the model reads "
+        "one series (undone if forecasts from the history as it came do better over the next 8 "
+        "steps, or if the readings come back); for sensors that get re-installed or "
         "re-calibrated, not for traffic whose congestion comes and goes",
         choices=("on", "off"),
     )

@@ -318,6 +318,7 @@ class Pipeline:
                 if anchor.moved_error > anchor.kept_error:
                     self._undo(row, window, slot, "did worse than the history as it came")
                     return False
+                anchor.shadow.clear()  # kept: no more forecasts from the history as it came
         forecast = float(self.pending.made(row, np.array([slot - 1]))[0, 0])
         if math.isfinite(reading) and math.isfinite(forecast):
             back = abs(reading - (forecast - anchor.jump)) < abs(reading - forecast)
