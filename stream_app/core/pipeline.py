@@ -876,13 +876,12 @@ class Pipeline:
         scores = []
         for generation in range(max(chunk.generation.values(), default=0)):
             now = generations == generation
+            rows, at, read = sensors[now], slots[now], actuals[now]
             if chunk.shadow is not None and self.canary is not None:
-                self.canary.score(sensors[now], slots[now], actuals[now])
+                self.canary.score(rows, at, read)
             if self.readings is not None:  # a generation holds a sensor once
-                self.readings.observe(
-                    sensors[now], slots[now], actuals[now], report=not self._restoring
-                )
-            settled = self.pending.score(sensors[now], slots[now], actuals[now])
+                self.readings.observe(rows, at, read, report=not self._restoring)
+            settled = self.pending.score(rows, at, read)
             self.calibration.update(settled, sensor_count)
             scores.append(settled.at(np.flatnonzero(now)))
             new = (made_in == generation) & usable
@@ -901,7 +900,7 @@ class Pipeline:
                 self.pending.add(made_by[new], made_at[new], values[new], last[new], interval, own)
                 if chunk.shadow is not None and self.canary is not None:
                     self.canary.add(made_by[new], made_at[new], values[new], chunk.shadow[new])
-            self._scored = (sensors[now], slots[now])  # for re-anchoring (``drifted``)
+            self._scored = (rows, at)  # for re-anchoring (``drifted``)
             self._watch(settled)
         self._score(Scores.in_arrival_order(scores))
 
