@@ -257,6 +257,12 @@ def format_online(report: dict[str, Any]) -> str:
             f"{name:10s} {p['retrains']:>8d} {after if after is None else round(after, 2)!s:>16s}"
             f"  {steps}"
         )
+    without = report.get("mae_after_drift_without_fault")
+    if without is not None:
+        lines.append(
+            f"frozen on the same forecasts without the fault: {without:.2f} (what undoing the "
+            "fault exactly would reach)"
+        )
     lines.append("detection: " + json.dumps(report["detection"]))
     return "\n".join(lines)
 

@@ -68,6 +68,8 @@ def test_online_report_on_a_short_stream(pems08: GridDataset, tmp_path: Path) ->
     feedback = report["policies"]["feedback"]  # never retrains, but mixes after detections
     assert feedback["retrain_attempts"] == [] and feedback["rollbacks"] == []
     assert feedback["mae_after_drift"] != frozen["mae_after_drift"]
+    # the same forecasts of the frozen model without the fault: the shift's cost taken away
+    assert 0 < report["mae_after_drift_without_fault"] < 0.8 * frozen["mae_after_drift"]
     for policy in report["policies"].values():
         assert len(policy["mae"]) == 12 and all(v > 0 for v in policy["mae"])
     detection = report["detection"]

@@ -32,7 +32,9 @@ deviations of the sensor's readings), ``stuck`` (the onset's reading repeated), 
 
 Figures: MAE per horizon step over the whole stream; the MAE of forecasts made in the
 ``AFTER_DRIFT_STEPS`` after each of the frozen run's detections (on faulted sensors when
-faults are injected), the same (sensor, step) pairs for every policy; detection delay and
+faults are injected), the same (sensor, step) pairs for every policy, and the frozen model's
+on the same pairs of the stream without the fault (the floor of undoing the fault: a model
+that follows a step by itself leaves an adaptation little to win); detection delay and
 fraction on the faulted sensors, false alarms per sensor-week on the others.
 """
 
@@ -159,7 +161,14 @@ def evaluate_online(
             if len(runs[policy].served) > 1:
                 progress(f"{policy}: each version that served against the one it replaced")
                 runs[policy].versions = served_versus_kept(runs[policy], stream, settings)
-    return report(scenario, seed, stream, fault, runs, warmup_steps)
+        fault_free = None
+        if fault.onset >= 0:  # the floor of an adaptation that undid the fault exactly
+            progress(f"frozen: streaming {dataset.name} without the fault")
+            clean = stream_policy(
+                "frozen", model_dir, dataset, settings, Path(tmp) / "fault-free", progress
+            )
+            fault_free = (dataset, clean)
+    return report(scenario, seed, stream, fault, runs, warmup_steps, fault_free)
 
 
 def stream_policy(
@@ -417,11 +426,19 @@ def report(
     fault: Fault,
     runs: dict[str, Run],
     warmup_steps: int,
+    fault_free: tuple[GridDataset, Run] | None = None,
 ) -> dict[str, Any]:
-    """The JSON of the issue, with a few more figures beside it."""
+    """The JSON of the issue, with a few more figures beside it. ``fault_free``: the stream
+    as it came and the frozen model's run over it, for the after-drift pairs' error without
+    the fault (``mae_after_drift_without_fault``: what a policy that undid the fault exactly,
+    and otherwise forecast as the frozen model, would reach)."""
     truth = stream.values[:, :, 0]
     times = stream.timestamps()
     windows = _after_drift_pairs(runs["frozen"], stream, fault)
+    without = None
+    if fault_free is not None:
+        clean, clean_run = fault_free
+        without = _mae_on(clean_run.forecasts, clean.values[:, :, 0], windows)
     policies = {}
     for name, run in runs.items():
         policies[name] = {
@@ -439,6 +456,7 @@ def report(
         "faulted_sensors": len(fault.columns),
         "onset": None if fault.onset < 0 else format_ts(int(times[fault.onset]) * 1000),
         "after_drift_pairs": len(windows),
+        "mae_after_drift_without_fault": without,
         "policies": policies,
         "detection": _detection(runs["frozen"], stream, fault, warmup_steps),
     }
