@@ -30,6 +30,7 @@ from stream_app.offline.model_inputs import Neighbours, contexts, padded
 from stream_app.offline.protocols import Split, split
 
 from .checkpoint import CHECKPOINT_FILE
+from .fitting import within_budget
 from .pretrain_data import MIN_CONTEXT, fast_neighbour_contexts
 from .pretraining import NEIGHBOUR_RULE
 from .training import EXPORT_RESERVE_S, TrainResult, seed_everything
@@ -361,6 +362,7 @@ def _fit(
             since_best += 1
         bar.update(1)
         bar.set_postfix(val_mae=f"{history[-1]:.4f}", best=f"{min(history):.4f}")
+        within_budget(bar, len(history) - 1, epoch_s, deadline, max_epochs)
     bar.close()
     return best_state, history, stopped
 

@@ -129,11 +129,20 @@ def _fit(
         if schedule is not None:
             schedule.step(log.val_mae)
         bar.set_postfix(_postfix(log, best))
+        within_budget(bar, epoch, log.seconds, deadline, preset.max_epochs)
         if epoch - best.epoch >= preset.patience:
             stopped = "early stop"
             break
     bar.close()
     return Fitted(state, 0 if best is None else best.epoch, tuple(history), stopped)
+
+
+def within_budget(bar: tqdm[Any], done: int, epoch_s: float, deadline: float, most: int) -> None:
+    """Set an epoch bar's total to the epochs the time budget still leaves room for (at most
+    ``most``), so that it shows the time the budget leaves, not that of ``most`` epochs."""
+    if epoch_s > 0:
+        bar.total = min(most, done + int(max(0.0, deadline - time.monotonic()) // epoch_s))
+        bar.refresh()
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ and a short training run whose export the runtime serves."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from export.onnx_graphs import build_seed_lstm  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
-from models.fitting import fit  # noqa: E402
+from models.fitting import fit, within_budget  # noqa: E402
 from models.losses import masked_loss, report  # noqa: E402
 from models.lstm import GlobalLstm, LstmConfig, window_stats  # noqa: E402
 from models.presets import DEFAULT_PRESET, PRESETS, get_preset  # noqa: E402
@@ -215,3 +216,16 @@ def test_training_is_repeatable(trained: Path, tmp_path: Path) -> None:
     first = load_checkpoint(trained / "checkpoint.pt").model.state_dict()
     again = load_checkpoint(tmp_path / "checkpoint.pt").model.state_dict()
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_an_epoch_bar_counts_the_epochs_the_time_budget_leaves_room_for() -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=60, disable=True)
+    now = time.monotonic()
+    within_budget(bar, 2, 60.0, now + 330.0, 60)  # 5 more epochs of a minute fit in 5.5 min
+    assert bar.total == 7
+    within_budget(bar, 2, 1.0, now + 3600.0, 60)  # the budget is not what stops it
+    assert bar.total == 60
+    within_budget(bar, 9, 60.0, now - 5.0, 60)  # past the deadline: the epochs done
+    assert bar.total == 9
