@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from collections import Counter
@@ -50,6 +51,7 @@ from stream_app.core.drift import (
     DriftSink,
     forecaster_scale,
     make_detector,
+    page_hinkley,
 )
 from stream_app.core.forecasters import Forecaster, Persistence
 from stream_app.core.onnx_forecaster import OnnxForecaster
@@ -97,6 +99,9 @@ class Recorder(list[Detection]):
     def advance(self, now: float) -> None:
         pass
 
+    def model_swapped(self) -> None:
+        pass  # the calibration never swaps
+
 
 class Starting:
     """A sink that passes scores on from event time ``at`` (monitors started then)."""
@@ -116,9 +121,11 @@ class Starting:
         self.sink.reset()
 
 
-def candidates() -> list[Candidate]:
-    """stcast's defaults first, then a grid around them and two variants of them."""
-    found = [Candidate(DEFAULTS, make_detector())]
+def candidates(forecaster: Forecaster) -> list[Candidate]:
+    """stcast's defaults for ``forecaster``'s kind first, then a grid around them and two
+    variants of them."""
+    own = page_hinkley(forecaster, math.nan, math.nan)
+    found = [Candidate(DEFAULTS, make_detector("page-hinkley", **own))]
     ph = [(t, 2.0) for t in (15, 18, 20, 22, 25, 35, 45, 60)] + [
         (t, d) for d in (3.0, 4.0) for t in (25, 35)
     ]
@@ -347,7 +354,7 @@ def main() -> None:
         OnnxForecaster(args.model, provider="cpu") if args.model else Persistence(12, 12)
     )
     data = Stream(grid.values[:, :, 0], grid.sensors, grid.timestamps(), grid.step_s, forecaster)
-    chosen, starts_s = candidates(), tuple(3600.0 * h for h in STARTS_H)
+    chosen, starts_s = candidates(forecaster), tuple(3600.0 * h for h in STARTS_H)
     clean = stream(data, chosen, starts_s)
     faults = fault_runs(data, chosen, args.seeds)
     rows = [table_row(c, clean, data, faults, starts_s) for c in chosen]
@@ -355,7 +362,15 @@ def main() -> None:
         "rows": rows,
         "budget": args.max_false_alarms,
         "chosen": {p: choose(rows, p, args.max_false_alarms) for p in ("ph t", "adwin")},
-        "defaults": {**DEFAULT_PARAMS, "warmup": DEFAULT_WARMUP, "cooldown": DEFAULT_COOLDOWN},
+        "defaults": {
+            **DEFAULT_PARAMS,
+            "page-hinkley": {
+                **DEFAULT_PARAMS["page-hinkley"],
+                **page_hinkley(forecaster, math.nan, math.nan),
+            },
+            "warmup": DEFAULT_WARMUP,
+            "cooldown": DEFAULT_COOLDOWN,
+        },
         "forecaster": forecaster.model_id,
         "events": events(data, clean[DEFAULTS, 0], faults),
         "seconds": round(time.perf_counter() - started, 1),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .bundled import model_path
 from .core.contexts import NeighbourTable
-from .core.drift import DriftSink, describe, forecaster_scale, make_detector
+from .core.drift import DriftSink, describe, forecaster_scale, make_detector, page_hinkley
 from .core.feedback import ErrorFeedback
 from .core.forecasters import DAY_S, WEEK_S, Forecaster, Persistence, SeasonalNaive
 from .core.metrics import Metrics
@@ -128,7 +128,7 @@ def build_pipeline(settings: Settings, forecaster: Forecaster, metrics: Metrics)
 def drift_sink(settings: Settings, pipeline: Pipeline, metrics: Metrics) -> DriftSink:
     """Per-sensor drift monitors, and the policy that turns their detections into events."""
     if settings.drift_detector == "page-hinkley":
-        params = {"threshold": settings.drift_threshold, "delta": settings.drift_delta}
+        params = page_hinkley(pipeline.forecaster, settings.drift_threshold, settings.drift_delta)
     else:
         params = {"delta": settings.drift_adwin_delta}
     detector = make_detector(settings.drift_detector, **params)

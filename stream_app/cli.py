@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import Field
@@ -88,8 +89,14 @@ def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str] | None) 
                 type=_flag_type(f),
                 choices=f.metadata.get("choices"),
                 default=None,
-                help=f"{f.metadata['help']} [{env_name(f.name)}; default {f.default!r}]",
+                help=f"{f.metadata['help']} [{env_name(f.name)}{_default_text(f.default)}]",
             )
+
+
+def _default_text(default: Any) -> str:
+    if isinstance(default, float) and math.isnan(default):  # unset: the help says what then
+        return ""
+    return f"; default {default!r}"
 
 
 def _flag_type(f: Field[Any]) -> Callable[[str], Any]:

@@ -8,6 +8,7 @@ the field default. No other module reads the environment.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -17,6 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ENV_PREFIX = "STCAST_"
 NO_MODEL = "none"  # STCAST_MODEL_DIR=none: serve the baseline
+# A drift parameter left unset: the served model's calibration (``core.drift.page_hinkley``).
+MODELS_OWN = math.nan
 # A micro-batch's inference batches, by default. The pipeline drains its inference at the end of
 # each micro-batch, so longer micro-batches run faster; but the pipeline runs ahead of the sends,
 # and the latency's tail grows with their length (single ticks end to end, docs/performance.md,
@@ -165,9 +168,15 @@ class Settings:
         choices=("page-hinkley", "adwin"),
     )
     drift_threshold: float = _setting(
-        18.0, "Page-Hinkley threshold, in multiples of the sensor's usual error"
+        MODELS_OWN,
+        "Page-Hinkley threshold, in multiples of the sensor's usual error (unset: the served "
+        "model's calibration, 18 for universal and the baselines, 25 for a window model)",
     )
-    drift_delta: float = _setting(2.0, "Page-Hinkley tolerance: rises below this are ignored")
+    drift_delta: float = _setting(
+        MODELS_OWN,
+        "Page-Hinkley tolerance: rises below this are ignored (unset: the served model's, 2 "
+        "for universal and the baselines, 3 for a window model)",
+    )
     drift_adwin_delta: float = _setting(1e-16, "ADWIN significance (smaller: fewer, surer)")
     drift_warmup: int = _setting(
         288, "scored actuals per sensor before its monitor may fire (its usual error is learned)"
@@ -295,8 +304,6 @@ class Settings:
             "session_timeout_s",
             "shutdown_timeout_s",
             "sensor_ttl_s",
-            "drift_threshold",
-            "drift_delta",
             "drift_adwin_delta",
             "drift_cooldown",
             "retrain_cooldown_s",
@@ -313,6 +320,10 @@ class Settings:
         for name in non_negative:
             value = getattr(self, name)
             if not 0 <= value < float("inf"):  # also refuses NaN
+                raise ValueError(f"{env_name(name)}={value!r} must be a finite number >= 0")
+        for name in ("drift_threshold", "drift_delta"):  # NaN: unset, the model's own
+            value = getattr(self, name)
+            if not (math.isnan(value) or 0 <= value < float("inf")):
                 raise ValueError(f"{env_name(name)}={value!r} must be a finite number >= 0")
         if self.retrain_holdout_steps < 0:
             raise ValueError(f"{env_name('retrain_holdout_steps')} must be 0 or more")

@@ -31,7 +31,7 @@ from stream_app.core.drift import (
     make_detector,
     monitor_table,
 )
-from stream_app.core.forecasters import Persistence
+from stream_app.core.forecasters import Forecaster, Persistence
 from stream_app.core.metrics import Metrics
 from stream_app.core.pipeline import Pipeline
 from stream_app.core.records import Incoming, format_ts
@@ -515,3 +515,28 @@ def test_the_page_hinkley_table_fires_exactly_as_river_monitors_do(
 def test_a_sink_uses_the_table_for_page_hinkley_and_objects_for_the_rest() -> None:
     assert isinstance(monitor_table(make_detector("page-hinkley"), 5, 5), PageHinkleyTable)
     assert isinstance(monitor_table(make_detector("adwin"), 5, 5), ObjectMonitors)
+
+
+def test_each_model_kind_is_watched_with_its_own_calibration_unless_one_is_set(
+    seed_model_dir: Path,
+) -> None:
+    from stream_app.assembly import build_pipeline
+    from stream_app.bundled import model_path
+    from stream_app.core.onnx_forecaster import OnnxForecaster
+    from stream_app.settings import Settings
+
+    def watched_with(forecaster: Forecaster, settings: Settings) -> tuple[float, float]:
+        pipeline = build_pipeline(settings, forecaster, Metrics(CollectorRegistry()))
+        sink = next(s for s in pipeline.sinks if isinstance(s, DriftSink))
+        found = describe(sink.detector)
+        return found["threshold"], found["delta"]
+
+    window = OnnxForecaster(seed_model_dir, provider="cpu")
+    universal = OnnxForecaster(model_path("universal"), provider="cpu", step_s=300)
+    unset = Settings(step_s=300)
+    assert watched_with(window, unset) == (25.0, 3.0)  # a window model trained on the network
+    assert watched_with(universal, unset) == (18.0, 2.0)
+    assert watched_with(Persistence(12), unset) == (18.0, 2.0)  # the baselines: the defaults
+    given = unset.replace(drift_threshold=40.0)
+    assert watched_with(window, given) == (40.0, 3.0)  # what is set wins, the rest is the model's
+    assert watched_with(universal, given.replace(drift_delta=0.0)) == (40.0, 0.0)

@@ -17,6 +17,7 @@ drops, because it hands them out again.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, cast
@@ -24,6 +25,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 from river.drift import ADWIN, PageHinkley
 
+from .card import UNIVERSAL
 from .forecasters import FloatArray, Forecaster, IntArray
 from .metrics import Metrics
 from .retrain_events import Detection, DetectionListener
@@ -32,14 +34,15 @@ from .scoring import Scores
 DETECTORS = ("page-hinkley", "adwin")
 # Calibrated on the PEMS08 slice with the default model, universal (benchmarks/calibrate_drift.py
 # --model stream_app/data/universal, 2026-12-07): the most shifts within one false alarm per
-# sensor-week. A window model trained on the network (stcast train) has sharper error peaks on
-# the 4 July holiday and was calibrated at threshold 25, delta 3 (STCAST_DRIFT_THRESHOLD=25
-# STCAST_DRIFT_DELTA=3). Page-Hinkley watches rises only: a falling error is no reason to
-# retrain. ADWIN, two-sided, is for lasting changes.
+# sensor-week. Page-Hinkley watches rises only: a falling error is no reason to retrain.
+# ADWIN, two-sided, is for lasting changes.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "page-hinkley": {"threshold": 18.0, "delta": 2.0, "min_instances": 30, "mode": "up"},
     "adwin": {"delta": 1e-16, "clock": 1},
 }
+# A window model trained on the network (stcast train) has sharper error peaks on the 4 July
+# holiday; its calibration (the same script with its --model, 2026-12-06): threshold 25, delta 3.
+WINDOW_MODEL_PARAMS = {"threshold": 25.0, "delta": 3.0}
 DEFAULT_WARMUP = 288  # a day of 5-minute steps: the usual error of every hour of the day
 DEFAULT_COOLDOWN = 36
 MAX_Z = 100.0  # 100 times the usual error is as sure a change as any larger number
@@ -73,6 +76,19 @@ def make_detector(name: str = "page-hinkley", **params: Any) -> DriftDetector:
     if name not in DETECTORS:
         raise ValueError(f"unknown drift detector {name!r}: expected one of {DETECTORS}")
     return _CLASSES[name](**{**DEFAULT_PARAMS[name], **params})
+
+
+def page_hinkley(forecaster: Forecaster, threshold: float, delta: float) -> dict[str, float]:
+    """Page-Hinkley's threshold and delta for monitoring ``forecaster``: those given, and for
+    each left unset (NaN) the calibration of the model's kind (a window model's, else the
+    defaults: ``universal``'s, also for the baselines)."""
+    card = getattr(forecaster, "card", None)
+    window_model = card is not None and card.kind != UNIVERSAL
+    own = WINDOW_MODEL_PARAMS if window_model else DEFAULT_PARAMS["page-hinkley"]
+    return {
+        "threshold": float(own["threshold"]) if math.isnan(threshold) else threshold,
+        "delta": float(own["delta"]) if math.isnan(delta) else delta,
+    }
 
 
 def describe(detector: DriftDetector) -> dict[str, Any]:
