@@ -95,3 +95,24 @@ def test_each_served_version_is_compared_with_the_one_it_replaced_on_the_same_fo
     assert (version["from_step"], version["to_step"]) == (350, 420)
     assert version["served_mae"] is not None and version["served_mae"] > 0
     assert version["served_mae"] == version["kept_mae"] and version["ratio"] == 1.0
+    # frozen: served without the feedback's mix, as the version alone forecasts
+    assert version["alone_mae"] == version["served_mae"] and version["alone_ratio"] == 1.0
+
+
+def test_a_version_is_also_compared_alone_without_the_feedbacks_mix(
+    pems08: GridDataset, tmp_path: Path
+) -> None:
+    from stream_app.bundled import model_path
+    from stream_app.loop.online_eval import served_versus_kept, stream_policy
+
+    small = replace(pems08, values=pems08.values[:420, :20], sensors=pems08.sensors[:20])
+    shifted, fault = inject(small, "shift", seed=2, warmup_steps=120)
+    settings = Settings(step_s=small.step_s, canary_s=0.0, drift_warmup=48)
+    model = model_path("universal")
+    run = stream_policy("feedback", model, shifted, settings, tmp_path, lambda line: None)
+    assert run.detections  # the shift fired monitors: their sensors' forecasts carry the mix
+    run.served = [(0, "universal@1"), (fault.onset + 6, "twin@2")]
+    run.directory = {"universal@1": model, "twin@2": model}
+    [version] = served_versus_kept(run, shifted, settings)
+    assert version["alone_mae"] == version["kept_mae"] and version["alone_ratio"] == 1.0
+    assert version["served_mae"] != version["alone_mae"]  # as served: with the mix

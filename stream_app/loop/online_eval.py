@@ -231,7 +231,10 @@ def served_versus_kept(
     """Per version that served after a swap (a retrain's or a rollback's): its MAE at
     ``horizon_step`` (default: the step nearest an hour ahead, +60 min) on the forecasts it
     made, and what the version it replaced, kept serving (a fresh pipeline over the same steps,
-    warmed on the steps before), gives on the same (step, sensor) pairs."""
+    warmed on the steps before), gives on the same (step, sensor) pairs. The forecasts served
+    carry the error feedback's mix where the policy has it, the kept version's do not; so the
+    version's own forecasts from the same kind of fresh pipeline are scored too
+    (``alone_mae``, ``alone_ratio``): the two versions compared as models."""
     truth = stream.values[:, :, 0]
     if horizon_step is None:
         horizon = len(next(iter(run.forecasts.values()))) if run.forecasts else 1
@@ -242,13 +245,20 @@ def served_versus_kept(
         run.served[1:], ends[1:], run.served[:-1], strict=True
     ):
         kept = _forecasts_between(run.directory[before], stream, settings, start, end)
-        pairs = [(s, c) for (s, c) in run.forecasts if start <= s < end and (s, c) in kept]
+        alone = _forecasts_between(run.directory[model], stream, settings, start, end)
+        pairs = [
+            (s, c) for (s, c) in run.forecasts
+            if start <= s < end and (s, c) in kept and (s, c) in alone
+        ]  # fmt: skip
         served_mae = _mae_at(run.forecasts, truth, pairs, horizon_step)
         kept_mae = _mae_at(kept, truth, pairs, horizon_step)
+        alone_mae = _mae_at(alone, truth, pairs, horizon_step)
         found.append({
             "model": model, "replaced": before, "from_step": start, "to_step": end,
             "served_mae": served_mae, "kept_mae": kept_mae,
             "ratio": round(served_mae / kept_mae, 4) if served_mae and kept_mae else None,
+            "alone_mae": alone_mae,
+            "alone_ratio": round(alone_mae / kept_mae, 4) if alone_mae and kept_mae else None,
         })  # fmt: skip
     return found
 
