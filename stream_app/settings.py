@@ -304,6 +304,8 @@ class Settings:
             "session_timeout_s",
             "shutdown_timeout_s",
             "sensor_ttl_s",
+            "drift_threshold",
+            "drift_delta",
             "drift_adwin_delta",
             "drift_cooldown",
             "retrain_cooldown_s",
@@ -317,13 +319,12 @@ class Settings:
             "canary_margin",
             "interval_rate",
         )
+        may_be_unset = ("drift_threshold", "drift_delta")  # NaN: the served model's own
         for name in non_negative:
             value = getattr(self, name)
+            if name in may_be_unset and math.isnan(value):
+                continue
             if not 0 <= value < float("inf"):  # also refuses NaN
-                raise ValueError(f"{env_name(name)}={value!r} must be a finite number >= 0")
-        for name in ("drift_threshold", "drift_delta"):  # NaN: unset, the model's own
-            value = getattr(self, name)
-            if not (math.isnan(value) or 0 <= value < float("inf")):
                 raise ValueError(f"{env_name(name)}={value!r} must be a finite number >= 0")
         if self.retrain_holdout_steps < 0:
             raise ValueError(f"{env_name('retrain_holdout_steps')} must be 0 or more")

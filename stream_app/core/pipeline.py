@@ -310,7 +310,7 @@ class Pipeline:
         if slot is None or slot == anchor.checked:
             return False
         anchor.checked = slot
-        reading = float(_up_to(window, slot)[-1])
+        reading = _value_at(window, slot)
         if not anchor.judged:
             anchor.score(slot, reading, self.forecaster.horizon)
             if anchor.pairs >= JUDGE_PAIRS:
@@ -1120,6 +1120,12 @@ class _Anchor:
                     self.pairs += 1
             if step >= horizon:
                 del self.shadow[origin]
+
+
+def _value_at(window: RollingWindow, slot: int) -> float:
+    """The window's value at ``slot`` (NaN for a hole), without copying the window."""
+    newest = window.newest if window.newest is not None else slot
+    return float(window.buffer[window.length - 1 - (newest - slot)])
 
 
 def _up_to(window: RollingWindow, slot: int) -> FloatArray:
