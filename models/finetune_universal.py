@@ -12,6 +12,7 @@ without it the kept epoch is better on the test part's RMSE too (``docs/universa
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,17 @@ BATCH = 256
 PATIENCE = 4  # epochs without a better validation MAE
 MAX_EPOCHS = 60
 EVAL_BATCH = 2048
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """What ``_fit`` ends with: the kept weights and how they were chosen."""
+
+    state: dict[str, Tensor]
+    history: list[float]  # the validation MAE by epoch, [0] the weights it started from
+    stopped: str  # why it stopped
+    share: float  # of the last epoch's pairs fitted (below 1: the time budget cut it)
+    quantiles: npt.NDArray[np.float32]  # the kept weights' on the validation part
 
 
 @dataclass(frozen=True)
@@ -242,12 +254,11 @@ def adapt(
             "windows: wait for more history"
         )
     spread = float(np.nanstd(series[parts.train]) or 1.0)
-    best, history, stopped = _fit(
-        model, inputs, train, val, parts, spread, deadline, seed, progress, max_epochs, lr
-    )
-    model.load_state_dict(best)
-    model = _calibrated(model, inputs, val)
-    val_mae = _val_mae(model, inputs, val, parts)
+    fitted = _fit(model, inputs, train, val, spread, deadline, seed, progress, max_epochs, lr)
+    history = fitted.history
+    model.load_state_dict(fitted.state)
+    model = _calibrated(model, fitted.quantiles, val)
+    val_mae = min(history)  # the kept weights' (the interval's width leaves the median as is)
     summary = {
         "kind": "fine-tuning",
         "init": base_card.model_id,
@@ -258,6 +269,7 @@ def adapt(
         "pairs": {"train": len(train), "val": len(val)},
         "val_mae_by_epoch": [round(v, 4) for v in history],  # [0]: the pre-trained weights
         "best_epoch": int(np.argmin(history)),  # 0: fine-tuning found nothing better
+        "last_epoch_share": round(fitted.share, 3),  # below 1: the time budget cut the last epoch
         "seconds": round(time.monotonic() - start, 1),
         "seed": seed,
         "lr": lr,
@@ -285,8 +297,9 @@ def adapt(
         epochs=len(history) - 1,
         best_epoch=summary["best_epoch"],
         seconds=time.monotonic() - start,
-        stopped=stopped,
+        stopped=fitted.stopped,
         val_metrics={"mae": val_mae},
+        last_epoch_share=fitted.share,
     )
 
 
@@ -327,44 +340,52 @@ def _fit(
     inputs: _Inputs,
     train: _Pairs,
     val: _Pairs,
-    parts: Split,
     spread: float,
     deadline: float,
     seed: int,
     progress: bool,
     max_epochs: int,
     lr: float,
-) -> tuple[dict[str, Tensor], list[float], str]:
+) -> _Fitted:
     """Epochs until ``deadline`` (another would pass it) or ``PATIENCE`` epochs without
-    progress; the best weights, the validation MAE by epoch, and why it stopped."""
+    progress. An epoch that would still run at the deadline, less the time its validation
+    takes, is cut there (the first, on a slow machine: a retrain's budget is a budget), and
+    the windows it fitted are judged as a whole epoch's are."""
     rng = np.random.default_rng(seed)
     own = [p for name, p in model.named_parameters() if name.startswith("sensor_embedding")]
     rest = [p for name, p in model.named_parameters() if not name.startswith("sensor_embedding")]
     groups = [{"params": rest, "lr": lr}, {"params": own, "lr": SENSOR_LR}]
     optimiser = torch.optim.AdamW(groups, lr, weight_decay=1e-4)
-    best_state, history = copy.deepcopy(model.state_dict()), [_val_mae(model, inputs, val, parts)]
-    since_best, epoch_s, stopped = 0, 0.0, "max_epochs"
+    began = time.monotonic()
+    mae, best_q = _validated(model, inputs, val)
+    best_state, history = copy.deepcopy(model.state_dict()), [mae]
+    val_s = time.monotonic() - began
+    since_best, epoch_s, stopped, share = 0, 0.0, "max_epochs", 1.0
     bar = tqdm(total=max_epochs, unit="epoch", disable=not progress, desc="fine-tuning")
     for _ in range(max_epochs):
-        if time.monotonic() + epoch_s > deadline:
+        if time.monotonic() + epoch_s + val_s > deadline:
             stopped = "time budget"
             break
         if since_best >= PATIENCE:
             stopped = "early stop"
             break
         began = time.monotonic()
-        _epoch(model, optimiser, inputs, train, spread, rng)
-        history.append(_val_mae(model, inputs, val, parts))
+        share = _epoch(model, optimiser, inputs, train, spread, rng, until=deadline - val_s)
+        mae, quantiles = _validated(model, inputs, val)
+        history.append(mae)
         epoch_s = time.monotonic() - began
         if history[-1] < min(history[:-1]):
-            best_state, since_best = copy.deepcopy(model.state_dict()), 0
+            best_state, best_q, since_best = copy.deepcopy(model.state_dict()), quantiles, 0
         else:
             since_best += 1
         bar.update(1)
         bar.set_postfix(val_mae=f"{history[-1]:.4f}", best=f"{min(history):.4f}")
         within_budget(bar, len(history) - 1, epoch_s, deadline, max_epochs)
+        if share < 1.0:
+            stopped = "time budget"
+            break
     bar.close()
-    return best_state, history, stopped
+    return _Fitted(best_state, history, stopped, share, best_q)
 
 
 def _epoch(
@@ -374,10 +395,15 @@ def _epoch(
     train: _Pairs,
     spread: float,
     rng: np.random.Generator,
-) -> None:
+    until: float = math.inf,
+) -> float:
+    """One pass over the shuffled training pairs, cut when ``time.monotonic()`` reaches
+    ``until`` (after one batch at least); the share of the pairs fitted."""
     model.train()
     order = rng.permutation(len(train))
     for i in range(0, len(order), BATCH):
+        if i and time.monotonic() >= until:
+            return i / len(order)
         pick = order[i : i + BATCH]
         q = model(*inputs.tensors(train.ends[pick], train.sensors[pick]))
         target = torch.from_numpy(train.target[pick])
@@ -388,35 +414,37 @@ def _epoch(
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
+    return 1.0
 
 
-@torch.no_grad()
-def _calibrated(model: UniversalForecaster, inputs: _Inputs, val: _Pairs) -> UniversalForecaster:
-    """The model with its interval widened or narrowed to cover 80 % of the validation part."""
-    model.eval()
-    parts = []
-    for i in range(0, len(val), EVAL_BATCH):
-        sl = slice(i, i + EVAL_BATCH)
-        parts.append(model(*inputs.tensors(val.ends[sl], val.sensors[sl])).numpy())
-    q = np.concatenate(parts).astype(np.float64)
+def _calibrated(
+    model: UniversalForecaster, quantiles: npt.NDArray[np.float32], val: _Pairs
+) -> UniversalForecaster:
+    """The model with its interval widened or narrowed to cover 80 % of the validation part,
+    whose ``quantiles`` it gave."""
+    q = quantiles.astype(np.float64)
     target = val.target.astype(np.float64)
     scale = interval_scale_for(q[:, 1], q[:, 0], q[:, 2], target)
     return with_interval_scale(model, scale * model.config.interval_scale)
 
 
 @torch.no_grad()
-def _val_mae(model: UniversalForecaster, inputs: _Inputs, val: _Pairs, parts: Split) -> float:
-    """The median's MAE over the protocol's scored steps of the validation part."""
+def _validated(
+    model: UniversalForecaster, inputs: _Inputs, val: _Pairs
+) -> tuple[float, npt.NDArray[np.float32]]:
+    """The median's MAE over the protocol's scored steps of the validation part (its targets
+    are NaN elsewhere), and the (pairs, quantiles, horizon) forecasts it comes from."""
     model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(val), EVAL_BATCH):
-        sl = slice(i, i + EVAL_BATCH)
-        median = model(*inputs.tensors(val.ends[sl], val.sensors[sl]))[:, 1, :].numpy()
-        err = np.abs(median - val.target[sl])
-        seen = ~np.isnan(err)
-        total += float(err[seen].sum())
-        count += int(seen.sum())
-    return total / max(count, 1)
+    chunks = [
+        model(
+            *inputs.tensors(val.ends[i : i + EVAL_BATCH], val.sensors[i : i + EVAL_BATCH])
+        ).numpy()
+        for i in range(0, len(val), EVAL_BATCH)
+    ]
+    quantiles = np.concatenate(chunks)
+    err = np.abs(quantiles[:, 1, :] - val.target)
+    seen = ~np.isnan(err)
+    return float(err[seen].sum(dtype=np.float64)) / max(int(seen.sum()), 1), quantiles
 
 
 def _span(part: range) -> list[int]:

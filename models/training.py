@@ -45,6 +45,8 @@ class TrainResult:
     seconds: float
     stopped: str  # "early stop", "time budget" or "max_epochs"
     val_metrics: dict[str, float]
+    # the share of the last epoch's windows fitted: below 1 where the time budget cut it
+    last_epoch_share: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -272,7 +272,7 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps-per-s",
         type=float,
-        default=5.0,
+        default=6.0,
         help="pace after the first three days (streamed as fast as they go), in grid steps per "
         "second",
     )

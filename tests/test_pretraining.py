@@ -124,6 +124,7 @@ def test_train_init_adapts_the_pretrained_model_and_never_reads_the_test_part(
     assert card.training["init"] == "universal@1" and card.training["protocol"] == "basicts"
     assert runs[0].epochs == 2 and np.isfinite(runs[0].val_metrics["mae"])
     assert runs[0].stopped == "max_epochs"  # neither the budget nor the patience
+    assert card.training["last_epoch_share"] == runs[0].last_epoch_share == 1.0  # none cut
     hurried = fine_tune_universal(small, "basicts", tmp_path / "c", tiny, max_minutes=1e-4,
                                   progress=False)  # fmt: skip
     assert (hurried.epochs, hurried.stopped) == (0, "time budget")  # the export reserve is all
@@ -138,3 +139,32 @@ def test_train_init_adapts_the_pretrained_model_and_never_reads_the_test_part(
               (tmp_path / "a", tmp_path / "b")]  # fmt: skip
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert runs[0].val_metrics == runs[1].val_metrics
+
+
+@needs_shared
+def test_an_epoch_still_running_at_its_deadline_is_cut_there(tiny: Path) -> None:
+    """A retrain's budget is a budget: on a slow machine its first epoch alone outlasted it."""
+    import dataclasses
+    import math
+
+    import torch
+
+    from models.finetune_universal import BATCH, _epoch, _Inputs, _pairs
+    from models.universal import load_universal
+    from stream_app.offline.datasets import load_dataset
+    from stream_app.offline.protocols import split
+
+    full = load_dataset(SHARED / "PEMS08" if SHARED else "")
+    small = dataclasses.replace(full, values=full.values[:, :12].copy(), sensors=full.sensors[:12])
+    parts = split(small, "basicts")
+    model, _ = load_universal(tiny / "checkpoint.pt")
+    series = small.values[:, :, 0]
+    inputs = _Inputs(small, series, model.config.context, None, True)
+    train = _pairs(series, parts, parts.train, model)
+    optimiser = torch.optim.AdamW(model.parameters(), 1e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    cut = _epoch(model, optimiser, inputs, train, 1.0, rng, until=-math.inf)
+    assert len(train) > 4 * BATCH and cut == BATCH / len(train)  # one batch, then the deadline
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert _epoch(model, optimiser, inputs, train, 1.0, rng) == 1.0  # no deadline: all of it

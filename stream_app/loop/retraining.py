@@ -312,6 +312,7 @@ class RetrainWorker:
                 "fine_tuning_s": round(result.seconds, 1),
                 "epochs": result.epochs,
                 "best_epoch": result.best_epoch,  # 0: the serving weights were best
+                "last_epoch_share": round(result.last_epoch_share, 3),  # < 1: budget cut it
             }
         from models.finetuning import fine_tune
 
@@ -472,6 +473,9 @@ def _versus(verdict: dict[str, Any]) -> str:
     if "epochs" in verdict:
         epochs = verdict["epochs"]
         text += f"; fine-tuned {epochs} epoch{'' if epochs == 1 else 's'}"
+        share = verdict.get("last_epoch_share", 1.0)
+        if share < 1.0:
+            text += f" (the last cut at {share:.0%} by the time budget)"
         if "best_epoch" in verdict:
             text += f", kept epoch {verdict['best_epoch']}"
     if "fine_tuning_s" in verdict:
